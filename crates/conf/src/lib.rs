@@ -253,9 +253,10 @@ impl Parser {
                 ));
                 stack.push(open);
             }
-            None => self
-                .errors
-                .push(Error::new(at, format!("</{name}> without matching <{name}>"))),
+            None => self.errors.push(Error::new(
+                at,
+                format!("</{name}> without matching <{name}>"),
+            )),
         }
     }
 
@@ -369,8 +370,8 @@ fn expand_glob(pattern: &Path) -> Result<Vec<PathBuf>, String> {
         };
     }
     let dir = pattern.parent().unwrap_or(Path::new("."));
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| format!("Include: cannot list {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("Include: cannot list {}: {e}", dir.display()))?;
     let mut out: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .filter(|e| e.file_type().map(|t| !t.is_dir()).unwrap_or(false))
@@ -430,7 +431,9 @@ mod tests {
 
     #[test]
     fn sections_nest_and_keep_their_lines() {
-        let nodes = parse("<VirtualHost *:80>\n<Location /app>\nWorker x\n</Location>\n</VirtualHost>\n").unwrap();
+        let nodes =
+            parse("<VirtualHost *:80>\n<Location /app>\nWorker x\n</Location>\n</VirtualHost>\n")
+                .unwrap();
         let vhost = &nodes[0];
         assert!(vhost.is("virtualhost"));
         assert_eq!(vhost.args, ["*:80"]);
@@ -450,9 +453,20 @@ mod tests {
     fn structural_errors_carry_file_and_line() {
         let errors = parse("<Location /a>\nFoo\n</VirtualHost>\nBar \"open\n").unwrap_err();
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert!(text.iter().any(|e| e.starts_with("t.conf:3: </VirtualHost> closes <Location>")), "{text:?}");
-        assert!(text.iter().any(|e| e.starts_with("t.conf:4: unterminated")), "{text:?}");
-        assert!(text.iter().any(|e| e.starts_with("t.conf:1: <Location> is never closed")), "{text:?}");
+        assert!(
+            text.iter()
+                .any(|e| e.starts_with("t.conf:3: </VirtualHost> closes <Location>")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|e| e.starts_with("t.conf:4: unterminated")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|e| e.starts_with("t.conf:1: <Location> is never closed")),
+            "{text:?}"
+        );
     }
 
     #[test]
@@ -462,7 +476,11 @@ mod tests {
         std::fs::write(dir.join("conf.d/b.conf"), "B 2\n").unwrap();
         std::fs::write(dir.join("conf.d/a.conf"), "A 1\n").unwrap();
         std::fs::write(dir.join("conf.d/skip.txt"), "C 3\n").unwrap();
-        std::fs::write(dir.join("main.conf"), "Include conf.d/*.conf\nInclude missing.conf\n").unwrap();
+        std::fs::write(
+            dir.join("main.conf"),
+            "Include conf.d/*.conf\nInclude missing.conf\n",
+        )
+        .unwrap();
         let errors = parse_file(&dir.join("main.conf")).unwrap_err();
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].at.line, 2);

@@ -1,0 +1,93 @@
+//! The one place where failures become HTTP responses.
+//!
+//! Every failing step of a request is a variant here, saying who failed: the
+//! client (4xx), a worker (502/504), or psd's own limits (503). Clients get a
+//! short plain-text message; the cause, with any worker detail, goes to the
+//! log only. Nothing here ever includes a worker's stderr or a backtrace.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{self, Body};
+
+/// Why a request was not answered by its session.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no application is mounted at this path")]
+    NotFound,
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("client sent a bad request: {0}")]
+    BadRequest(String),
+    #[error("MaxSessions ({0}) reached")]
+    TooManySessions(usize),
+    #[error("too many requests queued for one session")]
+    SessionBusy,
+    #[error("psd is shutting down")]
+    ShuttingDown,
+    #[error("worker failed to start: {0}")]
+    WorkerStart(String),
+    #[error("worker failed: {0}")]
+    Worker(String),
+    #[error("worker did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Seconds a client is asked to wait before retrying after a 503.
+const RETRY_AFTER_SECS: &str = "5";
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::TooManySessions(_) | Error::SessionBusy | Error::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Error::WorkerStart(_) | Error::Worker(_) => StatusCode::BAD_GATEWAY,
+            Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Whether the worker that produced this error must be replaced.
+    pub fn condemns_worker(&self) -> bool {
+        matches!(self, Error::Worker(_) | Error::Timeout(_))
+    }
+
+    /// What the client sees: status, a one-line message, and `Retry-After` on 503.
+    pub fn to_response(&self) -> Response<Body> {
+        let status = self.status();
+        let message = match self {
+            Error::NotFound => "Not Found: no application is mounted at this path\n",
+            Error::BodyTooLarge { .. } => "Payload Too Large\n",
+            Error::BadRequest(_) => "Bad Request\n",
+            Error::TooManySessions(_) => {
+                "Service Unavailable: too many sessions, try again later\n"
+            }
+            Error::SessionBusy => {
+                "Service Unavailable: too many requests queued for this session\n"
+            }
+            Error::ShuttingDown => "Service Unavailable: server is shutting down\n",
+            Error::WorkerStart(_) => "Bad Gateway: the session's worker failed to start\n",
+            Error::Worker(_) => "Bad Gateway: the session's worker failed\n",
+            Error::Timeout(_) => "Gateway Timeout: the session's worker did not answer in time\n",
+        };
+        let mut response = Response::new(body::full(Bytes::from_static(message.as_bytes())));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
+    }
+}

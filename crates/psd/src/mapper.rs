@@ -1,0 +1,222 @@
+//! Which session a request belongs to, and the ids that name sessions.
+//!
+//! A session id is `NODE.RANDOM.MAC`: the node name, 128 bits from the OS
+//! CSPRNG (base64url), and HMAC-SHA256 over both with the session secret,
+//! truncated to 128 bits. Only psd issues ids; a client can present one but
+//! never choose one. This module owns the secret, issuing, verifying (in
+//! constant time), and reading the id from a request's cookies. It never
+//! decides whether a session exists: that is the registry's job.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use http::header::{HeaderMap, COOKIE};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const RANDOM_BYTES: usize = 16;
+const MAC_BYTES: usize = 16;
+/// Shortest secret accepted from an operator's file.
+const MIN_SECRET_BYTES: usize = 16;
+
+/// Issues and verifies session ids with one node name and one secret.
+#[derive(Clone)]
+pub struct Signer {
+    node: String,
+    mac: HmacSha256,
+}
+
+impl Signer {
+    pub fn new(node: &str, secret: &[u8]) -> Self {
+        Self {
+            node: node.to_string(),
+            mac: HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length"),
+        }
+    }
+
+    /// Reads the secret at `path`, creating it (mode 0600, 256 random bits as
+    /// hex) if it does not exist yet.
+    pub fn load_or_create(path: &Path, node: &str) -> io::Result<Self> {
+        let secret = match fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => create_secret(path)?,
+            Err(e) => return Err(e),
+        };
+        let secret = secret.trim_ascii();
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "session secret {} is shorter than {MIN_SECRET_BYTES} bytes",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Self::new(node, secret))
+    }
+
+    /// A new id, never issued before (128 random bits).
+    pub fn issue(&self) -> String {
+        let mut random = [0u8; RANDOM_BYTES];
+        getrandom::fill(&mut random).expect("the OS random number generator failed");
+        let body = format!("{}.{}", self.node, URL_SAFE_NO_PAD.encode(random));
+        let tag = self.tag(body.as_bytes());
+        format!("{body}.{}", URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    /// Whether `id` is well-formed and was issued with this secret.
+    pub fn verify(&self, id: &str) -> bool {
+        let Some((body, tag)) = id.rsplit_once('.') else {
+            return false;
+        };
+        let well_formed = body.split_once('.').is_some_and(|(node, random)| {
+            valid_node_name(node)
+                && URL_SAFE_NO_PAD
+                    .decode(random)
+                    .is_ok_and(|r| r.len() == RANDOM_BYTES)
+        });
+        let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else {
+            return false;
+        };
+        if !well_formed || tag.len() != MAC_BYTES {
+            return false;
+        }
+        let mut mac = self.mac.clone();
+        mac.update(body.as_bytes());
+        mac.verify_truncated_left(&tag).is_ok()
+    }
+
+    fn tag(&self, body: &[u8]) -> [u8; MAC_BYTES] {
+        let mut mac = self.mac.clone();
+        mac.update(body);
+        let full = mac.finalize().into_bytes();
+        let mut tag = [0u8; MAC_BYTES];
+        tag.copy_from_slice(&full[..MAC_BYTES]);
+        tag
+    }
+}
+
+fn create_secret(path: &Path) -> io::Result<Vec<u8>> {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| io::Error::other(e.to_string()))?;
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(hex.as_bytes())?;
+    file.write_all(b"\n")?;
+    Ok(hex.into_bytes())
+}
+
+/// Node names go into ids and cookies: letters, digits and `-` only.
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Every value of cookie `name` in the request, in order. Several can be
+/// present (cookies set for different paths); the registry tries each.
+pub fn cookie_values<'a>(
+    headers: &'a HeaderMap,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then(|| v.trim_matches('"'))
+        })
+}
+
+/// The `Set-Cookie` value that hands a new session id to a browser.
+pub fn set_cookie(name: &str, id: &str, path: &str) -> String {
+    format!("{name}={id}; Path={path}; HttpOnly; SameSite=Lax")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn signer() -> Signer {
+        Signer::new("node-1", b"0123456789abcdef0123456789abcdef")
+    }
+
+    #[test]
+    fn issued_ids_verify_and_differ() {
+        let s = signer();
+        let a = s.issue();
+        let b = s.issue();
+        assert_ne!(a, b);
+        assert!(s.verify(&a) && s.verify(&b));
+        assert!(a.starts_with("node-1."));
+        assert_eq!(a.split('.').count(), 3);
+    }
+
+    #[test]
+    fn forged_tampered_and_foreign_ids_fail() {
+        let s = signer();
+        let id = s.issue();
+        let other = Signer::new("node-1", b"another secret, another server!!").issue();
+        assert!(!s.verify(&other), "foreign secret");
+        let mut tampered = id.clone().into_bytes();
+        let i = id.find('.').unwrap() + 3;
+        tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+        assert!(
+            !s.verify(std::str::from_utf8(&tampered).unwrap()),
+            "tampered random part"
+        );
+        let renamed = id.replacen("node-1", "node-2", 1);
+        assert!(!s.verify(&renamed), "node name is covered by the MAC");
+        for junk in [
+            "",
+            ".",
+            "..",
+            "a.b.c",
+            "node-1.AAAA.AAAA",
+            &format!("{id}x"),
+            &id[..id.len() - 1],
+        ] {
+            assert!(!s.verify(junk), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn cookie_values_finds_every_occurrence() {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1; psd_sid=x; b=2"));
+        h.append(COOKIE, HeaderValue::from_static("psd_sid=\"y\""));
+        let got: Vec<_> = cookie_values(&h, "psd_sid").collect();
+        assert_eq!(got, ["x", "y"]);
+    }
+
+    #[test]
+    fn secret_file_is_created_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("psd-secret-{}", std::process::id()));
+        let path = dir.join("secret");
+        let a = Signer::load_or_create(&path, "n").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let b = Signer::load_or_create(&path, "n").unwrap();
+        assert!(b.verify(&a.issue()), "same secret after reload");
+        fs::write(&path, "short").unwrap();
+        assert!(Signer::load_or_create(&path, "n").is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

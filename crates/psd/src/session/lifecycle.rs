@@ -1,0 +1,180 @@
+//! One session's life, as one task that owns its worker and its queue.
+//!
+//! ```text
+//!            first request                 SessionTimeout (idle)
+//!  Dormant ───────────────▶ Starting ─▶ Idle ⇄ Busy ────────────▶ Dormant
+//!     ▲                                   │                          │
+//!     └──────── worker exits ◀────────────┘                          │
+//!  SessionLifetime, shutdown, in-process task ended ─▶ Stopping ─▶ Gone
+//! ```
+//!
+//! Requests are taken from the queue only while fewer than
+//! `WorkerConcurrency` are in flight, so with the default of 1 a session's
+//! requests never overlap and keep their order. A dormant session (worker
+//! stopped after an idle timeout or a crash) keeps its id and starts a fresh
+//! worker with `PSD_RESUMED=1` on its next request; it holds no
+//! `MaxSessions` permit while dormant. In-process sessions cannot outlive
+//! their task, so for them an idle timeout ends the session.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, Instant};
+
+use super::Registry;
+use crate::config::{Handler, LocationConfig};
+use crate::error::Error;
+use crate::worker::{Job, Spawn, Worker};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// No worker: before the first request, or after the worker stopped.
+    Dormant,
+    Starting,
+    Idle,
+    Busy,
+    Stopping,
+}
+
+pub(super) struct Session {
+    pub id: Arc<str>,
+    pub location: Arc<LocationConfig>,
+    pub registry: Arc<Registry>,
+    /// Held while a worker runs.
+    pub permit: Option<OwnedSemaphorePermit>,
+    /// Dropped when this task ends; the registry waits for all of them.
+    pub _alive: mpsc::Sender<()>,
+}
+
+struct Life {
+    state: State,
+    worker: Option<Worker>,
+    in_flight: JoinSet<()>,
+    last_active: Instant,
+    /// Whether a worker has run for this session before.
+    resumed: bool,
+}
+
+impl Session {
+    pub async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Job>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let lifetime_end = Instant::now() + self.location.session_lifetime;
+        let in_process = matches!(self.location.handler, Some(Handler::InProcess(_)));
+        let concurrency = self.location.worker_concurrency;
+        let mut life = Life {
+            state: State::Dormant,
+            worker: None,
+            in_flight: JoinSet::new(),
+            last_active: Instant::now(),
+            resumed: false,
+        };
+        tracing::debug!(session = %self.id, app = %self.location.prefix, "session created");
+
+        let reason = loop {
+            let idle = life.in_flight.is_empty();
+            let has_worker = life.worker.is_some();
+            let gone = life.worker.as_ref().map(Worker::gone);
+            let idle_end = life.last_active + self.location.session_timeout;
+            tokio::select! {
+                _ = shutdown.changed() => break "psd is shutting down",
+                _ = sleep_until(lifetime_end) => break "SessionLifetime reached",
+                Some(_) = life.in_flight.join_next(), if !idle => {
+                    life.last_active = Instant::now();
+                    if life.in_flight.is_empty() && life.worker.is_some() {
+                        self.transition(&mut life, State::Idle);
+                    }
+                }
+                _ = async move { gone.expect("guarded").await }, if has_worker => {
+                    life.worker = None;
+                    self.permit = None;
+                    if in_process {
+                        break "the application's session task ended";
+                    }
+                    self.transition(&mut life, State::Dormant);
+                }
+                _ = sleep_until(idle_end), if idle && has_worker => {
+                    if in_process {
+                        break "SessionTimeout reached";
+                    }
+                    tracing::info!(session = %self.id, "idle for {:?}: stopping the worker", self.location.session_timeout);
+                    if let Some(worker) = life.worker.take() {
+                        worker.stop(self.location.worker_stop_timeout).await;
+                    }
+                    self.permit = None;
+                    self.transition(&mut life, State::Dormant);
+                }
+                job = requests.recv(), if life.in_flight.len() < concurrency => match job {
+                    Some(job) => self.accept(&mut life, job).await,
+                    None => break "its queue closed",
+                },
+            }
+        };
+
+        self.transition(&mut life, State::Stopping);
+        self.registry.remove(&self.id);
+        requests.close();
+        while let Ok(job) = requests.try_recv() {
+            let _ = job.reply.send(Err(Error::ShuttingDown));
+        }
+        life.in_flight.shutdown().await;
+        if let Some(worker) = life.worker.take() {
+            worker.stop(self.location.worker_stop_timeout).await;
+        }
+        tracing::info!(session = %self.id, "session ended: {reason}");
+    }
+
+    /// Starts a worker if there is none, then hands the job to it.
+    async fn accept(&mut self, life: &mut Life, mut job: Job) {
+        job.meta.session_id = self.id.clone();
+        if life.worker.is_none() {
+            if self.permit.is_none() {
+                match self.registry.live.clone().try_acquire_owned() {
+                    Ok(permit) => self.permit = Some(permit),
+                    Err(_) => {
+                        let _ = job
+                            .reply
+                            .send(Err(Error::TooManySessions(self.registry.max_sessions)));
+                        return;
+                    }
+                }
+            }
+            self.transition(life, State::Starting);
+            let started = Worker::start(Spawn {
+                session_id: &self.id,
+                location: &self.location,
+                resumed: life.resumed,
+                run_dir: &self.registry.run_dir,
+            })
+            .await;
+            match started {
+                Ok(worker) => {
+                    life.worker = Some(worker);
+                    life.resumed = true;
+                }
+                Err(e) => {
+                    tracing::warn!(session = %self.id, "{e}");
+                    self.permit = None;
+                    self.transition(life, State::Dormant);
+                    let _ = job.reply.send(Err(e));
+                    return;
+                }
+            }
+        }
+        let worker = life.worker.as_ref().expect("started above");
+        life.in_flight.spawn(worker.serve(job));
+        self.transition(life, State::Busy);
+    }
+
+    /// The one place a session changes state.
+    fn transition(&self, life: &mut Life, to: State) {
+        if life.state != to {
+            let pid = life.worker.as_ref().and_then(Worker::pid);
+            tracing::debug!(session = %self.id, ?pid, "{:?} -> {:?}", life.state, to);
+            life.state = to;
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! CGI/1.1 (RFC 3875) in both directions: the meta-variables a request
+//! becomes, and the response head (`Status:`, `Location:`, headers) a worker
+//! writes back. Pure functions over bytes; no I/O.
+
+use http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use super::RequestMeta;
+
+/// The largest response head psd accepts from a worker.
+pub const MAX_HEAD_LEN: usize = 64 * 1024;
+
+/// The meta-variables of one request, in the order they are sent.
+pub fn params(parts: &Parts, meta: &RequestMeta) -> Vec<(String, Vec<u8>)> {
+    let path = parts.uri.path();
+    let path_info = path.strip_prefix(&*meta.script_name).unwrap_or(path);
+    let path_info: Vec<u8> = percent_encoding::percent_decode_str(path_info).collect();
+    let request_uri = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or(path);
+    let host = parts
+        .headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| strip_port(h).to_string());
+    let server_name = host
+        .or_else(|| {
+            meta.server_name
+                .as_deref()
+                .map(|n| strip_port(n).to_string())
+        })
+        .unwrap_or_else(|| meta.local.ip().to_string());
+
+    let mut out: Vec<(String, Vec<u8>)> = Vec::with_capacity(24 + parts.headers.len());
+    let mut put = |name: &str, value: &[u8]| out.push((name.to_string(), value.to_vec()));
+    put("GATEWAY_INTERFACE", b"CGI/1.1");
+    put(
+        "SERVER_SOFTWARE",
+        concat!("psd/", env!("CARGO_PKG_VERSION")).as_bytes(),
+    );
+    put("SERVER_PROTOCOL", version(parts.version).as_bytes());
+    put("SERVER_NAME", server_name.as_bytes());
+    put("SERVER_ADDR", meta.local.ip().to_string().as_bytes());
+    put("SERVER_PORT", meta.local.port().to_string().as_bytes());
+    put("REMOTE_ADDR", meta.remote.ip().to_string().as_bytes());
+    put("REMOTE_PORT", meta.remote.port().to_string().as_bytes());
+    put("REQUEST_SCHEME", b"http");
+    put("REQUEST_METHOD", parts.method.as_str().as_bytes());
+    put("REQUEST_URI", request_uri.as_bytes());
+    put("SCRIPT_NAME", meta.script_name.as_bytes());
+    put("PATH_INFO", &path_info);
+    put("QUERY_STRING", parts.uri.query().unwrap_or("").as_bytes());
+    put("SCRIPT_FILENAME", meta.script_filename.as_bytes());
+    put("DOCUMENT_ROOT", meta.document_root.as_bytes());
+    put("PSD_SESSION_ID", meta.session_id.as_bytes());
+    put("PSD_APP", meta.app.as_bytes());
+    if let Some(v) = parts.headers.get(CONTENT_TYPE) {
+        put("CONTENT_TYPE", v.as_bytes());
+    }
+    if let Some(v) = parts.headers.get(CONTENT_LENGTH) {
+        put("CONTENT_LENGTH", v.as_bytes());
+    }
+    for name in parts.headers.keys() {
+        // CONTENT_* are above; HTTP_PROXY would let a client set a worker's
+        // outbound proxy ("httpoxy"), so it is never passed.
+        if name == CONTENT_TYPE || name == CONTENT_LENGTH || name.as_str() == "proxy" {
+            continue;
+        }
+        let separator: &[u8] = if name == http::header::COOKIE {
+            b"; "
+        } else {
+            b", "
+        };
+        let mut value = Vec::new();
+        for (i, v) in parts.headers.get_all(name).iter().enumerate() {
+            if i > 0 {
+                value.extend_from_slice(separator);
+            }
+            value.extend_from_slice(v.as_bytes());
+        }
+        let var: String = "HTTP_"
+            .chars()
+            .chain(name.as_str().chars().map(|c| match c {
+                '-' => '_',
+                c => c.to_ascii_uppercase(),
+            }))
+            .collect();
+        put(&var, &value);
+    }
+    out
+}
+
+fn version(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(end) = host.strip_prefix('[').and_then(|h| h.find(']')) {
+        return &host[..end + 2];
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    }
+}
+
+/// Where the head ends: (length of the head, offset where the body starts).
+/// Accepts `\r\n\r\n` and the bare `\n\n` that many CGI scripts write.
+pub fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while let Some(pos) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + pos;
+        let rest = &buf[nl + 1..];
+        if rest.starts_with(b"\n") {
+            return Some((nl, nl + 2));
+        }
+        if rest.starts_with(b"\r\n") {
+            return Some((nl, nl + 3));
+        }
+        i = nl + 1;
+    }
+    None
+}
+
+/// A parsed CGI response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+}
+
+/// Parses the header lines of a CGI response. `Status:` sets the status;
+/// `Location:` without `Status:` means 302; hop-by-hop headers are dropped.
+pub fn parse_head(head: &[u8]) -> Result<Head, String> {
+    let mut status = None;
+    let mut headers = HeaderMap::new();
+    for raw in head.split(|&b| b == b'\n') {
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if line.is_empty() {
+            continue;
+        }
+        let colon = line.iter().position(|&b| b == b':').ok_or_else(|| {
+            format!(
+                "header line without ':': {:?}",
+                String::from_utf8_lossy(line)
+            )
+        })?;
+        let name = HeaderName::from_bytes(&line[..colon]).map_err(|_| {
+            format!(
+                "invalid header name {:?}",
+                String::from_utf8_lossy(&line[..colon])
+            )
+        })?;
+        let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii())
+            .map_err(|_| format!("invalid value for header {name}"))?;
+        match name.as_str() {
+            "status" => {
+                let code = value.as_bytes().get(..3).unwrap_or_default();
+                let code = StatusCode::from_bytes(code)
+                    .map_err(|_| format!("invalid Status: {:?}", value))?;
+                status = Some(code);
+            }
+            "connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "te" | "trailer" => {}
+            _ => {
+                headers.append(name, value);
+            }
+        }
+    }
+    let status = status.unwrap_or(if headers.contains_key(http::header::LOCATION) {
+        StatusCode::FOUND
+    } else {
+        StatusCode::OK
+    });
+    Ok(Head { status, headers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_end_handles_both_line_endings() {
+        assert_eq!(head_end(b"A: b\r\n\r\nbody"), Some((5, 8)));
+        assert_eq!(head_end(b"A: b\n\nbody"), Some((4, 6)));
+        assert_eq!(head_end(b"A: b\r\nC: d\r\n"), None);
+        assert_eq!(head_end(b"\r\n\r\n"), Some((1, 4)));
+    }
+
+    #[test]
+    fn status_location_and_hop_by_hop() {
+        let head = parse_head(b"Status: 404 Not Found\r\nContent-Type: text/plain\r\nConnection: close\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2").unwrap();
+        assert_eq!(head.status, StatusCode::NOT_FOUND);
+        assert!(!head.headers.contains_key("connection"));
+        assert_eq!(head.headers.get_all("set-cookie").iter().count(), 2);
+        let redirect = parse_head(b"Location: http://x/").unwrap();
+        assert_eq!(redirect.status, StatusCode::FOUND);
+        assert!(parse_head(b"garbage").is_err());
+        assert!(parse_head(b"Status: abc").is_err());
+    }
+
+    #[test]
+    fn ports_are_stripped_from_host_names() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
+}

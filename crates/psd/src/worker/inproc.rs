@@ -1,0 +1,123 @@
+//! An in-process worker: the application's session future, run as a task.
+//!
+//! Requests reach the task through a channel that [`crate::app::Session::next`]
+//! reads; the answer comes back on a oneshot. The request body is read whole
+//! (up to `MaxRequestBody`) before the application sees it, so parameters of
+//! urlencoded forms are there as in Continuity.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+use tokio::time::timeout;
+
+use super::{Job, Spawn};
+use crate::app::{decode_params, App, Request, Session};
+use crate::body;
+use crate::config::LocationConfig;
+use crate::error::Error;
+
+/// Requests that may wait for the task to take them.
+const QUEUE_DEPTH: usize = 16;
+
+/// A running session task.
+#[derive(Clone)]
+pub(crate) struct Task {
+    requests: mpsc::Sender<Request>,
+    abort: AbortHandle,
+    done: watch::Receiver<bool>,
+    session_id: Arc<str>,
+    location: Arc<LocationConfig>,
+}
+
+impl Task {
+    pub fn start(spawn: &Spawn<'_>, app: &App) -> Task {
+        let (requests, rx) = mpsc::channel(QUEUE_DEPTH);
+        let session = Session::new(spawn.session_id.clone(), spawn.resumed, rx);
+        let handle = tokio::spawn(app.start(session));
+        let abort = handle.abort_handle();
+        let (done_tx, done) = watch::channel(false);
+        let session_id = spawn.session_id.clone();
+        {
+            let session_id = session_id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle.await {
+                    if e.is_panic() {
+                        tracing::error!(session = %session_id, "session task panicked");
+                    }
+                }
+                let _ = done_tx.send(true);
+            });
+        }
+        Task {
+            requests,
+            abort,
+            done,
+            session_id,
+            location: spawn.location.clone(),
+        }
+    }
+
+    pub fn done(&self) -> watch::Receiver<bool> {
+        self.done.clone()
+    }
+
+    pub async fn serve(self, job: Job) {
+        let Job { request, reply, .. } = job;
+        let result = self.exchange(request).await;
+        if let Err(e) = &result {
+            tracing::info!(session = %self.session_id, "request failed: {e}");
+        }
+        let _ = reply.send(result.map(|r| r.map(body::full)));
+    }
+
+    async fn exchange(
+        &self,
+        request: http::Request<hyper::body::Incoming>,
+    ) -> Result<http::Response<Bytes>, Error> {
+        let limit = self.location.max_request_body;
+        let (parts, body) = request.into_parts();
+        let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    Error::BodyTooLarge { limit }
+                } else {
+                    Error::BadRequest(format!("reading request body: {e}"))
+                }
+            })?
+            .to_bytes();
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            params: decode_params(&parts.uri, &parts.headers, &body),
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            body,
+            reply,
+        };
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| Error::Worker("the session's task has ended".into()))?;
+        match timeout(self.location.request_timeout, answer).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(Error::Worker(
+                "the application dropped the request without answering".into(),
+            )),
+            Err(_) => {
+                // Like a hung process, a task that does not answer is replaced.
+                self.abort.abort();
+                Err(Error::Timeout(self.location.request_timeout))
+            }
+        }
+    }
+
+    pub async fn stop(self) {
+        self.abort.abort();
+        super::wait_gone(self.done.clone()).await;
+    }
+}

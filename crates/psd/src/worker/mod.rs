@@ -1,0 +1,126 @@
+//! Workers: what actually answers a session's requests.
+//!
+//! A worker is either a process speaking FastCGI ([`fastcgi`]) or an async
+//! task in this process ([`inproc`]). Both offer the same four operations to
+//! the session that owns them: start, serve one request, notice when they are
+//! gone, and stop. This module never decides *when* to start or stop a worker
+//! (the session's lifecycle does) and never sees other sessions.
+
+pub(crate) mod cgi;
+pub(crate) mod fastcgi;
+pub(crate) mod inproc;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Response;
+use hyper::body::Incoming;
+use tokio::sync::{oneshot, watch};
+
+use crate::body::Body;
+use crate::config::{Handler, LocationConfig};
+use crate::error::Error;
+
+/// One request on its way to a session, with the channel for its answer.
+pub(crate) struct Job {
+    pub request: http::Request<Incoming>,
+    pub meta: RequestMeta,
+    pub reply: oneshot::Sender<Result<Response<Body>, Error>>,
+}
+
+/// What a worker needs to know about a request besides the request itself.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestMeta {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub server_name: Option<Arc<str>>,
+    /// The `<Location>` prefix as CGI wants it: empty for `/`.
+    pub script_name: Arc<str>,
+    pub app: Arc<str>,
+    pub script_filename: Arc<str>,
+    pub document_root: Arc<str>,
+    pub session_id: Arc<str>,
+}
+
+/// Everything a new worker is started with.
+pub(crate) struct Spawn<'a> {
+    pub session_id: &'a Arc<str>,
+    pub location: &'a Arc<LocationConfig>,
+    pub resumed: bool,
+    pub run_dir: &'a PathBuf,
+}
+
+/// A running worker.
+pub(crate) enum Worker {
+    FastCgi(Arc<fastcgi::Process>),
+    InProcess(inproc::Task),
+}
+
+impl Worker {
+    /// Starts the location's worker and waits until it is ready to answer.
+    pub async fn start(spawn: Spawn<'_>) -> Result<Worker, Error> {
+        match spawn
+            .location
+            .handler
+            .as_ref()
+            .expect("validated locations have a handler")
+        {
+            Handler::Process(command) => fastcgi::Process::start(&spawn, command)
+                .await
+                .map(Worker::FastCgi),
+            Handler::InProcess(app) => Ok(Worker::InProcess(inproc::Task::start(&spawn, app))),
+        }
+    }
+
+    /// The future that serves one request to completion (including streaming
+    /// the response body), answering through `job.reply`.
+    pub fn serve(&self, job: Job) -> impl Future<Output = ()> + Send + 'static {
+        let worker = match self {
+            Worker::FastCgi(p) => Either::FastCgi(p.clone()),
+            Worker::InProcess(t) => Either::InProcess(t.clone()),
+        };
+        async move {
+            match worker {
+                Either::FastCgi(p) => p.serve(job).await,
+                Either::InProcess(t) => t.serve(job).await,
+            }
+        }
+    }
+
+    /// Resolves once the worker has exited (for any reason).
+    pub fn gone(&self) -> impl Future<Output = ()> + Send + 'static {
+        wait_gone(match self {
+            Worker::FastCgi(p) => p.done(),
+            Worker::InProcess(t) => t.done(),
+        })
+    }
+
+    /// Stops the worker: SIGTERM, then SIGKILL after `grace` (processes), or
+    /// cancellation (tasks). Returns once it is gone.
+    pub async fn stop(self, grace: Duration) {
+        match self {
+            Worker::FastCgi(p) => p.stop(grace).await,
+            Worker::InProcess(t) => t.stop().await,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Worker::FastCgi(p) => Some(p.pid()),
+            Worker::InProcess(_) => None,
+        }
+    }
+}
+
+enum Either {
+    FastCgi(Arc<fastcgi::Process>),
+    InProcess(inproc::Task),
+}
+
+async fn wait_gone(mut done: watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means the worker is.
+    let _ = done.wait_for(|&gone| gone).await;
+}
