@@ -65,8 +65,28 @@ impl Error {
     }
 }
 
+/// A parsed tree and every syntax error met on the way. The tree holds all
+/// that could be read, so a checker can validate it and report its problems
+/// beside the syntax errors.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub nodes: Vec<Node>,
+    pub errors: Vec<Error>,
+}
+
+impl Parsed {
+    /// The tree if there was no error, else the errors.
+    pub fn into_result(self) -> Result<Vec<Node>, Vec<Error>> {
+        if self.errors.is_empty() {
+            Ok(self.nodes)
+        } else {
+            Err(self.errors)
+        }
+    }
+}
+
 /// Reads and parses `path` and everything it includes.
-pub fn parse_file(path: &Path) -> Result<Vec<Node>, Vec<Error>> {
+pub fn parse_file(path: &Path) -> Parsed {
     let root = path
         .parent()
         .map(Path::to_path_buf)
@@ -80,24 +100,22 @@ pub fn parse_file(path: &Path) -> Result<Vec<Node>, Vec<Error>> {
         line: 0,
     };
     let nodes = parser.file(path, &top, 0);
-    if parser.errors.is_empty() {
-        Ok(nodes)
-    } else {
-        Err(parser.errors)
+    Parsed {
+        nodes,
+        errors: parser.errors,
     }
 }
 
 /// Parses text as if read from `file`; `Include` paths start at `root`.
-pub fn parse_str(text: &str, file: &Path, root: &Path) -> Result<Vec<Node>, Vec<Error>> {
+pub fn parse_str(text: &str, file: &Path, root: &Path) -> Parsed {
     let mut parser = Parser {
         root: root.to_path_buf(),
         errors: vec![],
     };
     let nodes = parser.text(text, Arc::from(file), 0);
-    if parser.errors.is_empty() {
-        Ok(nodes)
-    } else {
-        Err(parser.errors)
+    Parsed {
+        nodes,
+        errors: parser.errors,
     }
 }
 
@@ -174,11 +192,19 @@ impl Parser {
                 }
             }
         }
-        for open in stack {
+        // Unclosed sections are reported, and kept (closed at the end of the
+        // file) so that what they hold is still checked.
+        while let Some(open) = stack.pop() {
             self.errors.push(Error::new(
                 &open.node.at,
                 format!("<{}> is never closed", open.node.name),
             ));
+            let mut node = open.node;
+            node.children = Some(open.children);
+            match stack.last_mut() {
+                Some(parent) => parent.children.push(node),
+                None => top.push(node),
+            }
         }
         top
     }
@@ -411,7 +437,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Vec<Node>, Vec<Error>> {
-        parse_str(text, Path::new("t.conf"), Path::new("."))
+        parse_str(text, Path::new("t.conf"), Path::new(".")).into_result()
     }
 
     #[test]
@@ -481,11 +507,13 @@ mod tests {
             "Include conf.d/*.conf\nInclude missing.conf\n",
         )
         .unwrap();
-        let errors = parse_file(&dir.join("main.conf")).unwrap_err();
+        let errors = parse_file(&dir.join("main.conf"))
+            .into_result()
+            .unwrap_err();
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].at.line, 2);
         std::fs::write(dir.join("main.conf"), "Include conf.d/*.conf\n").unwrap();
-        let nodes = parse_file(&dir.join("main.conf")).unwrap();
+        let nodes = parse_file(&dir.join("main.conf")).into_result().unwrap();
         let names: Vec<_> = nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["A", "B"]);
         assert!(nodes[0].at.file.ends_with("conf.d/a.conf"));
@@ -497,7 +525,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("psd-conf-cycle-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("self.conf"), "Include self.conf\n").unwrap();
-        let errors = parse_file(&dir.join("self.conf")).unwrap_err();
+        let errors = parse_file(&dir.join("self.conf"))
+            .into_result()
+            .unwrap_err();
         assert!(errors[0].message.contains("nested"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

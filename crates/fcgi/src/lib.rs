@@ -14,7 +14,10 @@
 //! - [`encode_record`], [`encode_stream`], [`encode_params`], …: append records;
 //! - [`NameValueIter`], [`encode_name_value`]: the name-value pair encoding.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes};
+
+/// Re-exported so users of this crate need no direct `bytes` dependency.
+pub use bytes::BytesMut;
 
 /// The only protocol version there is.
 pub const VERSION_1: u8 = 1;

@@ -39,6 +39,12 @@ pub struct App {
     main: Arc<dyn Fn(Session) -> SessionFuture + Send + Sync>,
 }
 
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("App(..)")
+    }
+}
+
 impl App {
     /// `main` runs once per session; when its future ends, so does the session.
     pub fn new<F, Fut>(main: F) -> Self

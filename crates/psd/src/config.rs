@@ -16,7 +16,7 @@ use psd_conf::{Error, Location, Node};
 use crate::app::App;
 
 /// The whole daemon configuration.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub server_root: PathBuf,
     pub listen: Vec<Listen>,
@@ -38,7 +38,7 @@ pub struct Listen {
 }
 
 /// One `<Location>`: an application mounted at a path prefix.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct LocationConfig {
     /// Normalised: starts with `/`, no trailing `/` except for the root.
     pub prefix: String,
@@ -59,7 +59,7 @@ pub struct LocationConfig {
 }
 
 /// What serves a location's sessions.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub enum Handler {
     /// A program started once per session.
     Process(WorkerCommand),
@@ -131,11 +131,26 @@ impl Config {
     /// The address psd listens on when no `Listen` is given.
     pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:8080";
 
-    /// Reads, parses and validates a configuration file.
+    /// Reads, parses and validates a configuration file. On failure, every
+    /// syntax and validation error is returned, in file and line order.
     pub fn load(path: &Path) -> Result<Config, Vec<Error>> {
-        let nodes = psd_conf::parse_file(path)?;
-        let root = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        Config::from_nodes(&nodes, &root)
+        let parsed = psd_conf::parse_file(path);
+        let parent = path.parent().unwrap_or(Path::new("."));
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        let root = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+        let validated = Config::from_nodes(&parsed.nodes, &root);
+        if parsed.errors.is_empty() {
+            return validated;
+        }
+        let mut errors = parsed.errors;
+        errors.extend(validated.err().unwrap_or_default());
+        errors.sort_by(|a, b| (&a.at.file, a.at.line).cmp(&(&b.at.file, b.at.line)));
+        errors.dedup();
+        Err(errors)
     }
 
     /// Validates a parsed tree; `root` is the default `ServerRoot`.
@@ -194,8 +209,12 @@ impl Config {
                     format!("<Location {}> has no Worker directive", location.prefix),
                 )),
                 Some(Handler::Process(command)) => {
-                    if command.program.components().count() > 1 {
-                        command.program = root.join(&command.program);
+                    // A path with a slash is relative to ServerRoot; a bare
+                    // name is a file beside the config if there is one, else
+                    // looked up in PATH.
+                    let beside = root.join(&command.program);
+                    if command.program.components().count() > 1 || beside.is_file() {
+                        command.program = beside;
                     }
                 }
                 Some(Handler::InProcess(_)) => {}
@@ -565,6 +584,45 @@ pub const DIRECTIVES: &[Directive] = &[
     },
 ];
 
+/// The configuration reference (`docs/config.md`), generated from
+/// [`DIRECTIVES`] so that it cannot drift from what the parser accepts.
+pub fn reference() -> String {
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         Generated from the directive table in `crates/psd/src/config.rs`; a test fails when \
+         this page is stale (regenerate with `PSD_BLESS=1 cargo test -p psd reference`).\n\n\
+         One directive a line, case-insensitive names, `#` comments, `\"quoted values\"`, `\\` \
+         line continuation, `<Section arg> … </Section>` blocks, and `Include path/glob` \
+         anywhere. Relative paths are relative to `ServerRoot` (default: the config file's \
+         folder). Durations: `30s`, `15m`, `2h`, `1d`, `250ms` or a bare number of seconds. \
+         Sizes: `512`, `64K`, `8M`, `1G`. An unknown directive, a bad value or a directive in \
+         the wrong section is an error with file and line; `psd check -c FILE` lists them all.\n",
+    );
+    for scope in [Scope::Server, Scope::Location] {
+        out.push_str(&format!(
+            "\n## {}\n\n| directive | meaning | default |\n| --- | --- | --- |\n",
+            match scope {
+                Scope::Server => "Server config",
+                Scope::Location => "Inside `<Location /PATH>`",
+            }
+        ));
+        for d in DIRECTIVES.iter().filter(|d| d.scope == scope) {
+            let default = if d.default.is_empty() {
+                "—"
+            } else {
+                d.default
+            };
+            out.push_str(&format!(
+                "| `{}` | {} | {} |\n",
+                d.syntax.replace('|', "\\|"),
+                d.help,
+                default
+            ));
+        }
+    }
+    out
+}
+
 fn find(name: &str) -> Option<&'static Directive> {
     DIRECTIVES
         .iter()
@@ -704,6 +762,7 @@ mod tests {
 
     fn load(text: &str) -> Result<Config, Vec<String>> {
         let nodes = psd_conf::parse_str(text, Path::new("t.conf"), Path::new("/srv"))
+            .into_result()
             .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         Config::from_nodes(&nodes, Path::new("/srv"))
             .map_err(|e| e.iter().map(ToString::to_string).collect())
@@ -763,6 +822,20 @@ mod tests {
         assert_eq!(c.route("/app"), Some(1));
         assert_eq!(c.route("/apples"), Some(0));
         assert!(prefix_matches("/", "/anything"));
+    }
+
+    #[test]
+    fn reference_page_is_current() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/config.md");
+        let generated = reference();
+        if std::env::var_os("PSD_BLESS").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/config.md is stale: run PSD_BLESS=1 cargo test -p psd reference"
+        );
     }
 
     #[test]

@@ -251,7 +251,7 @@ async fn handle(
         .route(index, location, ids.iter().map(String::as_str), job)
     {
         Ok(routed) => routed,
-        Err((e, _job)) => {
+        Err(e) => {
             tracing::warn!(%remote, "{e}");
             return e.to_response();
         }

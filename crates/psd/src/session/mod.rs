@@ -74,7 +74,7 @@ impl Registry {
         location: &Arc<LocationConfig>,
         ids: impl Iterator<Item = &'a str>,
         job: Job,
-    ) -> Result<Routed, (Error, Job)> {
+    ) -> Result<Routed, Error> {
         let mut job = job;
         for id in ids {
             if !self.signer.verify(id) {
@@ -89,16 +89,16 @@ impl Registry {
             };
             match queue.try_send(job) {
                 Ok(()) => return Ok(Routed::Existing),
-                Err(mpsc::error::TrySendError::Full(j)) => return Err((Error::SessionBusy, j)),
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(Error::SessionBusy),
                 // The session ended between lookup and send: treat the id as unknown.
                 Err(mpsc::error::TrySendError::Closed(j)) => job = j,
             }
         }
         let Some(alive) = self.alive.lock().expect("registry lock").clone() else {
-            return Err((Error::ShuttingDown, job));
+            return Err(Error::ShuttingDown);
         };
         let Ok(permit) = self.live.clone().try_acquire_owned() else {
-            return Err((Error::TooManySessions(self.max_sessions), job));
+            return Err(Error::TooManySessions(self.max_sessions));
         };
         let id: Arc<str> = self.signer.issue().into();
         let (queue, requests) = mpsc::channel(SESSION_QUEUE_DEPTH);

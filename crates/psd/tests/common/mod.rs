@@ -1,0 +1,293 @@
+//! Shared helpers for the integration tests: a real `psd` process on a free
+//! loopback port with its own DataDir, and curl as the client (cookie jars
+//! included), so everything crosses real sockets and real processes.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const PSD: &str = env!("CARGO_BIN_EXE_psd");
+
+/// A fresh folder under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "psd-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The repository's root folder.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Path of a test worker under `crates/psd/tests/workers`.
+pub fn test_worker(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/workers")
+        .join(name)
+}
+
+/// A running `psd serve` with its log collected.
+pub struct Daemon {
+    pub child: Child,
+    pub port: u16,
+    pub dir: TempDir,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Starts psd with `body` as its configuration, after a `Listen` on a free
+    /// loopback port and a private `DataDir`.
+    pub fn start(body: &str) -> Daemon {
+        let dir = TempDir::new("d");
+        let config = dir.join("psd.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "Listen 127.0.0.1:0\nDataDir {}\n{body}",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(PSD)
+            .args(["serve", "-c"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn psd");
+        let log = Arc::new(Mutex::new(vec![]));
+        let (port_tx, port_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
+                    let _ = port_tx.send(rest.trim().parse::<u16>().unwrap());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let port = match port_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(port) => port,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("psd did not start: {:?}", log.lock().unwrap());
+            }
+        };
+        Daemon {
+            child,
+            port,
+            dir,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to psd.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `limit` for psd to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "psd did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill").arg(self.pid().to_string()).status();
+            let _ = self.wait_exit_quietly(Duration::from_secs(10));
+        }
+    }
+}
+
+impl Daemon {
+    fn wait_exit_quietly(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+/// One HTTP response as curl saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A `key=value` field of the test workers' one-line bodies.
+    pub fn field(&self, key: &str) -> Option<String> {
+        self.body
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_string))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.field("pid")
+            .unwrap_or_else(|| panic!("no pid in {self:?}"))
+            .parse()
+            .unwrap()
+    }
+
+    pub fn count(&self) -> i64 {
+        self.field("count").unwrap().parse().unwrap()
+    }
+}
+
+/// curl with an optional cookie jar.
+pub struct Client {
+    jar: Option<PathBuf>,
+}
+
+impl Client {
+    /// A client that keeps cookies in its own jar file.
+    pub fn with_jar(dir: &TempDir, name: &str) -> Client {
+        Client {
+            jar: Some(dir.join(&format!("{name}.jar"))),
+        }
+    }
+
+    /// A client without cookies.
+    pub fn anonymous() -> Client {
+        Client { jar: None }
+    }
+
+    pub fn get(&self, url: &str) -> Reply {
+        self.request(url, &[])
+    }
+
+    /// Runs curl with extra arguments; times out after 30 s.
+    pub fn request(&self, url: &str, extra: &[&str]) -> Reply {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-S", "-i", "--max-time", "30"]);
+        if let Some(jar) = &self.jar {
+            cmd.arg("-b").arg(jar).arg("-c").arg(jar);
+        }
+        cmd.args(extra).arg(url);
+        let out = cmd.output().expect("curl");
+        assert!(
+            out.status.success(),
+            "curl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parse_reply(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+fn parse_reply(text: &str) -> Reply {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// Whether a process exists (a reaped pid has no /proc entry).
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// The `Location` section for a FastCGI worker at `prefix`, with extra lines.
+pub fn location(prefix: &str, worker: &Path, extra: &str) -> String {
+    format!(
+        "<Location {prefix}>\n    Worker fastcgi {}\n{extra}\n</Location>\n",
+        worker.display()
+    )
+}

@@ -1,0 +1,419 @@
+//! End to end through a real psd and real FastCGI workers (Perl's FCGI,
+//! Python's flup, the Rust example), with curl as the browser.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn perl_counter() -> PathBuf {
+    repo().join("examples/counter-perl/counter.pl")
+}
+
+fn misbehave() -> PathBuf {
+    test_worker("misbehave.pl")
+}
+
+/// The Rust example worker, built once if the test run has not built it.
+fn rust_counter() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args(["build", "--quiet", "-p", "counter-fcgi"])
+                .current_dir(repo())
+                .status()
+                .unwrap();
+            assert!(status.success(), "building counter-fcgi");
+            PathBuf::from(PSD).with_file_name("counter-fcgi")
+        })
+        .clone()
+}
+
+/// Two browsers: separate counts and workers; each keeps its own worker.
+fn two_jars_keep_separate_sessions(worker: PathBuf) {
+    let d = Daemon::start(&location("/counter", &worker, ""));
+    let (a, b) = (Client::with_jar(&d.dir, "a"), Client::with_jar(&d.dir, "b"));
+    let url = d.url("/counter/");
+    let a1 = a.get(&url);
+    let a2 = a.get(&url);
+    let b1 = b.get(&url);
+    let a3 = a.get(&url);
+    assert_eq!(a1.status, 200, "{a1:?}\n{}", d.log_text());
+    assert_eq!((a1.count(), a2.count(), a3.count()), (1, 2, 3));
+    assert_eq!(b1.count(), 1, "the second jar starts its own count");
+    assert_eq!(a1.pid(), a3.pid(), "one jar keeps its worker");
+    assert_ne!(a1.pid(), b1.pid(), "each session has its own worker");
+    assert_eq!(a1.field("session"), a3.field("session"));
+}
+
+#[test]
+fn perl_fcgi_workers_keep_one_process_per_session() {
+    two_jars_keep_separate_sessions(perl_counter());
+}
+
+#[test]
+fn python_flup_workers_keep_one_process_per_session() {
+    two_jars_keep_separate_sessions(repo().join("examples/counter-python/counter.py"));
+}
+
+#[test]
+fn rust_workers_keep_one_process_per_session() {
+    two_jars_keep_separate_sessions(rust_counter());
+}
+
+#[test]
+fn cgi_variables_and_request_body_reach_the_worker() {
+    let d = Daemon::start(&location("/app", &perl_counter(), ""));
+    let r = Client::anonymous().request(
+        &d.url("/app/some/path?x=1"),
+        &["--data-binary", "0123456789"],
+    );
+    assert_eq!(r.field("script").as_deref(), Some("/app"));
+    assert_eq!(r.field("path").as_deref(), Some("/some/path"));
+    assert_eq!(r.field("body").as_deref(), Some("10"));
+    let session = r.field("session").unwrap();
+    assert!(
+        r.header("set-cookie").unwrap().contains(&session),
+        "worker sees the id the client got"
+    );
+}
+
+#[test]
+fn set_cookie_is_http_only_same_site_lax_with_the_location_path() {
+    let d = Daemon::start(&location("/app", &perl_counter(), ""));
+    let r = Client::anonymous().get(&d.url("/app/"));
+    let cookie = r
+        .header("set-cookie")
+        .expect("a new session sets its cookie");
+    assert!(cookie.starts_with("psd_sid=psd."), "{cookie}");
+    for attribute in ["Path=/app", "HttpOnly", "SameSite=Lax"] {
+        assert!(
+            cookie.split("; ").any(|a| a == attribute),
+            "{attribute} missing in {cookie}"
+        );
+    }
+    assert!(
+        !cookie.contains("Secure"),
+        "plain HTTP: no Secure attribute"
+    );
+}
+
+#[test]
+fn forged_tampered_and_foreign_ids_get_a_new_session_and_a_new_id() {
+    let d = Daemon::start(&location("/", &perl_counter(), ""));
+    let other = Daemon::start(&location("/", &perl_counter(), ""));
+    let url = d.url("/");
+    let owner = Client::with_jar(&d.dir, "owner");
+    let first = owner.get(&url);
+    owner.get(&url);
+    let id = first.field("session").unwrap();
+    let foreign = Client::anonymous()
+        .get(&other.url("/"))
+        .field("session")
+        .unwrap();
+
+    let mut tampered = id.clone().into_bytes();
+    let i = id.find('.').unwrap() + 5;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let unsigned = format!("{}.AAAAAAAAAAAAAAAAAAAAAA", id.rsplit_once('.').unwrap().0);
+    for presented in [
+        tampered.as_str(),
+        foreign.as_str(),
+        &unsigned,
+        "garbage",
+        "",
+        "psd..x",
+    ] {
+        let r = Client::anonymous().request(&url, &["-H", &format!("Cookie: psd_sid={presented}")]);
+        let new_id = r.field("session").unwrap();
+        assert_eq!(
+            r.count(),
+            1,
+            "{presented:?} must not reach an existing session"
+        );
+        assert_ne!(r.pid(), first.pid());
+        assert_ne!(new_id, id);
+        assert_ne!(new_id, presented);
+        let cookie = r.header("set-cookie").expect("a new id is issued");
+        assert!(cookie.contains(&new_id));
+    }
+    assert_eq!(owner.get(&url).count(), 3, "the real session is untouched");
+}
+
+#[test]
+fn idle_timeout_stops_the_worker_and_the_session_resumes_with_a_new_one() {
+    let d = Daemon::start(&location("/", &perl_counter(), "SessionTimeout 1s"));
+    let c = Client::with_jar(&d.dir, "c");
+    let first = c.get(&d.url("/"));
+    let pid = first.pid();
+    assert!(alive(pid));
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(pid)),
+        "worker {pid} still running after its idle timeout"
+    );
+    let again = c.get(&d.url("/"));
+    assert_ne!(again.pid(), pid);
+    assert_eq!(
+        again.field("session"),
+        first.field("session"),
+        "same session id resumes"
+    );
+    assert_eq!(again.field("resumed").as_deref(), Some("1"));
+    assert_eq!(again.count(), 1, "a new process starts counting again");
+}
+
+#[test]
+fn a_worker_that_dies_mid_request_gives_502_and_the_next_request_a_new_worker() {
+    let d = Daemon::start(&location("/", &misbehave(), ""));
+    let c = Client::with_jar(&d.dir, "c");
+    let before = c.get(&d.url("/ok"));
+    let crash = c.get(&d.url("/crash"));
+    assert_eq!(crash.status, 502, "{crash:?}");
+    assert!(
+        !crash.body.contains("misbehave"),
+        "no internals in error bodies"
+    );
+    assert!(eventually(Duration::from_secs(5), || !alive(before.pid())));
+    let after = c.get(&d.url("/ok"));
+    assert_eq!(after.status, 200);
+    assert_ne!(after.pid(), before.pid());
+    assert_eq!(after.field("session"), before.field("session"));
+}
+
+#[test]
+fn a_worker_that_dies_before_answering_gives_502() {
+    // The worker exits right after start-up: it never answers the request.
+    let dir = TempDir::new("exit");
+    let script = dir.join("exit.pl");
+    std::fs::write(
+        &script,
+        "#!/usr/bin/perl\nuse FCGI; my $r = FCGI::Request(); $r->Accept(); exit 1;\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let d = Daemon::start(&location("/", &script, ""));
+    let r = Client::anonymous().get(&d.url("/"));
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(!r.body.contains("exit.pl"), "no internals in error bodies");
+}
+
+#[test]
+fn a_missing_program_gives_502_and_psd_carries_on() {
+    let good = perl_counter();
+    let config = format!(
+        "{}{}",
+        location("/missing", &PathBuf::from("/nonexistent/worker"), ""),
+        location("/ok", &good, "")
+    );
+    let d = Daemon::start(&config);
+    let r = Client::anonymous().get(&d.url("/missing/"));
+    assert_eq!(r.status, 502);
+    assert_eq!(Client::anonymous().get(&d.url("/ok/")).status, 200);
+}
+
+#[test]
+fn a_hung_worker_gives_504_at_request_timeout_and_is_replaced() {
+    let d = Daemon::start(&location("/", &misbehave(), "RequestTimeout 1s"));
+    let c = Client::with_jar(&d.dir, "c");
+    let before = c.get(&d.url("/ok"));
+    let started = Instant::now();
+    let hung = c.get(&d.url("/hang"));
+    let waited = started.elapsed();
+    assert_eq!(hung.status, 504, "{hung:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(before.pid())),
+        "hung worker killed"
+    );
+    let after = c.get(&d.url("/ok"));
+    assert_eq!(after.status, 200);
+    assert_ne!(after.pid(), before.pid());
+}
+
+#[test]
+fn bodies_over_max_request_body_get_413() {
+    let d = Daemon::start(&location("/", &perl_counter(), "MaxRequestBody 1K"));
+    let big = "x".repeat(4096);
+    let c = Client::anonymous();
+    let declared = c.request(&d.url("/"), &["--data-binary", &big]);
+    assert_eq!(declared.status, 413);
+    let chunked = c.request(
+        &d.url("/"),
+        &["-H", "Transfer-Encoding: chunked", "--data-binary", &big],
+    );
+    assert_eq!(chunked.status, 413, "a streamed body is counted too");
+    let small = c.request(&d.url("/"), &["--data-binary", "small"]);
+    assert_eq!(small.status, 200);
+    assert_eq!(small.field("body").as_deref(), Some("5"));
+}
+
+#[test]
+fn max_sessions_gives_503_with_retry_after_and_old_sessions_go_on() {
+    let d = Daemon::start(&format!(
+        "MaxSessions 2\n{}",
+        location("/", &perl_counter(), "")
+    ));
+    let (a, b, c) = (
+        Client::with_jar(&d.dir, "a"),
+        Client::with_jar(&d.dir, "b"),
+        Client::with_jar(&d.dir, "c"),
+    );
+    assert_eq!(a.get(&d.url("/")).status, 200);
+    assert_eq!(b.get(&d.url("/")).status, 200);
+    let refused = c.get(&d.url("/"));
+    assert_eq!(refused.status, 503);
+    assert!(refused.header("retry-after").is_some(), "{refused:?}");
+    assert_eq!(
+        a.get(&d.url("/")).count(),
+        2,
+        "live sessions are unaffected"
+    );
+}
+
+#[test]
+fn requests_to_one_session_never_overlap_but_sessions_run_in_parallel() {
+    let d = Daemon::start(&location("/", &misbehave(), ""));
+    let url = d.url("/slow?ms=400");
+    let shared = Client::with_jar(&d.dir, "shared");
+    shared.get(&d.url("/ok"));
+    let jar = d.dir.join("shared.jar");
+    let same: Vec<Reply> = thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| Client::anonymous().request(&url, &["-b", jar.to_str().unwrap()])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut spans: Vec<(f64, f64)> = same
+        .iter()
+        .map(|r| {
+            (
+                r.field("start").unwrap().parse().unwrap(),
+                r.field("end").unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for pair in spans.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "requests of one session overlapped: {spans:?}"
+        );
+    }
+    assert_eq!(
+        same.iter()
+            .map(Reply::pid)
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        1
+    );
+
+    let started = Instant::now();
+    let parallel: Vec<Reply> = thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| Client::anonymous().get(&url)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(parallel.iter().all(|r| r.status == 200));
+    assert!(
+        started.elapsed() < Duration::from_millis(1150),
+        "separate sessions must run in parallel: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_worker_ignoring_sigterm_is_killed_after_worker_stop_timeout() {
+    let d = Daemon::start(&location(
+        "/",
+        &misbehave(),
+        "SetEnv IGNORE_TERM 1\nSessionTimeout 1s\nWorkerStopTimeout 1s",
+    ));
+    let pid = Client::anonymous().get(&d.url("/ok")).pid();
+    assert!(alive(pid));
+    assert!(
+        eventually(Duration::from_secs(6), || !alive(pid)),
+        "SIGKILL follows the ignored SIGTERM"
+    );
+    assert!(d.log_text().contains("ignored SIGTERM"), "{}", d.log_text());
+}
+
+#[test]
+fn unknown_paths_get_404_and_psd_urls_are_never_passed_to_workers() {
+    let d = Daemon::start(&location("/app", &perl_counter(), ""));
+    assert_eq!(Client::anonymous().get(&d.url("/elsewhere")).status, 404);
+    assert_eq!(Client::anonymous().get(&d.url("/apples")).status, 404);
+    assert_eq!(
+        Client::anonymous().get(&d.url("/app/.psd/state")).status,
+        404
+    );
+    assert_eq!(Client::anonymous().get(&d.url("/app/x")).status, 200);
+}
+
+/// The Rust example's side of the protocol against libfcgi's own client:
+/// `cgi-fcgi -start` gives it a listening socket at fd 0 just as psd does.
+#[test]
+fn the_rust_worker_interoperates_with_libfcgi_cgi_fcgi() {
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new("cgi-fcgi");
+    let socket = dir.join("app.sock");
+    let worker = rust_counter();
+    let started = Command::new("cgi-fcgi")
+        .args(["-start", "-connect"])
+        .arg(&socket)
+        .arg(&worker)
+        .status()
+        .expect("cgi-fcgi (libfcgi-bin) is installed by scripts/install-test-deps.sh");
+    assert!(started.success());
+    let request = |body: &str| {
+        let mut child = Command::new("cgi-fcgi")
+            .args(["-bind", "-connect"])
+            .arg(&socket)
+            .env("REQUEST_METHOD", "POST")
+            .env("CONTENT_LENGTH", body.len().to_string())
+            .env("PSD_SESSION_ID", "sid-1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let first = request("hello");
+    let second = request("");
+    let pid = |s: &str| {
+        s.split("pid=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .map(str::to_string)
+    };
+    let _ = Command::new("kill")
+        .arg(pid(&first).unwrap_or_default())
+        .status();
+    assert!(
+        first.starts_with("Content-Type: text/plain\r\n\r\n"),
+        "{first:?}"
+    );
+    assert!(
+        first.contains("count=1") && first.contains("body=5") && first.contains("session=sid-1"),
+        "{first:?}"
+    );
+    assert!(second.contains("count=2"), "{second:?}");
+    assert_eq!(pid(&first), pid(&second));
+}

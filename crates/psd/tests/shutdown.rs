@@ -1,0 +1,50 @@
+//! SIGTERM/SIGINT: stop accepting, drain, stop every worker, exit 0, and
+//! leave no process behind.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn live_sessions_then_signal(signal: &str, sessions: usize) {
+    let worker = repo().join("examples/counter-perl/counter.pl");
+    let mut d = Daemon::start(&location("/", &worker, ""));
+    let pids: Vec<u32> = (0..sessions)
+        .map(|_| Client::anonymous().get(&d.url("/")).pid())
+        .collect();
+    assert!(pids.iter().all(|&p| alive(p)));
+    d.signal(signal);
+    let status = d.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", d.log_text());
+    let left: Vec<u32> = pids.into_iter().filter(|&p| alive(p)).collect();
+    assert!(left.is_empty(), "workers left behind: {left:?}");
+    let sockets = std::fs::read_dir(d.dir.join("data/run")).unwrap().count();
+    assert_eq!(sockets, 0, "worker sockets removed");
+}
+
+#[test]
+fn sigterm_with_20_live_sessions_exits_0_and_leaves_no_worker() {
+    live_sessions_then_signal("TERM", 20);
+}
+
+#[test]
+fn sigint_behaves_like_sigterm() {
+    live_sessions_then_signal("INT", 3);
+}
+
+#[test]
+fn an_in_flight_request_finishes_during_shutdown() {
+    let worker = test_worker("misbehave.pl");
+    let mut d = Daemon::start(&location("/", &worker, ""));
+    let url = d.url("/slow?ms=700");
+    let request = std::thread::spawn(move || Client::anonymous().get(&url));
+    assert!(eventually(Duration::from_secs(5), || d
+        .log_text()
+        .contains("worker started")));
+    std::thread::sleep(Duration::from_millis(150));
+    d.signal("TERM");
+    let reply = request.join().unwrap();
+    assert_eq!(reply.status, 200, "drained, not dropped: {reply:?}");
+    assert_eq!(d.wait_exit(Duration::from_secs(20)).code(), Some(0));
+}
