@@ -24,6 +24,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub session_secret: Option<PathBuf>,
     pub max_sessions: usize,
+    pub request_header_timeout: Duration,
     pub error_log: Option<PathBuf>,
     pub log_level: String,
     pub node_name: String,
@@ -89,6 +90,7 @@ impl Default for Config {
             data_dir: PathBuf::from("psd-data"),
             session_secret: None,
             max_sessions: 1000,
+            request_header_timeout: Duration::from_secs(20),
             error_log: None,
             log_level: "info".into(),
             node_name: "psd".into(),
@@ -374,6 +376,17 @@ pub const DIRECTIVES: &[Directive] = &[
         help: "Live sessions across all applications; new sessions beyond it get 503 with Retry-After.",
         apply: Apply::Server(|c, a| {
             c.max_sessions = positive(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "RequestHeaderTimeout",
+        scope: Scope::Server,
+        syntax: "RequestHeaderTimeout DURATION",
+        default: "20s",
+        help: "A client must send a whole request head within this time, or its connection is closed (nginx's client_header_timeout).",
+        apply: Apply::Server(|c, a| {
+            c.request_header_timeout = duration(one(a)?)?;
             Ok(())
         }),
     },

@@ -29,8 +29,6 @@ use crate::mapper::{self, Signer};
 use crate::session::{Registry, Routed};
 use crate::worker::{Job, RequestMeta};
 
-/// How long a client may take to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
 /// Upper bound for draining in-flight requests at shutdown.
 const MAX_DRAIN: Duration = Duration::from_secs(30);
 /// `sun_path` is 108 bytes on Linux, including the final NUL.
@@ -88,7 +86,7 @@ pub async fn run(
 
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(shared.config.request_header_timeout)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);

@@ -417,3 +417,120 @@ fn the_rust_worker_interoperates_with_libfcgi_cgi_fcgi() {
     assert!(second.contains("count=2"), "{second:?}");
     assert_eq!(pid(&first), pid(&second));
 }
+
+#[test]
+fn a_client_that_never_finishes_its_request_head_is_cut_off() {
+    use std::io::{Read, Write};
+    let d = Daemon::start(&format!(
+        "RequestHeaderTimeout 500ms\n{}",
+        location("/", &perl_counter(), "")
+    ));
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert_eq!(
+        Client::anonymous().get(&d.url("/")).status,
+        200,
+        "others are served meanwhile"
+    );
+}
+
+#[test]
+fn session_lifetime_ends_a_session_even_while_it_is_used() {
+    let d = Daemon::start(&location("/", &perl_counter(), "SessionLifetime 1s"));
+    let c = Client::with_jar(&d.dir, "c");
+    let first = c.get(&d.url("/"));
+    assert!(eventually(Duration::from_secs(5), || !alive(first.pid())));
+    let later = c.get(&d.url("/"));
+    assert_ne!(
+        later.field("session"),
+        first.field("session"),
+        "an expired id is never accepted again"
+    );
+    assert_eq!(later.field("resumed").as_deref(), Some("0"));
+    assert!(later.header("set-cookie").is_some());
+}
+
+#[test]
+fn worker_stderr_is_logged_line_by_line_with_the_session_id() {
+    let d = Daemon::start(&location("/", &perl_counter(), ""));
+    let r = Client::anonymous().get(&d.url("/"));
+    let session = r.field("session").unwrap();
+    let pid = r.pid();
+    assert!(
+        eventually(Duration::from_secs(5), || d
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(&format!("worker: counter.pl {pid} started"))
+                && l.contains(&session))),
+        "{}",
+        d.log_text()
+    );
+}
+
+#[test]
+fn worker_concurrency_lets_one_session_run_requests_side_by_side() {
+    let d = Daemon::start(&location(
+        "/",
+        &test_worker("sleepy.py"),
+        "WorkerConcurrency 3",
+    ));
+    let c = Client::with_jar(&d.dir, "c");
+    let first = c.get(&d.url("/"));
+    let jar = d.dir.join("c.jar");
+    let url = d.url("/?ms=500");
+    let started = Instant::now();
+    let replies: Vec<Reply> = thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| Client::anonymous().request(&url, &["-b", jar.to_str().unwrap()])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        replies.iter().all(|r| r.pid() == first.pid()),
+        "one worker served them all"
+    );
+}
+
+/// psd's peak resident memory, from /proc.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn request_bodies_are_streamed_to_the_worker_not_buffered_whole() {
+    let d = Daemon::start(&location("/", &perl_counter(), "MaxRequestBody 100M"));
+    let upload = d.dir.join("upload.bin");
+    let size = 64 << 20;
+    std::fs::write(&upload, vec![b'x'; size]).unwrap();
+    let before = peak_rss_kib(d.pid());
+    let r =
+        Client::anonymous().request(&d.url("/"), &["-X", "POST", "-T", upload.to_str().unwrap()]);
+    assert_eq!(r.field("body"), Some(size.to_string()), "{r:?}");
+    let grown = peak_rss_kib(d.pid()).saturating_sub(before);
+    assert!(
+        grown < 16 * 1024,
+        "psd's peak RSS grew by {grown} KiB for a 64 MiB body"
+    );
+}
