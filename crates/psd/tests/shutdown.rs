@@ -48,3 +48,17 @@ fn an_in_flight_request_finishes_during_shutdown() {
     assert_eq!(reply.status, 200, "drained, not dropped: {reply:?}");
     assert_eq!(d.wait_exit(Duration::from_secs(20)).code(), Some(0));
 }
+
+#[test]
+fn sighup_does_not_end_the_daemon_or_its_sessions() {
+    let worker = repo().join("examples/counter-perl/counter.pl");
+    let d = Daemon::start(&location("/", &worker, ""));
+    let c = Client::with_jar(&d.dir, "c");
+    let before = c.get(&d.url("/"));
+    d.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || d
+        .log_text()
+        .contains("SIGHUP received")));
+    let after = c.get(&d.url("/"));
+    assert_eq!((after.pid(), after.count()), (before.pid(), 2));
+}
