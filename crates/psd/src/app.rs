@@ -24,12 +24,15 @@
 //! ```
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use tokio::sync::{mpsc, oneshot};
+
+pub use crate::mapper::Access;
 
 type SessionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -102,6 +105,9 @@ pub struct Request {
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
     pub(crate) params: Vec<(String, String)>,
+    pub(crate) session_id: Arc<str>,
+    pub(crate) access: Access,
+    pub(crate) client: IpAddr,
     pub(crate) reply: oneshot::Sender<Response<Bytes>>,
 }
 
@@ -124,6 +130,22 @@ impl Request {
 
     pub fn body(&self) -> &Bytes {
         &self.body
+    }
+
+    /// The session id as this client holds it: for a read-only viewer, the
+    /// read-only id. Write this into links, never [`Session::id`].
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    /// Whether this request may change the session.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// The client's address (after `TrustedProxy`).
+    pub fn client(&self) -> IpAddr {
+        self.client
     }
 
     /// The first value of a query or urlencoded form parameter.

@@ -1,11 +1,14 @@
-//! Response bodies: whole ones, and ones streamed from a worker as it writes.
+//! Bodies: responses whole or streamed from a worker as it writes, and
+//! requests streamed from the client or, when the mapper had to read form
+//! fields first, already read.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
+use http_body_util::{BodyExt, Full};
 use tokio::sync::mpsc;
 
 /// Any error a body can end with.
@@ -13,6 +16,37 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of every response psd sends.
 pub type Body = BoxBody<Bytes, BoxError>;
+
+/// The body of a request on its way to a worker.
+pub type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A request body read from the client as the worker takes it.
+pub fn streamed(incoming: hyper::body::Incoming) -> RequestBody {
+    incoming.map_err(BoxError::from).boxed_unsync()
+}
+
+/// A request body that was already read whole.
+pub fn buffered(bytes: Bytes) -> RequestBody {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Reads a request body whole, refusing more than `limit` bytes.
+pub(crate) async fn read_all(mut body: RequestBody, limit: u64) -> Result<Bytes, crate::Error> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| crate::Error::BadRequest(format!("reading request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if (out.len() + data.len()) as u64 > limit {
+                return Err(crate::Error::BodyTooLarge { limit });
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}
 
 /// A body that is all there at once.
 pub fn full(bytes: impl Into<Bytes>) -> Body {

@@ -9,11 +9,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use psd_conf::{Error, Location, Node};
 
 use crate::app::App;
+use crate::mapper::{Cidr, Mapper, SessionKey};
 
 /// The whole daemon configuration.
 #[derive(Debug, Clone)]
@@ -25,6 +27,7 @@ pub struct Config {
     pub session_secret: Option<PathBuf>,
     pub max_sessions: usize,
     pub request_header_timeout: Duration,
+    pub trusted_proxies: Vec<Cidr>,
     pub error_log: Option<PathBuf>,
     pub log_level: String,
     pub node_name: String,
@@ -44,7 +47,9 @@ pub struct LocationConfig {
     /// Normalised: starts with `/`, no trailing `/` except for the root.
     pub prefix: String,
     pub handler: Option<Handler>,
-    pub session_cookie: String,
+    /// Maps requests to sessions: the `SessionKey` parts, or a custom mapper.
+    pub mapper: Arc<dyn Mapper>,
+    pub max_sessions_per_client: usize,
     pub session_timeout: Duration,
     pub session_lifetime: Duration,
     pub request_timeout: Duration,
@@ -91,6 +96,7 @@ impl Default for Config {
             session_secret: None,
             max_sessions: 1000,
             request_header_timeout: Duration::from_secs(20),
+            trusted_proxies: vec![],
             error_log: None,
             log_level: "info".into(),
             node_name: "psd".into(),
@@ -105,7 +111,8 @@ impl LocationConfig {
         Self {
             prefix: normalize_prefix(prefix),
             handler: None,
-            session_cookie: "psd_sid".into(),
+            mapper: Arc::new(SessionKey::default()),
+            max_sessions_per_client: 50,
             session_timeout: Duration::from_secs(15 * 60),
             session_lifetime: Duration::from_secs(24 * 3600),
             request_timeout: Duration::from_secs(60),
@@ -380,6 +387,22 @@ pub const DIRECTIVES: &[Directive] = &[
         }),
     },
     Directive {
+        name: "TrustedProxy",
+        scope: Scope::Server,
+        syntax: "TrustedProxy CIDR…",
+        default: "none",
+        help: "Peers whose Forwarded / X-Forwarded-For headers are believed; the client is the rightmost untrusted address they forward. Headers from other peers are ignored.",
+        apply: Apply::Server(|c, a| {
+            if a.is_empty() {
+                return Err("expected one or more addresses or CIDR ranges".into());
+            }
+            for cidr in a {
+                c.trusted_proxies.push(cidr.parse()?);
+            }
+            Ok(())
+        }),
+    },
+    Directive {
         name: "RequestHeaderTimeout",
         scope: Scope::Server,
         syntax: "RequestHeaderTimeout DURATION",
@@ -458,21 +481,23 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "SessionKey",
         scope: Scope::Location,
-        syntax: "SessionKey cookie NAME",
+        syntax: "SessionKey PART…",
         default: "cookie psd_sid",
-        help: "What maps a request to its session.",
-        apply: Apply::Location(|l, a| match a {
-            [kind, name] if kind.eq_ignore_ascii_case("cookie") => {
-                if name.is_empty() || !name.bytes().all(is_cookie_name_byte) {
-                    return Err(format!("'{name}' is not a valid cookie name"));
-                }
-                l.session_cookie = name.clone();
-                Ok(())
-            }
-            [kind, ..] if ["query", "path", "ip"].iter().any(|k| kind.eq_ignore_ascii_case(k)) => {
-                Err(format!("SessionKey {kind} is not supported by this version yet"))
-            }
-            _ => Err("expected SessionKey cookie NAME".into()),
+        help: "What maps a request to its session, combined in order: `cookie NAME` or `query NAME` (a psd-issued, signed id; the cookie wins when both are present), `path` (the path under the Location: one session per path), `ip` (the client address).",
+        apply: Apply::Location(|l, a| {
+            l.mapper = Arc::new(SessionKey::parse(a)?);
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "MaxSessionsPerClient",
+        scope: Scope::Location,
+        syntax: "MaxSessionsPerClient N",
+        default: "50",
+        help: "Live sessions one client address may hold; beyond it new sessions get 503 with Retry-After.",
+        apply: Apply::Location(|l, a| {
+            l.max_sessions_per_client = positive(one(a)?)?;
+            Ok(())
         }),
     },
     Directive {
@@ -764,11 +789,6 @@ fn env_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// RFC 6265 `token` characters.
-fn is_cookie_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -793,7 +813,7 @@ mod tests {
         assert_eq!(c.max_sessions, 20);
         let l = &c.locations[0];
         assert_eq!(l.prefix, "/app");
-        assert_eq!(l.session_cookie, "sid");
+        assert_eq!(l.mapper.cookie_name(), Some("sid"));
         assert_eq!(l.session_timeout, Duration::from_secs(120));
         assert_eq!(l.request_timeout, Duration::from_millis(1500));
         assert_eq!(l.max_request_body, 64 * 1024);

@@ -23,6 +23,10 @@ pub enum Error {
     BadRequest(String),
     #[error("MaxSessions ({0}) reached")]
     TooManySessions(usize),
+    #[error("MaxSessionsPerClient ({0}) reached")]
+    TooManySessionsForClient(usize),
+    #[error("a read-only session id allows only GET and HEAD")]
+    ReadOnly,
     #[error("too many requests queued for one session")]
     SessionBusy,
     #[error("psd is shutting down")]
@@ -44,9 +48,11 @@ impl Error {
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Error::TooManySessions(_) | Error::SessionBusy | Error::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::ReadOnly => StatusCode::FORBIDDEN,
+            Error::TooManySessions(_)
+            | Error::TooManySessionsForClient(_)
+            | Error::SessionBusy
+            | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::WorkerStart(_) | Error::Worker(_) => StatusCode::BAD_GATEWAY,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -67,6 +73,10 @@ impl Error {
             Error::TooManySessions(_) => {
                 "Service Unavailable: too many sessions, try again later\n"
             }
+            Error::TooManySessionsForClient(_) => {
+                "Service Unavailable: too many sessions from your address, try again later\n"
+            }
+            Error::ReadOnly => "Forbidden: this session link is read-only\n",
             Error::SessionBusy => {
                 "Service Unavailable: too many requests queued for this session\n"
             }

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! A request travels through the modules in this order:
-//! - [`server`]: listeners and HTTP/1.1; [`run`] is the daemon;
+//! - `server`: listeners and HTTP/1.1; [`Server`] and [`run`] are the daemon;
 //! - [`mapper`]: which session a request belongs to; signed session ids;
 //! - `session`: the registry of sessions and each session's lifecycle;
 //! - `worker`: FastCGI processes and in-process tasks that answer requests;
@@ -26,4 +26,4 @@ mod worker;
 pub use app::App;
 pub use config::Config;
 pub use error::Error;
-pub use server::run;
+pub use server::{run, Server, Sessions};

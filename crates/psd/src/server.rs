@@ -1,10 +1,11 @@
 //! The listener: HTTP/1.1 connections in, requests routed to sessions.
 //!
-//! [`run`] is the daemon: it prepares `DataDir`, accepts connections on the
-//! given listeners, maps each request to its `<Location>` and session, waits
-//! for the session's answer, and on shutdown stops accepting, drains
-//! in-flight requests (bounded) and stops every session. This module owns
-//! sockets and HTTP; it never touches a worker directly.
+//! [`Server`] is the daemon: it prepares `DataDir`, accepts connections on
+//! the given listeners, maps each request to its `<Location>` and session,
+//! waits for the session's answer, answers psd's own URLs under
+//! `PREFIX/.psd/`, and on shutdown stops accepting, drains in-flight
+//! requests (bounded) and stops every session. This module owns sockets and
+//! HTTP; it never touches a worker directly.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,8 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use http::header::{CONTENT_LENGTH, SET_COOKIE};
-use http::{HeaderValue, Request, Response};
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -22,11 +24,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::body::Body;
+use crate::body::{self, Body};
 use crate::config::{Config, Handler, LocationConfig};
 use crate::error::Error;
-use crate::mapper::{self, Signer};
-use crate::session::{Registry, Routed};
+use crate::mapper::{self, client, Access, Hit, Signer};
+use crate::session::{IdBook, Registry, Target};
 use crate::worker::{Job, RequestMeta};
 
 /// Upper bound for draining in-flight requests at shutdown.
@@ -50,6 +52,30 @@ struct Shared {
     server_name: Option<Arc<str>>,
 }
 
+/// A prepared daemon: `DataDir` ready, secret loaded, nothing listening yet.
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+/// A handle on the sessions of a running [`Server`].
+#[derive(Clone)]
+pub struct Sessions {
+    registry: Arc<Registry>,
+}
+
+impl Sessions {
+    /// Sessions that exist now, with or without a running worker.
+    pub fn count(&self) -> usize {
+        self.registry.count()
+    }
+
+    /// Continuity's `reap($age)`: ends every session created more than
+    /// `age` ago, stopping its worker. Returns how many were ended.
+    pub fn reap(&self, age: Duration) -> usize {
+        self.registry.reap(age)
+    }
+}
+
 /// Runs the daemon on `listeners` until `shutdown` resolves, then drains and
 /// stops every session. Returns once no worker is left.
 pub async fn run(
@@ -57,78 +83,126 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let shared = Arc::new(prepare(config)?);
-    let (conn_tx, mut conns) = mpsc::channel::<(TcpStream, SocketAddr, SocketAddr)>(64);
-    let mut acceptors = tokio::task::JoinSet::new();
-    for listener in listeners {
-        let conn_tx = conn_tx.clone();
-        acceptors.spawn(async move {
-            let local = listener.local_addr().ok();
-            loop {
-                match listener.accept().await {
-                    Ok((stream, remote)) => {
-                        let local = stream.local_addr().ok().or(local);
-                        let Some(local) = local else { continue };
-                        if conn_tx.send((stream, remote, local)).await.is_err() {
-                            return;
-                        }
-                    }
-                    // EMFILE and friends: back off instead of spinning.
-                    Err(e) => {
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        });
-    }
-    drop(conn_tx);
+    Server::new(config)?.run(listeners, shutdown).await
+}
 
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(shared.config.request_header_timeout)
-        .keep_alive(true);
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            conn = conns.recv() => {
-                let Some((stream, remote, local)) = conn else { break };
-                let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
-                let service = service_fn(move |request| {
-                    let shared = shared.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(&shared, request, remote, local).await) }
-                });
-                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(%remote, "connection: {e}");
-                    }
-                });
-            }
+impl Server {
+    /// Prepares `DataDir` (mode 0700), the session secret and the registry.
+    pub fn new(config: Config) -> anyhow::Result<Server> {
+        Ok(Server {
+            shared: Arc::new(prepare(config)?),
+        })
+    }
+
+    pub fn sessions(&self) -> Sessions {
+        Sessions {
+            registry: self.shared.registry.clone(),
         }
     }
 
-    tracing::info!("shutting down: no new connections, draining requests");
-    acceptors.shutdown().await;
-    let drain = shared
+    /// Serves until `shutdown` resolves; see [`run`].
+    pub async fn run(
+        self,
+        listeners: Vec<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let shared = self.shared;
+        let (conn_tx, mut conns) = mpsc::channel::<(TcpStream, SocketAddr, SocketAddr)>(64);
+        let mut background = tokio::task::JoinSet::new();
+        for listener in listeners {
+            background.spawn(accept(listener, conn_tx.clone()));
+        }
+        drop(conn_tx);
+        background.spawn(sweep(shared.clone()));
+
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(shared.config.request_header_timeout)
+            .keep_alive(true);
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                conn = conns.recv() => {
+                    let Some((stream, remote, local)) = conn else { break };
+                    let _ = stream.set_nodelay(true);
+                    let shared = shared.clone();
+                    let service = service_fn(move |request| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(&shared, request, remote, local).await) }
+                    });
+                    let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(%remote, "connection: {e}");
+                        }
+                    });
+                }
+            }
+        }
+
+        tracing::info!("shutting down: no new connections, draining requests");
+        background.shutdown().await;
+        let drain = shared
+            .mounts
+            .iter()
+            .map(|m| m.config.request_timeout)
+            .max()
+            .unwrap_or_default()
+            .min(MAX_DRAIN);
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("requests still running after {drain:?}; stopping anyway");
+        }
+        shared.registry.shutdown().await;
+        tracing::info!("all sessions stopped");
+        Ok(())
+    }
+}
+
+async fn accept(listener: TcpListener, conns: mpsc::Sender<(TcpStream, SocketAddr, SocketAddr)>) {
+    let local = listener.local_addr().ok();
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                let Some(local) = stream.local_addr().ok().or(local) else {
+                    continue;
+                };
+                if conns.send((stream, remote, local)).await.is_err() {
+                    return;
+                }
+            }
+            // EMFILE and friends: back off instead of spinning.
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Ends sessions past their `SessionLifetime`, checking a few times per the
+/// shortest lifetime configured.
+async fn sweep(shared: Arc<Shared>) {
+    let shortest = shared
         .mounts
         .iter()
-        .map(|m| m.config.request_timeout)
-        .max()
-        .unwrap_or_default()
-        .min(MAX_DRAIN);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("requests still running after {drain:?}; stopping anyway");
+        .map(|m| m.config.session_lifetime)
+        .min()
+        .unwrap_or(Duration::from_secs(60));
+    let every = (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ended = shared.registry.expire();
+        if ended > 0 {
+            tracing::debug!("{ended} sessions reached their SessionLifetime");
+        }
     }
-    shared.registry.shutdown().await;
-    tracing::info!("all sessions stopped");
-    Ok(())
 }
 
 /// DataDir, the secret, the worker socket folder and the registry.
@@ -154,7 +228,12 @@ fn prepare(config: Config) -> anyhow::Result<Shared> {
         .unwrap_or_else(|| config.data_dir.join("secret"));
     let signer = Signer::load_or_create(&secret, &config.node_name)
         .with_context(|| format!("session secret {}", secret.display()))?;
-    let registry = Registry::new(signer, config.max_sessions, run_dir);
+    let registry = Registry::new(
+        IdBook::new(signer),
+        config.max_sessions,
+        config.locations.len(),
+        run_dir,
+    );
     let mounts = config
         .locations
         .iter()
@@ -210,9 +289,17 @@ async fn handle(
     };
     let mount = &shared.mounts[index];
     let location = &mount.config;
-    let under = path.strip_prefix(&*mount.script_name).unwrap_or(path);
+    let under = match path.strip_prefix(&*mount.script_name).unwrap_or(path) {
+        "" => "/".to_string(),
+        under => under.to_string(),
+    };
+    let client = client::client_addr(
+        remote.ip(),
+        request.headers(),
+        &shared.config.trusted_proxies,
+    );
     if under == "/.psd" || under.starts_with("/.psd/") {
-        return Error::NotFound.to_response();
+        return psd_url(shared, index, mount, &request, &under, client);
     }
     let declared = request
         .headers()
@@ -226,44 +313,192 @@ async fn handle(
         .to_response();
     }
 
-    let ids: Vec<String> = mapper::cookie_values(request.headers(), &location.session_cookie)
-        .map(str::to_string)
-        .collect();
+    let (parts, incoming) = request.into_parts();
+    let mut params = query_params(&parts.uri);
+    let body = if location.mapper.reads_form_fields() && is_form(&parts) {
+        match body::read_all(body::streamed(incoming), location.max_request_body).await {
+            Ok(bytes) => {
+                params.extend(form_urlencoded::parse(&bytes).into_owned());
+                body::buffered(bytes)
+            }
+            Err(e) => return e.to_response(),
+        }
+    } else {
+        body::streamed(incoming)
+    };
+    let hit = Hit {
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &parts.headers,
+        path: &under,
+        client,
+        params: &params,
+    };
+    let target = match shared.registry.resolve(index, location, &hit) {
+        Ok(target) => target,
+        Err(e) => {
+            tracing::warn!(%client, "{e}");
+            return e.to_response();
+        }
+    };
+    if target.access == Access::ReadOnly && !matches!(parts.method, Method::GET | Method::HEAD) {
+        return Error::ReadOnly.to_response();
+    }
+    if let Some(redirect) = query_redirect(&target, &parts.uri, location) {
+        return redirect;
+    }
+
     let (reply, answer) = oneshot::channel();
     let job = Job {
-        request,
+        request: Request::from_parts(parts, body),
         meta: RequestMeta {
-            remote,
+            client,
+            client_port: (client == remote.ip()).then_some(remote.port()),
             local,
             server_name: shared.server_name.clone(),
             script_name: mount.script_name.clone(),
             app: mount.app.clone(),
             script_filename: mount.script_filename.clone(),
             document_root: mount.document_root.clone(),
-            session_id: "".into(),
+            session_id: target.token.clone(),
+            access: target.access,
+            session_param: location.mapper.query_name().map(Arc::from),
         },
         reply,
     };
-    let routed = match shared
-        .registry
-        .route(index, location, ids.iter().map(String::as_str), job)
-    {
-        Ok(routed) => routed,
-        Err(e) => {
-            tracing::warn!(%remote, "{e}");
-            return e.to_response();
-        }
-    };
+    if let Err(e) = send(&target, job) {
+        return e.to_response();
+    }
     let mut response = match answer.await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => e.to_response(),
         Err(_) => Error::Worker("the session ended before answering".into()).to_response(),
     };
-    if let Routed::New(id) = routed {
-        let cookie = mapper::set_cookie(&location.session_cookie, &id, &location.prefix);
-        if let Ok(value) = HeaderValue::from_str(&cookie) {
-            response.headers_mut().append(SET_COOKIE, value);
-        }
+    if let Some(cookie) = target.assigned.as_ref().and_then(|a| a.cookie.as_deref()) {
+        set_cookie(&mut response, cookie, &target.token, &location.prefix);
     }
     response
+}
+
+/// Drops the job into the session's queue.
+fn send(target: &Target, job: Job) -> Result<(), Error> {
+    target.queue.try_send(job).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => Error::SessionBusy,
+        // The session ended between lookup and send; the client retries.
+        mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
+    })
+}
+
+/// Query mode: a new session is announced by `303 See Other` to the same URL
+/// with the id added (a POST becomes a GET, as browsers do with 303).
+fn query_redirect(
+    target: &Target,
+    uri: &http::Uri,
+    location: &LocationConfig,
+) -> Option<Response<Body>> {
+    let assigned = target.assigned.as_ref()?;
+    let param = assigned.query.as_deref()?;
+    let mut response = redirect(&mapper::with_param(uri, param, &assigned.id));
+    if let Some(cookie) = assigned.cookie.as_deref() {
+        set_cookie(&mut response, cookie, &assigned.id, &location.prefix);
+    }
+    Some(response)
+}
+
+fn redirect(to: &str) -> Response<Body> {
+    let mut response = Response::new(body::full(Bytes::new()));
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(value) = HeaderValue::from_str(to) {
+        response.headers_mut().insert(LOCATION, value);
+    }
+    response
+}
+
+fn set_cookie(response: &mut Response<Body>, name: &str, id: &str, path: &str) {
+    if let Ok(value) = HeaderValue::from_str(&mapper::set_cookie(name, id, path)) {
+        response.headers_mut().append(SET_COOKIE, value);
+    }
+}
+
+fn query_params(uri: &http::Uri) -> Vec<(String, String)> {
+    uri.query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+fn is_form(parts: &http::request::Parts) -> bool {
+    parts.method == Method::POST
+        && parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
+/// psd's own URLs under `PREFIX/.psd/`; applications never see them.
+///
+/// - `share`: a read-write session gets a link that carries its read-only id;
+/// - `join?id=ID`: sets the cookie to a read-only id and redirects to the app.
+fn psd_url(
+    shared: &Shared,
+    index: usize,
+    mount: &Mount,
+    request: &Request<Incoming>,
+    under: &str,
+    client: std::net::IpAddr,
+) -> Response<Body> {
+    let mapper = &*mount.config.mapper;
+    let params = query_params(request.uri());
+    let base = format!("{}/", mount.script_name);
+    match under {
+        "/.psd/share" => {
+            let hit = Hit {
+                method: request.method(),
+                uri: request.uri(),
+                headers: request.headers(),
+                path: "/",
+                client,
+                params: &params,
+            };
+            let presented = shared
+                .registry
+                .find(index, mapper, &hit)
+                .filter(|t| t.access == Access::ReadWrite)
+                .and_then(|t| shared.registry.ids.share(&t.token));
+            let Some(read_only) = presented else {
+                return Error::ReadOnly.to_response();
+            };
+            let link = match (mapper.query_name(), mapper.cookie_name()) {
+                (Some(q), _) => {
+                    mapper::with_param(&base.parse().unwrap_or_default(), q, &read_only)
+                }
+                (None, Some(_)) => format!("{base}.psd/join?id={read_only}"),
+                (None, None) => return Error::NotFound.to_response(),
+            };
+            let mut response = Response::new(body::full(format!(
+                "<!DOCTYPE html>\n<p>Read-only link to this session: <a href=\"{link}\">{link}</a></p>\n"
+            )));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            response
+        }
+        "/.psd/join" => {
+            let token = params
+                .iter()
+                .find(|(k, _)| k == "id")
+                .map(|(_, v)| v.as_str());
+            let valid = token.and_then(|t| shared.registry.ids.verify(t));
+            match (valid, mapper.cookie_name()) {
+                (Some(p), Some(cookie)) if p.access == Access::ReadOnly => {
+                    let mut response = redirect(&base);
+                    set_cookie(&mut response, cookie, &p.token, &mount.config.prefix);
+                    response
+                }
+                _ => Error::NotFound.to_response(),
+            }
+        }
+        _ => Error::NotFound.to_response(),
+    }
 }

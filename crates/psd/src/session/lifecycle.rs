@@ -5,7 +5,8 @@
 //!  Dormant ───────────────▶ Starting ─▶ Idle ⇄ Busy ────────────▶ Dormant
 //!     ▲                                   │                          │
 //!     └──────── worker exits ◀────────────┘                          │
-//!  SessionLifetime, shutdown, in-process task ended ─▶ Stopping ─▶ Gone
+//!  reaped or past SessionLifetime (the registry's sweep), shutdown,
+//!  in-process task ended, never used for SessionTimeout ─▶ Stopping ─▶ Gone
 //! ```
 //!
 //! Requests are taken from the queue only while fewer than
@@ -13,16 +14,19 @@
 //! requests never overlap and keep their order. A dormant session (worker
 //! stopped after an idle timeout or a crash) keeps its id and starts a fresh
 //! worker with `PSD_RESUMED=1` on its next request; it holds no
-//! `MaxSessions` permit while dormant. In-process sessions cannot outlive
-//! their task, so for them an idle timeout ends the session.
+//! live-session slot while dormant. A session that never got a worker (a
+//! query-mode redirect nobody followed, a worker that failed to start) ends
+//! after `SessionTimeout`. In-process sessions cannot outlive their task, so
+//! for them an idle timeout ends the session.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
-use super::Registry;
+use super::{Registry, Slot};
 use crate::config::{Handler, LocationConfig};
 use crate::error::Error;
 use crate::worker::{Job, Spawn, Worker};
@@ -39,10 +43,16 @@ enum State {
 
 pub(super) struct Session {
     pub id: Arc<str>,
+    pub key: String,
+    pub index: usize,
+    pub serial: u64,
+    /// The address that created the session; its slots count against it.
+    pub client: IpAddr,
     pub location: Arc<LocationConfig>,
     pub registry: Arc<Registry>,
     /// Held while a worker runs.
-    pub permit: Option<OwnedSemaphorePermit>,
+    pub slot: Option<Slot>,
+    pub stop: Arc<Notify>,
     /// Dropped when this task ends; the registry waits for all of them.
     pub _alive: mpsc::Sender<()>,
 }
@@ -62,7 +72,6 @@ impl Session {
         mut requests: mpsc::Receiver<Job>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let lifetime_end = Instant::now() + self.location.session_lifetime;
         let in_process = matches!(self.location.handler, Some(Handler::InProcess(_)));
         let concurrency = self.location.worker_concurrency;
         let mut life = Life {
@@ -79,9 +88,10 @@ impl Session {
             let has_worker = life.worker.is_some();
             let gone = life.worker.as_ref().map(Worker::gone);
             let idle_end = life.last_active + self.location.session_timeout;
+            let never_used = !has_worker && !life.resumed;
             tokio::select! {
                 _ = shutdown.changed() => break "psd is shutting down",
-                _ = sleep_until(lifetime_end) => break "SessionLifetime reached",
+                _ = self.stop.notified() => break "reaped by age (SessionLifetime or reap)",
                 Some(_) = life.in_flight.join_next(), if !idle => {
                     life.last_active = Instant::now();
                     if life.in_flight.is_empty() && life.worker.is_some() {
@@ -90,7 +100,7 @@ impl Session {
                 }
                 _ = async move { gone.expect("guarded").await }, if has_worker => {
                     life.worker = None;
-                    self.permit = None;
+                    self.slot = None;
                     if in_process {
                         break "the application's session task ended";
                     }
@@ -104,9 +114,10 @@ impl Session {
                     if let Some(worker) = life.worker.take() {
                         worker.stop(self.location.worker_stop_timeout).await;
                     }
-                    self.permit = None;
+                    self.slot = None;
                     self.transition(&mut life, State::Dormant);
                 }
+                _ = sleep_until(idle_end), if idle && never_used => break "never used within SessionTimeout",
                 job = requests.recv(), if life.in_flight.len() < concurrency => match job {
                     Some(job) => self.accept(&mut life, job).await,
                     None => break "its queue closed",
@@ -115,7 +126,7 @@ impl Session {
         };
 
         self.transition(&mut life, State::Stopping);
-        self.registry.remove(&self.id);
+        self.registry.remove(self.index, &self.key, self.serial);
         requests.close();
         while let Ok(job) = requests.try_recv() {
             let _ = job.reply.send(Err(Error::ShuttingDown));
@@ -128,16 +139,17 @@ impl Session {
     }
 
     /// Starts a worker if there is none, then hands the job to it.
-    async fn accept(&mut self, life: &mut Life, mut job: Job) {
-        job.meta.session_id = self.id.clone();
+    async fn accept(&mut self, life: &mut Life, job: Job) {
         if life.worker.is_none() {
-            if self.permit.is_none() {
-                match self.registry.live.clone().try_acquire_owned() {
-                    Ok(permit) => self.permit = Some(permit),
-                    Err(_) => {
-                        let _ = job
-                            .reply
-                            .send(Err(Error::TooManySessions(self.registry.max_sessions)));
+            if self.slot.is_none() {
+                match self
+                    .registry
+                    .slots
+                    .acquire(self.client, self.location.max_sessions_per_client)
+                {
+                    Ok(slot) => self.slot = Some(slot),
+                    Err(e) => {
+                        let _ = job.reply.send(Err(e));
                         return;
                     }
                 }
@@ -157,7 +169,7 @@ impl Session {
                 }
                 Err(e) => {
                     tracing::warn!(session = %self.id, "{e}");
-                    self.permit = None;
+                    self.slot = None;
                     self.transition(life, State::Dormant);
                     let _ = job.reply.send(Err(e));
                     return;

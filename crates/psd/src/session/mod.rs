@@ -1,23 +1,32 @@
 //! The session registry: which sessions exist, and the door into each one.
 //!
-//! The registry is a plain map from session id to the sender of that
-//! session's queue, behind a short lock that is never held across `.await`.
-//! Routing a request only finds (or creates) the session and drops the job
-//! into its queue, as Continuity's mapper does; everything else about a
-//! session — its worker, its timers, its order of requests — belongs to that
-//! session's own task ([`lifecycle`]).
+//! Per `<Location>`, a plain map from session key (what the mapper derives
+//! from a request) to the sender of that session's queue, behind a short
+//! lock never held across `.await`. Resolving a request only finds or
+//! creates the session; everything else about a session — its worker, its
+//! timers, the order of its requests — belongs to that session's own task
+//! ([`lifecycle`]). Beside the map: the [`IdBook`] (which ids are live, and
+//! the read-only ids handed out for them) and the live-session slots that
+//! enforce `MaxSessions` and `MaxSessionsPerClient`.
 
+mod ids;
 mod lifecycle;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+pub(crate) use ids::IdBook;
 
 use crate::config::LocationConfig;
 use crate::error::Error;
-use crate::mapper::Signer;
+use crate::mapper::{Access, Assigned, Hit, Ids, Mapper};
 use crate::worker::Job;
 
 /// Requests that may wait in one session's queue before new ones get 503.
@@ -25,12 +34,12 @@ const SESSION_QUEUE_DEPTH: usize = 256;
 
 /// Every live session of the daemon.
 pub(crate) struct Registry {
-    sessions: Mutex<HashMap<Arc<str>, Entry>>,
-    pub(crate) signer: Signer,
-    /// One permit per session that holds a running worker (`MaxSessions`).
-    live: Arc<Semaphore>,
-    max_sessions: usize,
+    /// One map per `<Location>`, by index.
+    sessions: Mutex<Vec<HashMap<String, Entry>>>,
+    pub(crate) ids: IdBook,
+    slots: Slots,
     run_dir: PathBuf,
+    serial: AtomicU64,
     shutdown: watch::Sender<bool>,
     /// Each session task holds a clone of this sender; shutdown takes the
     /// registry's own, so the receiver ends exactly when the last session has.
@@ -39,94 +48,181 @@ pub(crate) struct Registry {
 }
 
 struct Entry {
-    location: usize,
+    serial: u64,
+    id: Arc<str>,
     queue: mpsc::Sender<Job>,
+    created: Instant,
+    expires: Instant,
+    /// Tells the session task to end (reaped, or past its lifetime).
+    stop: Arc<Notify>,
 }
 
-/// Where a routed request went.
-pub(crate) enum Routed {
-    Existing,
-    /// A new session was created; the client must be told its id.
-    New(Arc<str>),
+/// Where a request goes.
+pub(crate) struct Target {
+    pub queue: mpsc::Sender<Job>,
+    /// The id as the client holds it: a read-only id stays read-only.
+    pub token: Arc<str>,
+    pub access: Access,
+    /// Set when the request created the session.
+    pub assigned: Option<Assigned>,
 }
 
 impl Registry {
-    pub fn new(signer: Signer, max_sessions: usize, run_dir: PathBuf) -> Arc<Registry> {
+    pub fn new(
+        ids: IdBook,
+        max_sessions: usize,
+        locations: usize,
+        run_dir: PathBuf,
+    ) -> Arc<Registry> {
         let (alive, all_ended) = mpsc::channel(1);
         Arc::new(Registry {
-            sessions: Mutex::new(HashMap::new()),
-            signer,
-            live: Arc::new(Semaphore::new(max_sessions)),
-            max_sessions,
+            sessions: Mutex::new((0..locations).map(|_| HashMap::new()).collect()),
+            ids,
+            slots: Slots {
+                live: Arc::new(Semaphore::new(max_sessions)),
+                max: max_sessions,
+                per_client: Arc::new(Mutex::new(HashMap::new())),
+            },
             run_dir,
+            serial: AtomicU64::new(0),
             shutdown: watch::channel(false).0,
             alive: Mutex::new(Some(alive)),
             all_ended: tokio::sync::Mutex::new(all_ended),
         })
     }
 
-    /// Sends `job` to the session named by the first of `ids` that is valid
-    /// and live for this location, or to a new session. A missing, malformed,
+    /// The live session this request names, if any.
+    pub fn find(&self, index: usize, mapper: &dyn Mapper, hit: &Hit<'_>) -> Option<Target> {
+        let mapped = mapper.get_session_id_from_hit(hit, &Ids { book: &self.ids })?;
+        let sessions = self.sessions.lock().expect("registry lock");
+        let entry = sessions[index].get(&mapped.key)?;
+        let (token, access) = match mapped.presented {
+            Some(p) => (p.token, p.access),
+            None => (entry.id.clone(), Access::ReadWrite),
+        };
+        Some(Target {
+            queue: entry.queue.clone(),
+            token,
+            access,
+            assigned: None,
+        })
+    }
+
+    /// The session this request names, or a new one. A missing, malformed,
     /// forged or unknown id never reaches an existing session.
-    pub fn route<'a>(
+    pub fn resolve(
         self: &Arc<Self>,
-        location_index: usize,
+        index: usize,
         location: &Arc<LocationConfig>,
-        ids: impl Iterator<Item = &'a str>,
-        job: Job,
-    ) -> Result<Routed, Error> {
-        let mut job = job;
-        for id in ids {
-            if !self.signer.verify(id) {
-                continue;
-            }
-            let queue = {
-                let sessions = self.sessions.lock().expect("registry lock");
-                match sessions.get(id) {
-                    Some(entry) if entry.location == location_index => entry.queue.clone(),
-                    _ => continue,
-                }
-            };
-            match queue.try_send(job) {
-                Ok(()) => return Ok(Routed::Existing),
-                Err(mpsc::error::TrySendError::Full(_)) => return Err(Error::SessionBusy),
-                // The session ended between lookup and send: treat the id as unknown.
-                Err(mpsc::error::TrySendError::Closed(j)) => job = j,
-            }
+        hit: &Hit<'_>,
+    ) -> Result<Target, Error> {
+        let mapper = &*location.mapper;
+        if let Some(target) = self.find(index, mapper, hit) {
+            return Ok(target);
         }
         let Some(alive) = self.alive.lock().expect("registry lock").clone() else {
             return Err(Error::ShuttingDown);
         };
-        let Ok(permit) = self.live.clone().try_acquire_owned() else {
-            return Err(Error::TooManySessions(self.max_sessions));
-        };
-        let id: Arc<str> = self.signer.issue().into();
+        let slot = self
+            .slots
+            .acquire(hit.client, location.max_sessions_per_client)?;
+        let assigned = mapper.assign_session_id(hit, &Ids { book: &self.ids });
         let (queue, requests) = mpsc::channel(SESSION_QUEUE_DEPTH);
-        queue
-            .try_send(job)
-            .unwrap_or_else(|_| unreachable!("a new queue has room"));
-        self.sessions.lock().expect("registry lock").insert(
-            id.clone(),
-            Entry {
-                location: location_index,
-                queue,
-            },
-        );
+        let stop = Arc::new(Notify::new());
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        {
+            let mut sessions = self.sessions.lock().expect("registry lock");
+            // Another request may have created this key meanwhile: join it.
+            if let Some(entry) = sessions[index].get(&assigned.key) {
+                return Ok(Target {
+                    queue: entry.queue.clone(),
+                    token: entry.id.clone(),
+                    access: Access::ReadWrite,
+                    assigned: None,
+                });
+            }
+            sessions[index].insert(
+                assigned.key.clone(),
+                Entry {
+                    serial,
+                    id: assigned.id.clone(),
+                    queue: queue.clone(),
+                    created: now,
+                    expires: now + location.session_lifetime,
+                    stop: stop.clone(),
+                },
+            );
+            self.ids.acquire(&assigned.id);
+        }
         tokio::spawn(
             lifecycle::Session {
-                id: id.clone(),
+                id: assigned.id.clone(),
+                key: assigned.key.clone(),
+                index,
+                serial,
+                client: hit.client,
                 location: location.clone(),
                 registry: self.clone(),
-                permit: Some(permit),
+                slot: Some(slot),
+                stop,
                 _alive: alive,
             }
             .run(requests, self.shutdown.subscribe()),
         );
-        Ok(Routed::New(id))
+        Ok(Target {
+            queue,
+            token: assigned.id.clone(),
+            access: Access::ReadWrite,
+            assigned: Some(assigned),
+        })
     }
 
-    fn remove(&self, id: &str) {
-        self.sessions.lock().expect("registry lock").remove(id);
+    /// Removes a session's entry, if it is still this session's.
+    fn remove(&self, index: usize, key: &str, serial: u64) {
+        let mut sessions = self.sessions.lock().expect("registry lock");
+        if let Some(entry) = sessions[index].get(key) {
+            if entry.serial == serial {
+                let entry = sessions[index].remove(key).expect("just found");
+                self.ids.release(&entry.id);
+            }
+        }
+    }
+
+    /// Continuity's `reap($age)`: ends every session older than `age`.
+    /// Returns how many were told to end.
+    pub fn reap(&self, age: Duration) -> usize {
+        self.stop_where(|e| e.created.elapsed() >= age)
+    }
+
+    /// Ends every session past its `SessionLifetime`.
+    pub fn expire(&self) -> usize {
+        let now = Instant::now();
+        self.stop_where(|e| e.expires <= now)
+    }
+
+    fn stop_where(&self, pred: impl Fn(&Entry) -> bool) -> usize {
+        let sessions = self.sessions.lock().expect("registry lock");
+        let mut n = 0;
+        for entry in sessions
+            .iter()
+            .flat_map(HashMap::values)
+            .filter(|e| pred(e))
+        {
+            entry.stop.notify_one();
+            n += 1;
+        }
+        n
+    }
+
+    /// Sessions in the registry, with or without a running worker.
+    pub fn count(&self) -> usize {
+        self.sessions
+            .lock()
+            .expect("registry lock")
+            .iter()
+            .map(HashMap::len)
+            .sum()
     }
 
     /// Stops every session (and so every worker) and waits until all are gone.
@@ -135,5 +231,53 @@ impl Registry {
         drop(self.alive.lock().expect("registry lock").take());
         let mut all_ended = self.all_ended.lock().await;
         while all_ended.recv().await.is_some() {}
+    }
+}
+
+/// The live-session slots: one per session with a running worker, counted
+/// globally (`MaxSessions`) and per client address (`MaxSessionsPerClient`).
+struct Slots {
+    live: Arc<Semaphore>,
+    max: usize,
+    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// A held slot; released on drop.
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    client: IpAddr,
+    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Slots {
+    fn acquire(&self, client: IpAddr, per_client_max: usize) -> Result<Slot, Error> {
+        let mut counts = self.per_client.lock().expect("slot lock");
+        let held = counts.get(&client).copied().unwrap_or(0);
+        if held >= per_client_max {
+            return Err(Error::TooManySessionsForClient(per_client_max));
+        }
+        let permit = self
+            .live
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::TooManySessions(self.max))?;
+        counts.insert(client, held + 1);
+        Ok(Slot {
+            _permit: permit,
+            client,
+            per_client: self.per_client.clone(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.per_client.lock().expect("slot lock");
+        if let Some(n) = counts.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.client);
+            }
+        }
     }
 }

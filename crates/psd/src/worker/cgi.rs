@@ -45,8 +45,10 @@ pub fn params(parts: &Parts, meta: &RequestMeta) -> Vec<(String, Vec<u8>)> {
     put("SERVER_NAME", server_name.as_bytes());
     put("SERVER_ADDR", meta.local.ip().to_string().as_bytes());
     put("SERVER_PORT", meta.local.port().to_string().as_bytes());
-    put("REMOTE_ADDR", meta.remote.ip().to_string().as_bytes());
-    put("REMOTE_PORT", meta.remote.port().to_string().as_bytes());
+    put("REMOTE_ADDR", meta.client.to_string().as_bytes());
+    if let Some(port) = meta.client_port {
+        put("REMOTE_PORT", port.to_string().as_bytes());
+    }
     put("REQUEST_SCHEME", b"http");
     put("REQUEST_METHOD", parts.method.as_str().as_bytes());
     put("REQUEST_URI", request_uri.as_bytes());
@@ -57,6 +59,10 @@ pub fn params(parts: &Parts, meta: &RequestMeta) -> Vec<(String, Vec<u8>)> {
     put("DOCUMENT_ROOT", meta.document_root.as_bytes());
     put("PSD_SESSION_ID", meta.session_id.as_bytes());
     put("PSD_APP", meta.app.as_bytes());
+    put("PSD_ACCESS", meta.access.as_str().as_bytes());
+    if let Some(param) = &meta.session_param {
+        put("PSD_SESSION_PARAM", param.as_bytes());
+    }
     if let Some(v) = parts.headers.get(CONTENT_TYPE) {
         put("CONTENT_TYPE", v.as_bytes());
     }

@@ -19,7 +19,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::Response;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use psd_fcgi::{self as fcgi, EndRequest, RecordType};
@@ -29,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, Instant};
 
 use super::{cgi, Job, Spawn};
-use crate::body::{self, Body, BoxError};
+use crate::body::{self, Body, BoxError, RequestBody};
 use crate::config::{LocationConfig, WorkerCommand};
 use crate::error::Error;
 
@@ -239,7 +238,7 @@ impl Process {
     async fn exchange(
         &self,
         params: &[(String, Vec<u8>)],
-        body: Incoming,
+        body: RequestBody,
         reply: &mut Reply,
     ) -> Result<Option<UnixStream>, Error> {
         let started = Instant::now();
@@ -421,7 +420,7 @@ impl Process {
 async fn send_request(
     wr: &mut tokio::net::unix::WriteHalf<'_>,
     head: BytesMut,
-    mut body: Incoming,
+    mut body: RequestBody,
     limit: u64,
 ) -> Result<(), Error> {
     let worker_io = |e: io::Error| Error::Worker(format!("writing to worker: {e}"));

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio::time::timeout;
@@ -65,8 +64,12 @@ impl Task {
     }
 
     pub async fn serve(self, job: Job) {
-        let Job { request, reply, .. } = job;
-        let result = self.exchange(request).await;
+        let Job {
+            request,
+            reply,
+            meta,
+        } = job;
+        let result = self.exchange(request, &meta).await;
         if let Err(e) = &result {
             tracing::info!(session = %self.session_id, "request failed: {e}");
         }
@@ -75,21 +78,12 @@ impl Task {
 
     async fn exchange(
         &self,
-        request: http::Request<hyper::body::Incoming>,
+        request: http::Request<crate::body::RequestBody>,
+        meta: &super::RequestMeta,
     ) -> Result<http::Response<Bytes>, Error> {
         let limit = self.location.max_request_body;
         let (parts, body) = request.into_parts();
-        let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    Error::BodyTooLarge { limit }
-                } else {
-                    Error::BadRequest(format!("reading request body: {e}"))
-                }
-            })?
-            .to_bytes();
+        let body = body::read_all(body, limit).await?;
         let (reply, answer) = oneshot::channel();
         let request = Request {
             params: decode_params(&parts.uri, &parts.headers, &body),
@@ -97,6 +91,9 @@ impl Task {
             uri: parts.uri,
             headers: parts.headers,
             body,
+            session_id: meta.session_id.clone(),
+            access: meta.access,
+            client: meta.client,
             reply,
         };
         self.requests

@@ -11,22 +11,22 @@ pub(crate) mod fastcgi;
 pub(crate) mod inproc;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Response;
-use hyper::body::Incoming;
 use tokio::sync::{oneshot, watch};
 
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::config::{Handler, LocationConfig};
 use crate::error::Error;
+use crate::mapper::Access;
 
 /// One request on its way to a session, with the channel for its answer.
 pub(crate) struct Job {
-    pub request: http::Request<Incoming>,
+    pub request: http::Request<RequestBody>,
     pub meta: RequestMeta,
     pub reply: oneshot::Sender<Result<Response<Body>, Error>>,
 }
@@ -34,7 +34,10 @@ pub(crate) struct Job {
 /// What a worker needs to know about a request besides the request itself.
 #[derive(Debug, Clone)]
 pub(crate) struct RequestMeta {
-    pub remote: SocketAddr,
+    /// The client's address (after `TrustedProxy`).
+    pub client: IpAddr,
+    /// The peer's port, when the peer is the client.
+    pub client_port: Option<u16>,
     pub local: SocketAddr,
     pub server_name: Option<Arc<str>>,
     /// The `<Location>` prefix as CGI wants it: empty for `/`.
@@ -42,7 +45,11 @@ pub(crate) struct RequestMeta {
     pub app: Arc<str>,
     pub script_filename: Arc<str>,
     pub document_root: Arc<str>,
+    /// The id as the client presented it (a read-only id stays one).
     pub session_id: Arc<str>,
+    pub access: Access,
+    /// The query parameter that carries ids, for workers that write links.
+    pub session_param: Option<Arc<str>>,
 }
 
 /// Everything a new worker is started with.

@@ -1,11 +1,13 @@
-//! Which session a request belongs to, and the ids that name sessions.
+//! The ids that name sessions: issuing, verifying, and the secret.
 //!
 //! A session id is `NODE.RANDOM.MAC`: the node name, 128 bits from the OS
 //! CSPRNG (base64url), and HMAC-SHA256 over both with the session secret,
 //! truncated to 128 bits. Only psd issues ids; a client can present one but
 //! never choose one. This module owns the secret, issuing, verifying (in
-//! constant time), and reading the id from a request's cookies. It never
-//! decides whether a session exists: that is the registry's job.
+//! constant time). Read-only ids have the same shape but are signed with a
+//! key derived from the secret for that purpose alone, so neither kind of id
+//! verifies as the other. This module never decides whether a session
+//! exists: that is the registry's job.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -14,7 +16,6 @@ use std::path::Path;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use http::header::{HeaderMap, COOKIE};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -32,6 +33,15 @@ pub struct Signer {
 }
 
 impl Signer {
+    /// The signer for read-only ids: same node, a key derived from this
+    /// signer's key for that purpose only.
+    pub fn read_only(&self) -> Signer {
+        let mut mac = self.mac.clone();
+        mac.update(b"psd read-only session ids v1");
+        let key = mac.finalize().into_bytes();
+        Signer::new(&self.node, &key)
+    }
+
     pub fn new(node: &str, secret: &[u8]) -> Self {
         Self {
             node: node.to_string(),
@@ -126,32 +136,9 @@ pub fn valid_node_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// Every value of cookie `name` in the request, in order. Several can be
-/// present (cookies set for different paths); the registry tries each.
-pub fn cookie_values<'a>(
-    headers: &'a HeaderMap,
-    name: &'a str,
-) -> impl Iterator<Item = &'a str> + 'a {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(move |pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then(|| v.trim_matches('"'))
-        })
-}
-
-/// The `Set-Cookie` value that hands a new session id to a browser.
-pub fn set_cookie(name: &str, id: &str, path: &str) -> String {
-    format!("{name}={id}; Path={path}; HttpOnly; SameSite=Lax")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     fn signer() -> Signer {
         Signer::new("node-1", b"0123456789abcdef0123456789abcdef")
@@ -197,12 +184,12 @@ mod tests {
     }
 
     #[test]
-    fn cookie_values_finds_every_occurrence() {
-        let mut h = HeaderMap::new();
-        h.append(COOKIE, HeaderValue::from_static("a=1; psd_sid=x; b=2"));
-        h.append(COOKIE, HeaderValue::from_static("psd_sid=\"y\""));
-        let got: Vec<_> = cookie_values(&h, "psd_sid").collect();
-        assert_eq!(got, ["x", "y"]);
+    fn read_only_and_read_write_ids_never_verify_as_each_other() {
+        let rw = signer();
+        let ro = rw.read_only();
+        let (a, b) = (rw.issue(), ro.issue());
+        assert!(rw.verify(&a) && ro.verify(&b));
+        assert!(!ro.verify(&a) && !rw.verify(&b));
     }
 
     #[test]
