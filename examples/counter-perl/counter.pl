@@ -17,5 +17,6 @@ while ($request->Accept() >= 0) {
     $count++;
     print "Content-Type: text/plain\r\n\r\n";
     print "pid=$$ count=$count resumed=$resumed body=", length($body),
-      " session=$ENV{PSD_SESSION_ID} script=$ENV{SCRIPT_NAME} path=$ENV{PATH_INFO}\n";
+      " session=$ENV{PSD_SESSION_ID} script=$ENV{SCRIPT_NAME} path=$ENV{PATH_INFO}",
+      " remote=$ENV{REMOTE_ADDR} access=$ENV{PSD_ACCESS}\n";
 }

@@ -176,6 +176,8 @@ impl Daemon {
 /// One HTTP response as curl saw it.
 #[derive(Debug)]
 pub struct Reply {
+    /// The URL curl ended at (after redirects, with `-L`).
+    pub url: String,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
@@ -233,7 +235,15 @@ impl Client {
     /// Runs curl with extra arguments; times out after 30 s.
     pub fn request(&self, url: &str, extra: &[&str]) -> Reply {
         let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-S", "-i", "--max-time", "30"]);
+        cmd.args([
+            "-s",
+            "-S",
+            "-i",
+            "--max-time",
+            "30",
+            "-w",
+            "%{stderr}%{url_effective}",
+        ]);
         if let Some(jar) = &self.jar {
             cmd.arg("-b").arg(jar).arg("-c").arg(jar);
         }
@@ -261,9 +271,82 @@ fn parse_reply(text: &str) -> Reply {
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
     Reply {
+        url: String::new(),
         status,
         headers,
         body: body.to_string(),
+    }
+}
+
+/// A browser in the style of Test::WWW::Mechanize: follows redirects and
+/// links by their text, keeping its cookies.
+pub struct Browser {
+    client: Client,
+    pub page: Reply,
+}
+
+impl Browser {
+    pub fn open(dir: &TempDir, name: &str, url: &str) -> Browser {
+        let client = Client::with_jar(dir, name);
+        let page = client.request(url, &["-L"]);
+        Browser { client, page }
+    }
+
+    pub fn get(&mut self, url: &str) -> &Reply {
+        self.page = self.client.request(url, &["-L"]);
+        &self.page
+    }
+
+    /// Follows the first `<a href="…">text</a>` of the current page.
+    pub fn follow(&mut self, text: &str) -> &Reply {
+        let href = self
+            .links()
+            .into_iter()
+            .find(|(_, t)| t == text)
+            .unwrap_or_else(|| panic!("no link {text:?} on {}: {}", self.page.url, self.page.body))
+            .0;
+        let url = resolve(&self.page.url, &href);
+        self.get(&url)
+    }
+
+    /// Every link of the current page: (href, text).
+    pub fn links(&self) -> Vec<(String, String)> {
+        self.page
+            .body
+            .split("<a href=\"")
+            .skip(1)
+            .filter_map(|rest| {
+                let (href, rest) = rest.split_once('"')?;
+                let text = rest.split_once('>')?.1.split_once("</a>")?.0;
+                Some((href.replace("&amp;", "&"), text.to_string()))
+            })
+            .collect()
+    }
+
+    pub fn contains(&self, text: &str) -> bool {
+        self.page.body.contains(text)
+    }
+}
+
+/// Resolves a link against the page it is on.
+pub fn resolve(base: &str, href: &str) -> String {
+    if href.starts_with("http://") || href.starts_with("https://") {
+        return href.to_string();
+    }
+    let origin_end = base
+        .find("://")
+        .map(|i| i + 3)
+        .and_then(|i| base[i..].find('/').map(|j| i + j))
+        .unwrap_or(base.len());
+    let (origin, path) = base.split_at(origin_end);
+    let path = path.split('?').next().unwrap_or("/");
+    if href.starts_with('/') {
+        format!("{origin}{href}")
+    } else if href.starts_with('?') {
+        format!("{origin}{path}{href}")
+    } else {
+        let dir = &path[..path.rfind('/').map(|i| i + 1).unwrap_or(0)];
+        format!("{origin}{dir}{href}")
     }
 }
 
