@@ -8,38 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use psd::app::{text, App};
-use psd::config::{Config, LocationConfig};
-use tokio::net::TcpListener;
-
-/// Runs `locations` on a free loopback port until the returned sender is dropped.
-async fn serve(
-    dir: &TempDir,
-    locations: Vec<LocationConfig>,
-    max_sessions: usize,
-) -> (
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let config = Config {
-        data_dir: dir.join("data"),
-        max_sessions,
-        locations,
-        ..Config::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(psd::run(vec![listener], config, async move {
-        let _ = stopped.await;
-    }));
-    (base, stop, server)
-}
-
-/// Runs blocking curl calls off the async runtime.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
+use psd::config::LocationConfig;
 
 fn counts(body: &str) -> String {
     if body.contains("GO NEGATIVE?") {

@@ -254,12 +254,18 @@ impl Client {
             "curl failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        parse_reply(&String::from_utf8_lossy(&out.stdout))
+        let mut reply = parse_reply(&String::from_utf8_lossy(&out.stdout));
+        reply.url = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        reply
     }
 }
 
 fn parse_reply(text: &str) -> Reply {
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let (mut head, mut body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    // With -L, every response of the redirect chain is in the output.
+    while body.starts_with("HTTP/") {
+        (head, body) = body.split_once("\r\n\r\n").unwrap_or((body, ""));
+    }
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -373,4 +379,52 @@ pub fn location(prefix: &str, worker: &Path, extra: &str) -> String {
         "<Location {prefix}>\n    Worker fastcgi {}\n{extra}\n</Location>\n",
         worker.display()
     )
+}
+
+/// Serves `locations` in this process through `psd::Server` on a free
+/// loopback port. Dropping the returned sender shuts it down.
+pub async fn serve(
+    dir: &TempDir,
+    locations: Vec<psd::config::LocationConfig>,
+    max_sessions: usize,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (base, stop, server, _) = serve_with_handle(dir, locations, max_sessions).await;
+    (base, stop, server)
+}
+
+/// Like [`serve`], also returning the server's session handle.
+pub async fn serve_with_handle(
+    dir: &TempDir,
+    locations: Vec<psd::config::LocationConfig>,
+    max_sessions: usize,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    psd::Sessions,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let config = psd::Config {
+        data_dir: dir.join("data"),
+        max_sessions,
+        locations,
+        ..psd::Config::default()
+    };
+    let server = psd::Server::new(config).unwrap();
+    let sessions = server.sessions();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(server.run(vec![listener], async move {
+        let _ = stopped.await;
+    }));
+    (base, stop, handle, sessions)
+}
+
+/// Runs blocking curl calls off the async runtime.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
 }
