@@ -27,8 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::body::{self, Body};
 use crate::config::{Config, Handler, LocationConfig};
 use crate::error::Error;
-use crate::mapper::{self, client, Access, Hit, Signer};
-use crate::session::{IdBook, Registry, Target};
+use crate::mapper::{self, client, Access, Hit, IdBook, Signer};
+use crate::session::{Registry, Target};
 use crate::worker::{Job, RequestMeta};
 
 /// Upper bound for draining in-flight requests at shutdown.

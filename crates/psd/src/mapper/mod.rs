@@ -12,6 +12,7 @@
 //! This module never creates or finds sessions itself: the registry calls
 //! the mapper and owns what the keys point to.
 
+mod book;
 pub mod client;
 mod id;
 
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use http::header::COOKIE;
 use http::{HeaderMap, Method, Uri};
 
+pub use book::IdBook;
 pub use client::Cidr;
 pub use id::{valid_node_name, Signer};
 
@@ -87,10 +89,14 @@ pub struct Assigned {
 
 /// Issues and verifies ids for a mapper; backed by the registry.
 pub struct Ids<'a> {
-    pub(crate) book: &'a crate::session::IdBook,
+    pub(crate) book: &'a IdBook,
 }
 
-impl Ids<'_> {
+impl<'a> Ids<'a> {
+    pub fn new(book: &'a IdBook) -> Self {
+        Ids { book }
+    }
+
     /// Verifies a presented id: a read-write id names itself; a read-only id
     /// names the read-write id it was handed out for, while that lives.
     pub fn verify(&self, token: &str) -> Option<Presented> {

@@ -5,11 +5,10 @@
 //! lock never held across `.await`. Resolving a request only finds or
 //! creates the session; everything else about a session — its worker, its
 //! timers, the order of its requests — belongs to that session's own task
-//! ([`lifecycle`]). Beside the map: the [`IdBook`] (which ids are live, and
+//! ([`lifecycle`]). Beside the map: the `IdBook` (which ids are live, and
 //! the read-only ids handed out for them) and the live-session slots that
 //! enforce `MaxSessions` and `MaxSessionsPerClient`.
 
-mod ids;
 mod lifecycle;
 
 use std::collections::HashMap;
@@ -22,11 +21,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-pub(crate) use ids::IdBook;
-
 use crate::config::LocationConfig;
 use crate::error::Error;
-use crate::mapper::{Access, Assigned, Hit, Ids, Mapper};
+use crate::mapper::{Access, Assigned, Hit, IdBook, Ids, Mapper};
 use crate::worker::Job;
 
 /// Requests that may wait in one session's queue before new ones get 503.

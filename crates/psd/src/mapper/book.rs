@@ -9,9 +9,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::mapper::{Access, Presented, Signer};
+use super::{Access, Presented, Signer};
 
-pub(crate) struct IdBook {
+/// The live ids of one daemon; the registry keeps it current.
+pub struct IdBook {
     signer: Signer,
     read_only: Signer,
     state: Mutex<State>,
@@ -82,7 +83,7 @@ impl IdBook {
         Some(ro)
     }
 
-    pub fn acquire(&self, id: &Arc<str>) {
+    pub(crate) fn acquire(&self, id: &Arc<str>) {
         *self
             .state
             .lock()
@@ -92,7 +93,7 @@ impl IdBook {
             .or_default() += 1;
     }
 
-    pub fn release(&self, id: &str) {
+    pub(crate) fn release(&self, id: &str) {
         let mut state = self.state.lock().expect("id book lock");
         let Some(n) = state.uses.get_mut(id) else {
             return;
