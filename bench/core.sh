@@ -23,6 +23,7 @@ LogLevel warn
 MaxSessions $((sessions + fresh + 10))
 <Location />
     Worker fastcgi $PWD/target/release/counter-fcgi
+    MaxSessionsPerClient $((sessions + fresh + 10))
 </Location>
 CONF
 target/release/psd serve -c "$work/psd.conf" 2>"$work/psd.log" &
@@ -53,6 +54,6 @@ wrk -t2 -c"$sessions" -d"${seconds}s" --latency -s "$work/warm.lua" "http://127.
 # New sessions: every request without a cookie starts a worker process.
 echo "== new sessions: $fresh sequential requests without a cookie (spawn + first answer)"
 for _ in $(seq "$fresh"); do
-  curl -s -o /dev/null -w '%{time_starttransfer}\n' "http://127.0.0.1:$port/"
-done | sort -n | awk '{ t[NR] = $1 * 1000 } END {
-  printf "p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  (n=%d)\n", t[int(NR*0.5)], t[int(NR*0.9)], t[int(NR*0.99)], NR }'
+  curl -s -o /dev/null -w '%{http_code} %{time_starttransfer}\n' "http://127.0.0.1:$port/"
+done | sort -k2 -n | awk '{ t[NR] = $2 * 1000; if ($1 != 200) bad++ } END {
+  printf "p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  (n=%d, non-200: %d)\n", t[int(NR*0.5)], t[int(NR*0.9)], t[int(NR*0.99)], NR, bad }'
