@@ -60,7 +60,8 @@ pub(crate) struct Spawn<'a> {
     pub run_dir: &'a PathBuf,
 }
 
-/// A running worker.
+/// A running worker; clones share it.
+#[derive(Clone)]
 pub(crate) enum Worker {
     FastCgi(Arc<fastcgi::Process>),
     InProcess(inproc::Task),
@@ -85,14 +86,11 @@ impl Worker {
     /// The future that serves one request to completion (including streaming
     /// the response body), answering through `job.reply`.
     pub fn serve(&self, job: Job) -> impl Future<Output = ()> + Send + 'static {
-        let worker = match self {
-            Worker::FastCgi(p) => Either::FastCgi(p.clone()),
-            Worker::InProcess(t) => Either::InProcess(t.clone()),
-        };
+        let worker = self.clone();
         async move {
             match worker {
-                Either::FastCgi(p) => p.serve(job).await,
-                Either::InProcess(t) => t.serve(job).await,
+                Worker::FastCgi(p) => p.serve(job).await,
+                Worker::InProcess(t) => t.serve(job).await,
             }
         }
     }
@@ -120,11 +118,6 @@ impl Worker {
             Worker::InProcess(_) => None,
         }
     }
-}
-
-enum Either {
-    FastCgi(Arc<fastcgi::Process>),
-    InProcess(inproc::Task),
 }
 
 async fn wait_gone(mut done: watch::Receiver<bool>) {
