@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::body::{self, Body};
 use crate::config::{Config, Handler, LocationConfig};
 use crate::error::Error;
-use crate::mapper::{self, client, Access, Hit, IdBook, Signer};
+use crate::mapper::{self, client, Access, Hit, IdBook, Ids, Signer};
 use crate::session::{Registry, Target};
 use crate::worker::{Job, RequestMeta};
 
@@ -299,7 +299,7 @@ async fn handle(
         &shared.config.trusted_proxies,
     );
     if under == "/.psd" || under.starts_with("/.psd/") {
-        return psd_url(shared, index, mount, &request, &under, client);
+        return psd_url(shared, mount, &request, &under, client);
     }
     let declared = request
         .headers()
@@ -441,7 +441,6 @@ fn is_form(parts: &http::request::Parts) -> bool {
 /// - `join?id=ID`: sets the cookie to a read-only id and redirects to the app.
 fn psd_url(
     shared: &Shared,
-    index: usize,
     mount: &Mount,
     request: &Request<Incoming>,
     under: &str,
@@ -460,11 +459,13 @@ fn psd_url(
                 client,
                 params: &params,
             };
-            let presented = shared
-                .registry
-                .find(index, mapper, &hit)
-                .filter(|t| t.access == Access::ReadWrite)
-                .and_then(|t| shared.registry.ids.share(&t.token));
+            // Sharing is of the id: with `path` parts, the read-only id
+            // reaches every path's session of it, as the read-write id does.
+            let presented = mapper
+                .get_session_id_from_hit(&hit, &Ids::new(&shared.registry.ids))
+                .and_then(|mapped| mapped.presented)
+                .filter(|p| p.access == Access::ReadWrite)
+                .and_then(|p| shared.registry.ids.share(&p.id));
             let Some(read_only) = presented else {
                 return Error::ReadOnly.to_response();
             };

@@ -291,3 +291,18 @@ fn read_only_ids_are_unforgeable_and_die_with_their_session() {
         "read-only id outlived its session"
     );
 }
+
+#[test]
+fn in_path_mode_a_read_only_id_reaches_every_path_of_the_session() {
+    let d = Daemon::start(&location_with("cookie psd_sid path", ""));
+    let owner = Client::with_jar(&d.dir, "owner");
+    let a = owner.get(&d.url("/app/a"));
+    let link = share_link(&owner.get(&d.url("/app/.psd/share")));
+    let viewer = Client::with_jar(&d.dir, "viewer");
+    viewer.get(&d.url(&link));
+    let seen = viewer.get(&d.url("/app/a"));
+    assert_eq!(
+        (seen.pid(), seen.field("access").as_deref()),
+        (a.pid(), Some("read-only"))
+    );
+}

@@ -89,7 +89,7 @@ impl Registry {
     }
 
     /// The live session this request names, if any.
-    pub fn find(&self, index: usize, mapper: &dyn Mapper, hit: &Hit<'_>) -> Option<Target> {
+    fn find(&self, index: usize, mapper: &dyn Mapper, hit: &Hit<'_>) -> Option<Target> {
         let mapped = mapper.get_session_id_from_hit(hit, &Ids { book: &self.ids })?;
         let sessions = self.sessions.lock().expect("registry lock");
         let entry = sessions[index].get(&mapped.key)?;
