@@ -188,3 +188,81 @@ async fn in_process_sessions_share_max_sessions_and_idle_timeouts() {
     drop(stop);
     server.await.unwrap().unwrap();
 }
+
+/// A custom mapper: one session per `X-Tenant` header value. The key is the
+/// mapper's to choose; the id is still one psd issued.
+#[derive(Debug)]
+struct ByTenant;
+
+impl psd::mapper::Mapper for ByTenant {
+    fn get_session_id_from_hit(
+        &self,
+        hit: &psd::mapper::Hit<'_>,
+        _: &psd::mapper::Ids<'_>,
+    ) -> Option<psd::mapper::Mapped> {
+        let tenant = hit.headers.get("x-tenant")?.to_str().ok()?;
+        Some(psd::mapper::Mapped {
+            key: format!("tenant={tenant}"),
+            presented: None,
+        })
+    }
+
+    fn assign_session_id(
+        &self,
+        hit: &psd::mapper::Hit<'_>,
+        ids: &psd::mapper::Ids<'_>,
+    ) -> psd::mapper::Assigned {
+        let tenant = hit
+            .headers
+            .get("x-tenant")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        psd::mapper::Assigned {
+            key: format!("tenant={tenant}"),
+            id: ids.issue(),
+            cookie: None,
+            query: None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_mapper_decides_the_session_key() {
+    let dir = TempDir::new("custom");
+    let mut location = LocationConfig::in_process("/", moody());
+    location.mapper = std::sync::Arc::new(ByTenant);
+    let (base, stop, server) = serve(&dir, vec![location], 100).await;
+    let seen = blocking(move || {
+        let as_tenant = |t: &str| {
+            Client::anonymous().request(&format!("{base}/"), &["-H", &format!("X-Tenant: {t}")])
+        };
+        [
+            as_tenant("acme"),
+            as_tenant("acme"),
+            as_tenant("globex"),
+            as_tenant("acme"),
+        ]
+        .map(|r| {
+            (
+                r.field("n").unwrap(),
+                r.field("id").unwrap(),
+                r.header("set-cookie").is_some(),
+            )
+        })
+    })
+    .await;
+    assert_eq!(
+        [&*seen[0].0, &*seen[1].0, &*seen[2].0, &*seen[3].0],
+        ["1", "2", "1", "3"]
+    );
+    assert_eq!(seen[0].1, seen[3].1);
+    assert_ne!(seen[0].1, seen[2].1);
+    assert!(
+        seen[0].1.starts_with("psd."),
+        "ids are psd's: {}",
+        seen[0].1
+    );
+    assert!(seen.iter().all(|s| !s.2), "this mapper hands out no cookie");
+    drop(stop);
+    server.await.unwrap().unwrap();
+}
