@@ -297,8 +297,14 @@ fn requests_to_one_session_never_overlap_but_sessions_run_in_parallel() {
         .iter()
         .map(|r| {
             (
-                r.field("start").unwrap().parse().unwrap(),
-                r.field("end").unwrap().parse().unwrap(),
+                r.field("start")
+                    .unwrap_or_else(|| panic!("{r:?}"))
+                    .parse()
+                    .unwrap(),
+                r.field("end")
+                    .unwrap_or_else(|| panic!("{r:?}"))
+                    .parse()
+                    .unwrap(),
             )
         })
         .collect();

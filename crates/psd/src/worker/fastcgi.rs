@@ -18,13 +18,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::Response;
+use http_body::Body as _;
 use http_body_util::BodyExt;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use psd_fcgi::{self as fcgi, EndRequest, RecordType};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
+
+use super::process::{self, Proc};
 use tokio::time::{timeout, Instant};
 
 use super::{cgi, Job, Spawn};
@@ -39,13 +40,12 @@ const BODY_CHANNEL_DEPTH: usize = 16;
 
 /// A running FastCGI worker process.
 pub(crate) struct Process {
-    pid: u32,
+    proc: Proc,
     socket: PathBuf,
     session_id: Arc<str>,
     location: Arc<LocationConfig>,
     /// Connections that finished a request with the worker keeping them open.
     idle: Mutex<Vec<UnixStream>>,
-    done: watch::Receiver<bool>,
 }
 
 type Reply = Option<oneshot::Sender<Result<Response<Body>, Error>>>;
@@ -53,75 +53,29 @@ type Reply = Option<oneshot::Sender<Result<Response<Body>, Error>>>;
 impl Process {
     pub async fn start(spawn: &Spawn<'_>, command: &WorkerCommand) -> Result<Arc<Process>, Error> {
         let location = spawn.location;
-        let socket = spawn.run_dir.join(format!("{}.sock", random_hex()));
+        let socket = spawn
+            .run_dir
+            .join(format!("{}.sock", process::random_hex()));
         let listener = std::os::unix::net::UnixListener::bind(&socket)
             .map_err(|e| Error::WorkerStart(format!("binding {}: {e}", socket.display())))?;
         let listener: OwnedFd = listener.into();
 
-        let mut cmd = tokio::process::Command::new(&command.program);
-        cmd.args(&command.args)
-            .stdin(Stdio::from(listener))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
-            )
-            .envs(
-                location
-                    .pass_env
-                    .iter()
-                    .filter_map(|name| Some((name, std::env::var_os(name)?))),
-            )
-            .envs(location.set_env.iter().map(|(k, v)| (k, v)))
-            .env("PSD_SESSION_ID", &**spawn.session_id)
-            .env("PSD_APP", &location.prefix)
-            .env("PSD_RESUMED", if spawn.resumed { "1" } else { "0" })
-            // Its own process group: a terminal's ^C reaches psd only, and a
-            // stop reaches the worker's own children too.
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(dir) = &location.working_directory {
-            cmd.current_dir(dir);
-        }
-        let mut child = cmd.spawn().map_err(|e| {
-            let _ = std::fs::remove_file(&socket);
-            Error::WorkerStart(format!("{}: {e}", command.program.display()))
-        })?;
-        let pid = child.id().unwrap_or_default();
-        let session_id = spawn.session_id.clone();
-
-        if let Some(stderr) = child.stderr.take() {
-            let session = session_id.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::info!(session = %session, pid, "worker: {line}");
-                }
-            });
-        }
-        let (done_tx, done) = watch::channel(false);
-        {
-            let session = session_id.clone();
-            let socket = socket.clone();
-            tokio::spawn(async move {
-                match child.wait().await {
-                    Ok(status) => tracing::info!(session = %session, pid, %status, "worker exited"),
-                    Err(e) => tracing::warn!(session = %session, pid, "waiting for worker: {e}"),
-                }
-                let _ = std::fs::remove_file(&socket);
-                let _ = done_tx.send(true);
-            });
-        }
+        let mut cmd = process::command(spawn, &command.program, &command.args);
+        cmd.stdin(Stdio::from(listener));
+        let launched = process::launch(
+            cmd,
+            spawn.session_id,
+            &command.program,
+            Some(socket.clone()),
+        )?;
+        let pid = launched.proc.pid();
 
         let process = Arc::new(Process {
-            pid,
+            proc: launched.proc,
             socket,
-            session_id,
+            session_id: spawn.session_id.clone(),
             location: location.clone(),
             idle: Mutex::new(vec![]),
-            done,
         });
         let ready = async {
             tokio::select! {
@@ -154,11 +108,11 @@ impl Process {
     }
 
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.proc.pid()
     }
 
     pub fn done(&self) -> watch::Receiver<bool> {
-        self.done.clone()
+        self.proc.done()
     }
 
     /// Asks the worker for `FCGI_MPXS_CONNS`: an answer proves its accept loop
@@ -188,16 +142,19 @@ impl Process {
         }
     }
 
-    /// An open connection: an idle one the worker kept, or a new one.
-    async fn checkout(&self) -> io::Result<UnixStream> {
-        loop {
-            let conn = self.idle.lock().expect("idle list lock").pop();
-            match conn {
-                Some(conn) if still_open(&conn) => return Ok(conn),
-                Some(_) => continue,
-                None => return UnixStream::connect(&self.socket).await,
+    /// An open connection: an idle one the worker kept (`true`), or a new one.
+    async fn checkout(&self, fresh: bool) -> io::Result<(UnixStream, bool)> {
+        if !fresh {
+            loop {
+                let conn = self.idle.lock().expect("idle list lock").pop();
+                match conn {
+                    Some(conn) if still_open(&conn) => return Ok((conn, true)),
+                    Some(_) => continue,
+                    None => break,
+                }
             }
         }
+        Ok((UnixStream::connect(&self.socket).await?, false))
     }
 
     fn checkin(&self, conn: UnixStream) {
@@ -214,17 +171,34 @@ impl Process {
             reply,
         } = job;
         let mut reply = Some(reply);
-        let (parts, body) = request.into_parts();
+        let (parts, mut body) = request.into_parts();
         let params = cgi::params(&parts, &meta);
-        match self.exchange(&params, body, &mut reply).await {
+        // A worker may close a kept connection just after psd took it for
+        // the next request (libfcgi decides to close only once it finishes a
+        // request). Nothing reached the worker then, so a request without a
+        // body is safe to send again, once, on a fresh connection.
+        let replayable = body.is_end_stream();
+        let mut fresh = false;
+        let outcome = loop {
+            match self.exchange(&params, body, &mut reply, fresh).await {
+                Err(Failure::Stale(e)) if replayable && !fresh => {
+                    tracing::debug!(session = %self.session_id, "kept connection was closed ({e}); retrying on a new one");
+                    fresh = true;
+                    body = crate::body::buffered(Bytes::new());
+                }
+                Err(Failure::Stale(e) | Failure::Other(e)) => break Err(e),
+                Ok(conn) => break Ok(conn),
+            }
+        };
+        match outcome {
             Ok(Some(conn)) => self.checkin(conn),
             Ok(None) => {}
             Err(e) => {
                 if e.condemns_worker() {
-                    tracing::warn!(session = %self.session_id, pid = self.pid, "{e}; replacing the worker");
+                    tracing::warn!(session = %self.session_id, pid = self.pid(), "{e}; replacing the worker");
                     self.kill();
                 } else {
-                    tracing::info!(session = %self.session_id, pid = self.pid, "request failed: {e}");
+                    tracing::info!(session = %self.session_id, pid = self.pid(), "request failed: {e}");
                 }
                 if let Some(reply) = reply.take() {
                     let _ = reply.send(Err(e));
@@ -240,12 +214,14 @@ impl Process {
         params: &[(String, Vec<u8>)],
         body: RequestBody,
         reply: &mut Reply,
-    ) -> Result<Option<UnixStream>, Error> {
+        fresh: bool,
+    ) -> Result<Option<UnixStream>, Failure> {
         let started = Instant::now();
-        let mut conn = self
-            .checkout()
+        let (mut conn, reused) = self
+            .checkout(fresh)
             .await
-            .map_err(|e| Error::Worker(format!("connecting to worker: {e}")))?;
+            .map_err(|e| Failure::Other(Error::Worker(format!("connecting to worker: {e}"))))?;
+        let mut received = false;
         let mut head = BytesMut::with_capacity(1024);
         fcgi::encode_begin_request(&mut head, REQUEST_ID, fcgi::ROLE_RESPONDER, fcgi::KEEP_CONN);
         fcgi::encode_params(
@@ -256,21 +232,26 @@ impl Process {
 
         let written = {
             let (mut rd, mut wr) = conn.split();
-            let write = send_request(&mut wr, head, body, self.location.max_request_body);
-            let read = self.read_response(&mut rd, reply, started);
-            tokio::pin!(write, read);
-            let mut written = false;
-            loop {
-                tokio::select! {
-                    w = &mut write, if !written => {
-                        w?;
-                        written = true;
-                    }
-                    r = &mut read => {
-                        r?;
-                        break written;
+            let result = {
+                let write = send_request(&mut wr, head, body, self.location.max_request_body);
+                let read = self.read_response(&mut rd, reply, started, &mut received);
+                tokio::pin!(write, read);
+                let mut written = false;
+                loop {
+                    tokio::select! {
+                        w = &mut write, if !written => match w {
+                            Ok(()) => written = true,
+                            Err(e) => break Err(e),
+                        },
+                        r = &mut read => break r.map(|()| written),
                     }
                 }
+            };
+            // Nothing came back on a connection the worker had kept: it
+            // closed that connection rather than failing this request.
+            match result {
+                Err(e @ Error::Worker(_)) if reused && !received => return Err(Failure::Stale(e)),
+                other => other.map_err(Failure::Other)?,
             }
         };
         // A worker that answered before reading the whole body leaves the
@@ -283,6 +264,7 @@ impl Process {
         rd: &mut tokio::net::unix::ReadHalf<'_>,
         reply: &mut Reply,
         started: Instant,
+        received: &mut bool,
     ) -> Result<(), Error> {
         let timeout_after = self.location.request_timeout;
         let head_deadline = started + timeout_after;
@@ -324,7 +306,7 @@ impl Process {
                     RecordType::Stderr => {
                         let text = String::from_utf8_lossy(&record.content);
                         for line in text.lines().filter(|l| !l.is_empty()) {
-                            tracing::info!(session = %self.session_id, pid = self.pid, "worker: {line}");
+                            tracing::info!(session = %self.session_id, pid = self.pid(), "worker: {line}");
                         }
                     }
                     RecordType::EndRequest => {
@@ -355,7 +337,10 @@ impl Process {
             };
             let failure = match timeout(wait, rd.read_buf(&mut buf)).await {
                 Ok(Ok(0)) => Error::Worker("worker closed the connection mid-request".into()),
-                Ok(Ok(_)) => continue,
+                Ok(Ok(_)) => {
+                    *received = true;
+                    continue;
+                }
                 Ok(Err(e)) => Error::Worker(format!("reading from worker: {e}")),
                 Err(_) => Error::Timeout(timeout_after),
             };
@@ -397,23 +382,23 @@ impl Process {
         Ok(Some(tx))
     }
 
-    /// SIGKILL to the worker's process group, at once.
+    /// Kills the worker at once.
     pub fn kill(&self) {
-        signal_group(self.pid, Signal::SIGKILL);
+        self.proc.kill();
     }
 
     /// SIGTERM, then SIGKILL if the worker is still there after `grace`.
     pub async fn stop(&self, grace: Duration) {
         self.idle.lock().expect("idle list lock").clear();
-        signal_group(self.pid, Signal::SIGTERM);
-        if timeout(grace, super::wait_gone(self.done())).await.is_err() {
-            tracing::warn!(session = %self.session_id, pid = self.pid, "worker ignored SIGTERM for {grace:?}; killing it");
-            signal_group(self.pid, Signal::SIGKILL);
-            super::wait_gone(self.done()).await;
-        }
-        // Whatever the worker left in its group goes too.
-        signal_group(self.pid, Signal::SIGKILL);
+        self.proc.stop(grace).await;
     }
+}
+
+/// How one attempt at a request failed.
+enum Failure {
+    /// A kept connection turned out closed before anything came back.
+    Stale(Error),
+    Other(Error),
 }
 
 /// BEGIN_REQUEST and PARAMS, then the body as STDIN records as it arrives.
@@ -457,17 +442,4 @@ fn still_open(conn: &UnixStream) -> bool {
         ),
         Err(nix::errno::Errno::EAGAIN)
     )
-}
-
-fn signal_group(pid: u32, signal: Signal) {
-    if pid > 0 {
-        // ESRCH (already gone) is the normal case after an exit.
-        let _ = killpg(Pid::from_raw(pid as i32), signal);
-    }
-}
-
-fn random_hex() -> String {
-    let mut raw = [0u8; 8];
-    getrandom::fill(&mut raw).expect("the OS random number generator failed");
-    raw.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -9,6 +9,7 @@
 pub(crate) mod cgi;
 pub(crate) mod fastcgi;
 pub(crate) mod inproc;
+pub(crate) mod process;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

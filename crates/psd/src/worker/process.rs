@@ -1,0 +1,156 @@
+//! A worker process, whatever protocol it speaks: how it is started (its
+//! environment, its own process group, its stderr into the log), how its
+//! exit is noticed at once, and how it is stopped (SIGTERM, then SIGKILL for
+//! the whole group). The protocol modules decide what its stdin, stdout and
+//! extra descriptors are.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::watch;
+use tokio::time::timeout;
+
+use super::Spawn;
+use crate::error::Error;
+
+/// A running child process; the handle does not own it (the exit watcher does).
+pub(crate) struct Proc {
+    pid: u32,
+    session: Arc<str>,
+    done: watch::Receiver<bool>,
+}
+
+/// What [`launch`] hands back besides the process.
+pub(crate) struct Launched {
+    pub proc: Proc,
+}
+
+/// The command for a session's worker: a clean environment (`PATH`,
+/// `PassEnv`, `SetEnv`, psd's variables), the working directory, its own
+/// process group, stderr piped to the log, stdin and stdout closed unless
+/// the caller says otherwise.
+pub(crate) fn command(spawn: &Spawn<'_>, program: &Path, args: &[String]) -> Command {
+    let location = spawn.location;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+        )
+        .envs(
+            location
+                .pass_env
+                .iter()
+                .filter_map(|name| Some((name, std::env::var_os(name)?))),
+        )
+        .envs(location.set_env.iter().map(|(k, v)| (k, v)))
+        .env("PSD_SESSION_ID", &**spawn.session_id)
+        .env("PSD_APP", &location.prefix)
+        .env("PSD_RESUMED", if spawn.resumed { "1" } else { "0" })
+        // Its own process group: a terminal's ^C reaches psd only, and a
+        // stop reaches the worker's own children too.
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(dir) = &location.working_directory {
+        cmd.current_dir(dir);
+    }
+    cmd
+}
+
+/// Spawns `cmd`, logs its stderr line by line with the session id, and
+/// watches for its exit; `cleanup` is removed once it has exited.
+pub(crate) fn launch(
+    mut cmd: Command,
+    session: &Arc<str>,
+    program: &Path,
+    cleanup: Option<PathBuf>,
+) -> Result<Launched, Error> {
+    let mut child = cmd.spawn().map_err(|e| {
+        if let Some(path) = &cleanup {
+            let _ = std::fs::remove_file(path);
+        }
+        Error::WorkerStart(format!("{}: {e}", program.display()))
+    })?;
+    let pid = child.id().unwrap_or_default();
+    if let Some(stderr) = child.stderr.take() {
+        let session = session.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(session = %session, pid, "worker: {line}");
+            }
+        });
+    }
+    let (done_tx, done) = watch::channel(false);
+    {
+        let session = session.clone();
+        tokio::spawn(async move {
+            match child.wait().await {
+                Ok(status) => tracing::info!(session = %session, pid, %status, "worker exited"),
+                Err(e) => tracing::warn!(session = %session, pid, "waiting for worker: {e}"),
+            }
+            if let Some(path) = cleanup {
+                let _ = std::fs::remove_file(path);
+            }
+            let _ = done_tx.send(true);
+        });
+    }
+    Ok(Launched {
+        proc: Proc {
+            pid,
+            session: session.clone(),
+            done,
+        },
+    })
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn done(&self) -> watch::Receiver<bool> {
+        self.done.clone()
+    }
+
+    /// SIGKILL to the worker's process group, at once.
+    pub fn kill(&self) {
+        signal_group(self.pid, Signal::SIGKILL);
+    }
+
+    /// SIGTERM, then SIGKILL if the worker is still there after `grace`.
+    pub async fn stop(&self, grace: Duration) {
+        signal_group(self.pid, Signal::SIGTERM);
+        if timeout(grace, super::wait_gone(self.done())).await.is_err() {
+            tracing::warn!(session = %self.session, pid = self.pid, "worker ignored SIGTERM for {grace:?}; killing it");
+            signal_group(self.pid, Signal::SIGKILL);
+            super::wait_gone(self.done()).await;
+        }
+        // Whatever the worker left in its group goes too.
+        signal_group(self.pid, Signal::SIGKILL);
+    }
+}
+
+fn signal_group(pid: u32, signal: Signal) {
+    if pid > 0 {
+        // ESRCH (already gone) is the normal case after an exit.
+        let _ = killpg(Pid::from_raw(pid as i32), signal);
+    }
+}
+
+/// 64 random bits as hex, for socket names.
+pub(crate) fn random_hex() -> String {
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).expect("the OS random number generator failed");
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
