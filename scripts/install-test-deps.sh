@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine, idempotently:
-# Perl's FCGI (libfcgi-perl), cgi-fcgi (libfcgi-bin), curl, wrk, and Python's flup.
+# Perl's FCGI (libfcgi-perl), cgi-fcgi (libfcgi-bin), curl, wrk, and Python's flup and websockets.
 set -euo pipefail
 
 need_apt=()
@@ -17,3 +17,4 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 python3 -c 'import flup' 2>/dev/null || python3 -m pip install -q 'flup>=1.0.3'
+python3 -c 'import websockets.asyncio.server' 2>/dev/null || python3 -m pip install -q 'websockets>=13'

@@ -84,6 +84,7 @@ pub struct WorkerCommand {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     FastCgi,
+    Http,
 }
 
 impl Default for Config {
@@ -456,19 +457,20 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "Worker",
         scope: Scope::Location,
-        syntax: "Worker fastcgi COMMAND [ARGS…]",
+        syntax: "Worker fastcgi|http COMMAND [ARGS…]",
         default: "required",
-        help: "The program run once per session. fastcgi: fd 0 is a listening Unix socket.",
+        help: "The program run once per session. fastcgi: fd 0 is a listening Unix socket. http: fd 3 is a listening TCP socket on 127.0.0.1 (LISTEN_FDS=1, LISTEN_PID, LISTEN_FDNAMES=http, PORT).",
         apply: Apply::Location(|l, a| {
             let [protocol, program, args @ ..] = a else {
                 return Err("expected Worker PROTOCOL COMMAND [ARGS…]".into());
             };
             let protocol = match protocol.to_ascii_lowercase().as_str() {
                 "fastcgi" => Protocol::FastCgi,
-                "http" | "stdio" => {
+                "http" => Protocol::Http,
+                "stdio" => {
                     return Err(format!("worker protocol '{protocol}' is not supported by this version yet"))
                 }
-                _ => return Err(format!("unknown worker protocol '{protocol}', expected fastcgi")),
+                _ => return Err(format!("unknown worker protocol '{protocol}', expected fastcgi or http")),
             };
             l.handler = Some(Handler::Process(WorkerCommand {
                 protocol,

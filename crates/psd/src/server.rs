@@ -20,9 +20,8 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::body::{self, Body};
 use crate::config::{Config, Handler, LocationConfig};
@@ -119,7 +118,10 @@ impl Server {
         http.timer(TokioTimer::new())
             .header_read_timeout(shared.config.request_header_timeout)
             .keep_alive(true);
-        let graceful = GracefulShutdown::new();
+        // Every connection holds a clone of `open`; once shutdown drops ours,
+        // `drained` ends exactly when the last connection has.
+        let (draining, drain) = watch::channel(false);
+        let (open, mut drained) = mpsc::channel::<()>(1);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -132,11 +134,23 @@ impl Server {
                         let shared = shared.clone();
                         async move { Ok::<_, std::convert::Infallible>(handle(&shared, request, remote, local).await) }
                     });
-                    let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                    let mut drain = drain.clone();
+                    let open = open.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = connection.await {
+                        tokio::pin!(connection);
+                        let result = tokio::select! {
+                            result = connection.as_mut() => result,
+                            _ = async { drop(drain.wait_for(|&d| d).await) } => {
+                                // Finish the request in progress, then close.
+                                connection.as_mut().graceful_shutdown();
+                                connection.await
+                            }
+                        };
+                        if let Err(e) = result {
                             tracing::debug!(%remote, "connection: {e}");
                         }
+                        drop(open);
                     });
                 }
             }
@@ -151,7 +165,9 @@ impl Server {
             .max()
             .unwrap_or_default()
             .min(MAX_DRAIN);
-        if tokio::time::timeout(drain, graceful.shutdown())
+        let _ = draining.send(true);
+        drop(open);
+        if tokio::time::timeout(drain, async { while drained.recv().await.is_some() {} })
             .await
             .is_err()
         {

@@ -29,7 +29,7 @@ use tokio::time::{sleep_until, Instant};
 use super::{Registry, Slot};
 use crate::config::{Handler, LocationConfig};
 use crate::error::Error;
-use crate::worker::{Job, Spawn, Worker};
+use crate::worker::{Activity, Job, Spawn, Worker};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -59,6 +59,7 @@ pub(super) struct Session {
 
 struct Life {
     state: State,
+    activity: Arc<Activity>,
     worker: Option<Worker>,
     in_flight: JoinSet<()>,
     last_active: Instant,
@@ -76,6 +77,7 @@ impl Session {
         let concurrency = self.location.worker_concurrency;
         let mut life = Life {
             state: State::Dormant,
+            activity: Activity::new(),
             worker: None,
             in_flight: JoinSet::new(),
             last_active: Instant::now(),
@@ -107,6 +109,12 @@ impl Session {
                     self.transition(&mut life, State::Dormant);
                 }
                 _ = sleep_until(idle_end), if idle && has_worker => {
+                    // An open WebSocket, or traffic on one, is activity too.
+                    let last = life.activity.last();
+                    if last > life.last_active {
+                        life.last_active = last;
+                        continue;
+                    }
                     if in_process {
                         break "SessionTimeout reached";
                     }
@@ -160,6 +168,7 @@ impl Session {
                 location: &self.location,
                 resumed: life.resumed,
                 run_dir: &self.registry.run_dir,
+                activity: &life.activity,
             })
             .await;
             match started {

@@ -1,7 +1,7 @@
 //! Workers: what actually answers a session's requests.
 //!
-//! A worker is either a process speaking FastCGI ([`fastcgi`]) or an async
-//! task in this process ([`inproc`]). Both offer the same four operations to
+//! A worker is a process speaking FastCGI ([`fastcgi`]) or HTTP ([`proxy`]),
+//! or an async task in this process ([`inproc`]). Both offer the same four operations to
 //! the session that owns them: start, serve one request, notice when they are
 //! gone, and stop. This module never decides *when* to start or stop a worker
 //! (the session's lifecycle does) and never sees other sessions.
@@ -10,18 +10,20 @@ pub(crate) mod cgi;
 pub(crate) mod fastcgi;
 pub(crate) mod inproc;
 pub(crate) mod process;
+pub(crate) mod proxy;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::Response;
 use tokio::sync::{oneshot, watch};
 
 use crate::body::{Body, RequestBody};
-use crate::config::{Handler, LocationConfig};
+use crate::config::{Handler, LocationConfig, Protocol};
 use crate::error::Error;
 use crate::mapper::Access;
 
@@ -59,12 +61,59 @@ pub(crate) struct Spawn<'a> {
     pub location: &'a Arc<LocationConfig>,
     pub resumed: bool,
     pub run_dir: &'a PathBuf,
+    pub activity: &'a Arc<Activity>,
+}
+
+/// Traffic a session has outside its requests (WebSocket tunnels), so that
+/// an open WebSocket keeps the session from going idle.
+pub(crate) struct Activity {
+    open: AtomicUsize,
+    last: Mutex<tokio::time::Instant>,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            open: AtomicUsize::new(0),
+            last: Mutex::new(tokio::time::Instant::now()),
+        })
+    }
+
+    pub fn touch(&self) {
+        *self.last.lock().expect("activity lock") = tokio::time::Instant::now();
+    }
+
+    /// Marks a long-lived exchange (a tunnel) open until the guard drops.
+    pub fn open(self: &Arc<Self>) -> OpenGuard {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        OpenGuard(self.clone())
+    }
+
+    /// When the session was last active: now while anything is open.
+    pub fn last(&self) -> tokio::time::Instant {
+        if self.open.load(Ordering::Relaxed) > 0 {
+            tokio::time::Instant::now()
+        } else {
+            *self.last.lock().expect("activity lock")
+        }
+    }
+}
+
+pub(crate) struct OpenGuard(Arc<Activity>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A running worker; clones share it.
 #[derive(Clone)]
 pub(crate) enum Worker {
     FastCgi(Arc<fastcgi::Process>),
+    Http(Arc<proxy::Process>),
     InProcess(inproc::Task),
 }
 
@@ -77,9 +126,14 @@ impl Worker {
             .as_ref()
             .expect("validated locations have a handler")
         {
-            Handler::Process(command) => fastcgi::Process::start(&spawn, command)
-                .await
-                .map(Worker::FastCgi),
+            Handler::Process(command) => match command.protocol {
+                Protocol::FastCgi => fastcgi::Process::start(&spawn, command)
+                    .await
+                    .map(Worker::FastCgi),
+                Protocol::Http => proxy::Process::start(&spawn, command)
+                    .await
+                    .map(Worker::Http),
+            },
             Handler::InProcess(app) => Ok(Worker::InProcess(inproc::Task::start(&spawn, app))),
         }
     }
@@ -91,6 +145,7 @@ impl Worker {
         async move {
             match worker {
                 Worker::FastCgi(p) => p.serve(job).await,
+                Worker::Http(p) => p.serve(job).await,
                 Worker::InProcess(t) => t.serve(job).await,
             }
         }
@@ -100,6 +155,7 @@ impl Worker {
     pub fn gone(&self) -> impl Future<Output = ()> + Send + 'static {
         wait_gone(match self {
             Worker::FastCgi(p) => p.done(),
+            Worker::Http(p) => p.done(),
             Worker::InProcess(t) => t.done(),
         })
     }
@@ -109,6 +165,7 @@ impl Worker {
     pub async fn stop(self, grace: Duration) {
         match self {
             Worker::FastCgi(p) => p.stop(grace).await,
+            Worker::Http(p) => p.stop(grace).await,
             Worker::InProcess(t) => t.stop().await,
         }
     }
@@ -116,6 +173,7 @@ impl Worker {
     pub fn pid(&self) -> Option<u32> {
         match self {
             Worker::FastCgi(p) => Some(p.pid()),
+            Worker::Http(p) => Some(p.pid()),
             Worker::InProcess(_) => None,
         }
     }

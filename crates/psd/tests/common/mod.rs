@@ -428,3 +428,53 @@ pub async fn serve_with_handle(
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
 }
+
+/// Sends a GET over a raw connection and records, for each marker, how long
+/// after sending it first appeared in what arrived.
+pub fn arrival_times(port: u16, path: &str, markers: &[&str]) -> Vec<Duration> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut seen = vec![None; markers.len()];
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    while seen.iter().any(Option::is_none) {
+        let n = conn.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+        let so_far = String::from_utf8_lossy(&text);
+        for (slot, marker) in seen.iter_mut().zip(markers) {
+            if slot.is_none() && so_far.contains(marker) {
+                *slot = Some(started.elapsed());
+            }
+        }
+    }
+    seen.into_iter()
+        .zip(markers)
+        .map(|(t, m)| {
+            t.unwrap_or_else(|| {
+                panic!(
+                    "{m:?} never arrived in {:?}",
+                    String::from_utf8_lossy(&text)
+                )
+            })
+        })
+        .collect()
+}
+
+/// The `Location` section for a worker of any protocol.
+pub fn location_proto(prefix: &str, protocol: &str, worker: &Path, extra: &str) -> String {
+    format!(
+        "<Location {prefix}>\n    Worker {protocol} {}\n{extra}\n</Location>\n",
+        worker.display()
+    )
+}
