@@ -85,6 +85,7 @@ pub struct WorkerCommand {
 pub enum Protocol {
     FastCgi,
     Http,
+    Stdio,
 }
 
 impl Default for Config {
@@ -457,9 +458,9 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "Worker",
         scope: Scope::Location,
-        syntax: "Worker fastcgi|http COMMAND [ARGS…]",
+        syntax: "Worker fastcgi|http|stdio COMMAND [ARGS…]",
         default: "required",
-        help: "The program run once per session. fastcgi: fd 0 is a listening Unix socket. http: fd 3 is a listening TCP socket on 127.0.0.1 (LISTEN_FDS=1, LISTEN_PID, LISTEN_FDNAMES=http, PORT).",
+        help: "The program run once per session. fastcgi: fd 0 is a listening Unix socket. http: fd 3 is a listening TCP socket on 127.0.0.1 (LISTEN_FDS=1, LISTEN_PID, LISTEN_FDNAMES=http, PORT). stdio: one JSON object a line on stdin and stdout.",
         apply: Apply::Location(|l, a| {
             let [protocol, program, args @ ..] = a else {
                 return Err("expected Worker PROTOCOL COMMAND [ARGS…]".into());
@@ -467,10 +468,8 @@ pub const DIRECTIVES: &[Directive] = &[
             let protocol = match protocol.to_ascii_lowercase().as_str() {
                 "fastcgi" => Protocol::FastCgi,
                 "http" => Protocol::Http,
-                "stdio" => {
-                    return Err(format!("worker protocol '{protocol}' is not supported by this version yet"))
-                }
-                _ => return Err(format!("unknown worker protocol '{protocol}', expected fastcgi or http")),
+                "stdio" => Protocol::Stdio,
+                _ => return Err(format!("unknown worker protocol '{protocol}', expected fastcgi, http or stdio")),
             };
             l.handler = Some(Handler::Process(WorkerCommand {
                 protocol,

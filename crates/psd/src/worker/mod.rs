@@ -1,6 +1,7 @@
 //! Workers: what actually answers a session's requests.
 //!
-//! A worker is a process speaking FastCGI ([`fastcgi`]) or HTTP ([`proxy`]),
+//! A worker is a process speaking FastCGI ([`fastcgi`]), HTTP ([`proxy`]) or
+//! JSON lines ([`stdio`]),
 //! or an async task in this process ([`inproc`]). Both offer the same four operations to
 //! the session that owns them: start, serve one request, notice when they are
 //! gone, and stop. This module never decides *when* to start or stop a worker
@@ -11,6 +12,7 @@ pub(crate) mod fastcgi;
 pub(crate) mod inproc;
 pub(crate) mod process;
 pub(crate) mod proxy;
+pub(crate) mod stdio;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -114,6 +116,7 @@ impl Drop for OpenGuard {
 pub(crate) enum Worker {
     FastCgi(Arc<fastcgi::Process>),
     Http(Arc<proxy::Process>),
+    Stdio(Arc<stdio::Process>),
     InProcess(inproc::Task),
 }
 
@@ -133,6 +136,9 @@ impl Worker {
                 Protocol::Http => proxy::Process::start(&spawn, command)
                     .await
                     .map(Worker::Http),
+                Protocol::Stdio => stdio::Process::start(&spawn, command)
+                    .await
+                    .map(Worker::Stdio),
             },
             Handler::InProcess(app) => Ok(Worker::InProcess(inproc::Task::start(&spawn, app))),
         }
@@ -146,6 +152,7 @@ impl Worker {
             match worker {
                 Worker::FastCgi(p) => p.serve(job).await,
                 Worker::Http(p) => p.serve(job).await,
+                Worker::Stdio(p) => p.serve(job).await,
                 Worker::InProcess(t) => t.serve(job).await,
             }
         }
@@ -156,6 +163,7 @@ impl Worker {
         wait_gone(match self {
             Worker::FastCgi(p) => p.done(),
             Worker::Http(p) => p.done(),
+            Worker::Stdio(p) => p.done(),
             Worker::InProcess(t) => t.done(),
         })
     }
@@ -166,6 +174,7 @@ impl Worker {
         match self {
             Worker::FastCgi(p) => p.stop(grace).await,
             Worker::Http(p) => p.stop(grace).await,
+            Worker::Stdio(p) => p.stop(grace).await,
             Worker::InProcess(t) => t.stop().await,
         }
     }
@@ -174,6 +183,7 @@ impl Worker {
         match self {
             Worker::FastCgi(p) => Some(p.pid()),
             Worker::Http(p) => Some(p.pid()),
+            Worker::Stdio(p) => Some(p.pid()),
             Worker::InProcess(_) => None,
         }
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use tokio::process::{ChildStdin, ChildStdout, Command};
 use tokio::sync::watch;
 use tokio::time::timeout;
 
@@ -29,6 +29,8 @@ pub(crate) struct Proc {
 /// What [`launch`] hands back besides the process.
 pub(crate) struct Launched {
     pub proc: Proc,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Option<ChildStdout>,
 }
 
 /// The command for a session's worker: a clean environment (`PATH`,
@@ -82,6 +84,8 @@ pub(crate) fn launch(
         Error::WorkerStart(format!("{}: {e}", program.display()))
     })?;
     let pid = child.id().unwrap_or_default();
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
     if let Some(stderr) = child.stderr.take() {
         let session = session.clone();
         tokio::spawn(async move {
@@ -111,6 +115,8 @@ pub(crate) fn launch(
             session: session.clone(),
             done,
         },
+        stdin,
+        stdout,
     })
 }
 

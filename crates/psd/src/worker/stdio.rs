@@ -1,0 +1,586 @@
+//! A `stdio` worker process: one JSON object a line in each direction.
+//!
+//! psd writes `{"id":N,"method":…,"path":…,"query":…,"headers":[[k,v]…],
+//! "body":…}` (or `body_base64` for bytes that are not UTF-8) to the
+//! worker's stdin, plus `session`, `access` and `client`; the worker answers
+//! `{"id":N,"status":…,"headers":[[k,v]…],"body":…}` on stdout. Two
+//! extensions, both optional:
+//!
+//! - streaming: a head line with `"stream":true` and no body, then lines
+//!   `{"id":N,"body":…}` sent to the client as they come, then `{"id":N,"end":true}`;
+//! - WebSocket: psd terminates the WebSocket itself and relays one message
+//!   a line, as websocketd does but bound to the session:
+//!   `{"ws":W,"event":"open","path":…}`, `{"ws":W,"message":…}` (or
+//!   `message_base64`) and `{"ws":W,"event":"close"}` from psd;
+//!   `{"ws":W,"message":…}` and `{"ws":W,"close":true}` from the worker.
+//!
+//! A line that is not JSON, or names an id nobody waits for, is logged and
+//! fails the requests then waiting (502); the worker itself carries on.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{ChildStdin, ChildStdout};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::process::{self, Proc};
+use super::{Activity, Job, RequestMeta, Spawn};
+use crate::body::{self, Body, BoxError};
+use crate::config::{LocationConfig, WorkerCommand};
+use crate::error::Error;
+
+/// The longest line psd reads from a worker.
+const MAX_LINE: usize = 64 << 20;
+/// How often psd pings a WebSocket client; two silent intervals close it.
+const WS_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// Ids of failed requests remembered, so their late answers are not garbage.
+const FORGET_AFTER: usize = 64;
+
+type Reply = oneshot::Sender<Result<Response<Body>, Error>>;
+
+/// A request waiting for its answer.
+enum Pending {
+    Head {
+        reply: Reply,
+        done: oneshot::Sender<()>,
+    },
+    Streaming {
+        body: mpsc::Sender<Result<Bytes, BoxError>>,
+        done: oneshot::Sender<()>,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    pending: HashMap<u64, Pending>,
+    sockets: HashMap<u64, mpsc::Sender<Message>>,
+    failed: HashSet<u64>,
+    failed_order: VecDeque<u64>,
+}
+
+impl State {
+    /// Fails every waiting request with 502: what the worker wrote cannot
+    /// be matched to one of them.
+    fn fail_all(&mut self, why: &str) {
+        for (id, pending) in self.pending.drain() {
+            self.failed.insert(id);
+            self.failed_order.push_back(id);
+            match pending {
+                Pending::Head { reply, .. } => {
+                    let _ = reply.send(Err(Error::Worker(why.to_string())));
+                }
+                Pending::Streaming { body, .. } => {
+                    let _ = body.try_send(Err(why.to_string().into()));
+                }
+            }
+        }
+        while self.failed_order.len() > FORGET_AFTER {
+            if let Some(old) = self.failed_order.pop_front() {
+                self.failed.remove(&old);
+            }
+        }
+    }
+}
+
+pub(crate) struct Process {
+    proc: Proc,
+    session_id: Arc<str>,
+    location: Arc<LocationConfig>,
+    activity: Arc<Activity>,
+    stdin: tokio::sync::Mutex<ChildStdin>,
+    state: Arc<Mutex<State>>,
+    next_id: AtomicU64,
+}
+
+impl Process {
+    pub async fn start(spawn: &Spawn<'_>, command: &WorkerCommand) -> Result<Arc<Process>, Error> {
+        let mut cmd = process::command(spawn, &command.program, &command.args);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let launched = process::launch(cmd, spawn.session_id, &command.program, None)?;
+        let (Some(stdin), Some(stdout)) = (launched.stdin, launched.stdout) else {
+            launched.proc.kill();
+            return Err(Error::WorkerStart("no pipes to the worker".into()));
+        };
+        let state = Arc::new(Mutex::new(State::default()));
+        tokio::spawn(read_lines(stdout, state.clone(), spawn.session_id.clone()));
+        tracing::info!(session = %spawn.session_id, pid = launched.proc.pid(), program = %command.program.display(), "worker started");
+        Ok(Arc::new(Process {
+            proc: launched.proc,
+            session_id: spawn.session_id.clone(),
+            location: spawn.location.clone(),
+            activity: spawn.activity.clone(),
+            stdin: tokio::sync::Mutex::new(stdin),
+            state,
+            next_id: AtomicU64::new(1),
+        }))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn done(&self) -> watch::Receiver<bool> {
+        self.proc.done()
+    }
+
+    pub async fn stop(&self, grace: Duration) {
+        self.proc.stop(grace).await;
+    }
+
+    async fn write_line(&self, value: &Value) -> Result<(), Error> {
+        let mut line = serde_json::to_vec(value).map_err(|e| Error::Worker(e.to_string()))?;
+        line.push(b'\n');
+        let mut stdin = self.stdin.lock().await;
+        stdin
+            .write_all(&line)
+            .await
+            .map_err(|e| Error::Worker(format!("writing to the worker's stdin: {e}")))
+    }
+
+    pub async fn serve(self: Arc<Self>, job: Job) {
+        let Job {
+            request,
+            meta,
+            reply,
+        } = job;
+        if is_websocket(request.headers()) {
+            return self.websocket(request, &meta, reply).await;
+        }
+        let (parts, body) = request.into_parts();
+        let body = match body::read_all(body, self.location.max_request_body).await {
+            Ok(body) => body,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut line = request_fields(&parts, &meta);
+        line.insert("id".into(), json!(id));
+        match std::str::from_utf8(&body) {
+            Ok(text) => line.insert("body".into(), json!(text)),
+            Err(_) => line.insert("body_base64".into(), json!(BASE64.encode(&body))),
+        };
+        let (answered, answer) = oneshot::channel();
+        let (done, finished) = oneshot::channel();
+        self.state.lock().expect("stdio state lock").pending.insert(
+            id,
+            Pending::Head {
+                reply: answered,
+                done,
+            },
+        );
+        if let Err(e) = self.write_line(&Value::Object(line)).await {
+            self.state
+                .lock()
+                .expect("stdio state lock")
+                .pending
+                .remove(&id);
+            self.fail(reply, e);
+            return;
+        }
+        let limit = self.location.request_timeout;
+        match timeout(limit, answer).await {
+            Ok(Ok(response)) => {
+                let _ = reply.send(response);
+                // A streamed response keeps the request in flight until it ends.
+                let _ = finished.await;
+            }
+            Ok(Err(_)) => self.fail(reply, Error::Worker("the worker's output ended".into())),
+            Err(_) => {
+                self.state
+                    .lock()
+                    .expect("stdio state lock")
+                    .pending
+                    .remove(&id);
+                self.fail(reply, Error::Timeout(limit));
+            }
+        }
+    }
+
+    fn fail(&self, reply: Reply, e: Error) {
+        if e.condemns_worker() {
+            tracing::warn!(session = %self.session_id, pid = self.pid(), "{e}; replacing the worker");
+            self.proc.kill();
+        } else {
+            tracing::warn!(session = %self.session_id, pid = self.pid(), "{e}");
+        }
+        let _ = reply.send(Err(e));
+    }
+
+    /// Answers the upgrade itself and relays messages as lines.
+    async fn websocket(
+        self: &Arc<Self>,
+        mut request: http::Request<crate::body::RequestBody>,
+        meta: &RequestMeta,
+        reply: Reply,
+    ) {
+        let Some(key) = request
+            .headers()
+            .get("sec-websocket-key")
+            .map(|k| derive_accept_key(k.as_bytes()))
+        else {
+            let _ = reply.send(Err(Error::BadRequest(
+                "WebSocket upgrade without Sec-WebSocket-Key".into(),
+            )));
+            return;
+        };
+        let upgrade = hyper::upgrade::on(&mut request);
+        let (parts, _) = request.into_parts();
+        let mut response = Response::new(body::full(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Ok(v) = HeaderValue::from_str(&key) {
+            headers.insert("sec-websocket-accept", v);
+        }
+        let _ = reply.send(Ok(response));
+
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut open = request_fields(&parts, meta);
+        open.insert("ws".into(), json!(id));
+        open.insert("event".into(), json!("open"));
+        let process = self.clone();
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            let ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            let (to_client, outgoing) = mpsc::channel(64);
+            process
+                .state
+                .lock()
+                .expect("stdio state lock")
+                .sockets
+                .insert(id, to_client);
+            let _open = process.activity.open();
+            if process.write_line(&Value::Object(open)).await.is_ok() {
+                process.relay(id, ws, outgoing).await;
+            }
+            process
+                .state
+                .lock()
+                .expect("stdio state lock")
+                .sockets
+                .remove(&id);
+            let _ = process
+                .write_line(&json!({"ws": id, "event": "close"}))
+                .await;
+        });
+    }
+
+    async fn relay(
+        &self,
+        id: u64,
+        ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
+        mut outgoing: mpsc::Receiver<Message>,
+    ) {
+        let (mut sink, mut stream) = ws.split();
+        let mut ping = tokio::time::interval(WS_PING_INTERVAL);
+        ping.tick().await;
+        let mut silent_ticks = 0;
+        loop {
+            tokio::select! {
+                frame = stream.next() => {
+                    silent_ticks = 0;
+                    self.activity.touch();
+                    let line = match frame {
+                        Some(Ok(Message::Text(text))) => json!({"ws": id, "message": text.as_str()}),
+                        Some(Ok(Message::Binary(bytes))) => json!({"ws": id, "message_base64": BASE64.encode(&bytes)}),
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                        Some(Ok(_)) => continue,
+                    };
+                    if self.write_line(&line).await.is_err() {
+                        break;
+                    }
+                }
+                message = outgoing.recv() => {
+                    let Some(message) = message else { break };
+                    self.activity.touch();
+                    let closing = matches!(message, Message::Close(_));
+                    if sink.send(message).await.is_err() || closing {
+                        break;
+                    }
+                }
+                _ = ping.tick() => {
+                    silent_ticks += 1;
+                    if silent_ticks > 2 || sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                        tracing::info!(session = %self.session_id, "WebSocket peer silent; closing");
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = sink.close().await;
+    }
+}
+
+fn is_websocket(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// What every line about a request says: method, path under the prefix,
+/// query, headers, and who is asking.
+fn request_fields(parts: &http::request::Parts, meta: &RequestMeta) -> Map<String, Value> {
+    let path = parts.uri.path();
+    let under = path.strip_prefix(&*meta.script_name).unwrap_or(path);
+    let headers: Vec<Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| json!([k.as_str(), String::from_utf8_lossy(v.as_bytes())]))
+        .collect();
+    let mut fields = Map::new();
+    fields.insert("method".into(), json!(parts.method.as_str()));
+    fields.insert(
+        "path".into(),
+        json!(if under.is_empty() { "/" } else { under }),
+    );
+    fields.insert("query".into(), json!(parts.uri.query().unwrap_or("")));
+    fields.insert("headers".into(), Value::Array(headers));
+    fields.insert("session".into(), json!(&*meta.session_id));
+    fields.insert("access".into(), json!(meta.access.as_str()));
+    fields.insert("client".into(), json!(meta.client.to_string()));
+    fields
+}
+
+/// Reads the worker's stdout a line at a time and routes each line.
+async fn read_lines(stdout: ChildStdout, state: Arc<Mutex<State>>, session: Arc<str>) {
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await;
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line.len() > MAX_LINE => {
+                tracing::warn!(session = %session, "worker wrote a line over {MAX_LINE} bytes");
+                state
+                    .lock()
+                    .expect("stdio state lock")
+                    .fail_all("worker wrote an overlong line");
+                // Skip the rest of that line.
+                let mut rest = Vec::new();
+                let _ = reader.read_until(b'\n', &mut rest).await;
+            }
+            Ok(_) => route(&line, &state, &session).await,
+        }
+    }
+    state
+        .lock()
+        .expect("stdio state lock")
+        .fail_all("the worker closed its stdout");
+}
+
+async fn route(line: &[u8], state: &Mutex<State>, session: &str) {
+    let line = line.trim_ascii();
+    if line.is_empty() {
+        return;
+    }
+    let garbage = |why: String| {
+        tracing::warn!(session = %session, "worker wrote {why}: {:?}", String::from_utf8_lossy(&line[..line.len().min(200)]));
+        state.lock().expect("stdio state lock").fail_all(&why);
+    };
+    let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(line) else {
+        return garbage("a line that is not a JSON object".into());
+    };
+    if let Some(ws) = object.get("ws").and_then(Value::as_u64) {
+        let socket = state
+            .lock()
+            .expect("stdio state lock")
+            .sockets
+            .get(&ws)
+            .cloned();
+        let message = if object.get("close").and_then(Value::as_bool) == Some(true) {
+            Some(Message::Close(None))
+        } else if let Some(text) = object.get("message").and_then(Value::as_str) {
+            Some(Message::text(text))
+        } else {
+            object
+                .get("message_base64")
+                .and_then(Value::as_str)
+                .and_then(|b| BASE64.decode(b).ok())
+                .map(Message::binary)
+        };
+        match (socket, message) {
+            (Some(socket), Some(message)) => {
+                let _ = socket.send(message).await;
+            }
+            _ => tracing::debug!(session = %session, "message for WebSocket {ws} dropped"),
+        }
+        return;
+    }
+    let Some(id) = object.get("id").and_then(Value::as_u64) else {
+        return garbage("a line without an id".into());
+    };
+    let pending = state.lock().expect("stdio state lock").pending.remove(&id);
+    match pending {
+        None if state.lock().expect("stdio state lock").failed.contains(&id) => {
+            tracing::debug!(session = %session, "late answer to failed request {id} dropped");
+        }
+        None => garbage(format!("an answer to unknown request {id}")),
+        Some(Pending::Head { reply, done }) => match head(&object) {
+            Err(why) => {
+                let _ = reply.send(Err(Error::Worker(why.clone())));
+                tracing::warn!(session = %session, "worker answered request {id} with {why}");
+            }
+            Ok((response, false)) => {
+                let _ = reply.send(Ok(response.map(body::full)));
+                drop(done);
+            }
+            Ok((response, true)) => {
+                let (tx, streamed) = body::channel(16);
+                let (parts, first) = response.into_parts();
+                if !first.is_empty() {
+                    let _ = tx.send(Ok(first)).await;
+                }
+                let _ = reply.send(Ok(Response::from_parts(parts, streamed)));
+                state
+                    .lock()
+                    .expect("stdio state lock")
+                    .pending
+                    .insert(id, Pending::Streaming { body: tx, done });
+            }
+        },
+        Some(Pending::Streaming { body, done }) => {
+            if object.get("end").and_then(Value::as_bool) == Some(true) {
+                drop(done);
+                return;
+            }
+            match chunk(&object) {
+                Ok(bytes) => {
+                    // A client that went away only ends its own stream.
+                    let _ = body.send(Ok(bytes)).await;
+                    state
+                        .lock()
+                        .expect("stdio state lock")
+                        .pending
+                        .insert(id, Pending::Streaming { body, done });
+                }
+                Err(why) => {
+                    let _ = body.send(Err(why.into())).await;
+                }
+            }
+        }
+    }
+}
+
+/// A head line: status, headers, body; and whether a stream follows.
+fn head(object: &Map<String, Value>) -> Result<(Response<Bytes>, bool), String> {
+    let status = match object.get("status") {
+        None => StatusCode::OK,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .and_then(|n| StatusCode::from_u16(n).ok())
+            .ok_or_else(|| format!("invalid status {v}"))?,
+    };
+    let mut response = Response::new(chunk(object)?);
+    *response.status_mut() = status;
+    for pair in object
+        .get("headers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let (Some(name), Some(value)) = (
+            pair.get(0).and_then(Value::as_str),
+            pair.get(1).and_then(Value::as_str),
+        ) else {
+            return Err(format!("invalid header {pair}"));
+        };
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("invalid header name {name:?}"))?;
+        let value =
+            HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {name}"))?;
+        if !matches!(
+            name.as_str(),
+            "connection" | "transfer-encoding" | "keep-alive" | "upgrade"
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    let streaming = object.get("stream").and_then(Value::as_bool) == Some(true);
+    Ok((response, streaming))
+}
+
+/// The `body` (text) or `body_base64` (bytes) of a line; empty when absent.
+fn chunk(object: &Map<String, Value>) -> Result<Bytes, String> {
+    match (object.get("body"), object.get("body_base64")) {
+        (Some(Value::String(text)), _) => Ok(Bytes::from(text.clone())),
+        (_, Some(Value::String(b64))) => BASE64
+            .decode(b64)
+            .map(Bytes::from)
+            .map_err(|_| "invalid body_base64".to_string()),
+        (None | Some(Value::Null), None) => Ok(Bytes::new()),
+        _ => Err("body must be a string".into()),
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn heads_parse_status_headers_and_bodies() {
+        let (r, streaming) = head(&object(
+            json!({"id": 1, "status": 404, "headers": [["X-A", "1"]], "body": "gone"}),
+        ))
+        .unwrap();
+        assert_eq!(
+            (r.status(), &r.headers()["x-a"], &r.body()[..], streaming),
+            (
+                StatusCode::NOT_FOUND,
+                &HeaderValue::from_static("1"),
+                &b"gone"[..],
+                false
+            )
+        );
+        let (r, _) = head(&object(json!({"id": 1, "body_base64": "AAEC"}))).unwrap();
+        assert_eq!(
+            (r.status(), &r.body()[..]),
+            (StatusCode::OK, &[0u8, 1, 2][..])
+        );
+        assert!(head(&object(json!({"id": 1, "stream": true}))).unwrap().1);
+        for bad in [
+            json!({"status": 99}),
+            json!({"status": "x"}),
+            json!({"headers": [["bad name", "v"]]}),
+            json!({"body": 5}),
+            json!({"body_base64": "!!"}),
+        ] {
+            assert!(head(&object(bad.clone())).is_err(), "{bad}");
+        }
+    }
+}
