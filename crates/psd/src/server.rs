@@ -30,6 +30,11 @@ use crate::mapper::{self, client, Access, Hit, IdBook, Ids, Signer};
 use crate::session::{Registry, Target};
 use crate::worker::{Job, RequestMeta};
 
+/// TCP keepalive on client connections: a peer that vanished without a FIN
+/// (its WebSocket tunnel idle) is noticed after about this plus 3 × 10 s.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 3;
 /// Upper bound for draining in-flight requests at shutdown.
 const MAX_DRAIN: Duration = Duration::from_secs(30);
 /// `sun_path` is 108 bytes on Linux, including the final NUL.
@@ -129,6 +134,11 @@ impl Server {
                 conn = conns.recv() => {
                     let Some((stream, remote, local)) = conn else { break };
                     let _ = stream.set_nodelay(true);
+                    let keepalive = socket2::TcpKeepalive::new()
+                        .with_time(KEEPALIVE_IDLE)
+                        .with_interval(KEEPALIVE_INTERVAL)
+                        .with_retries(KEEPALIVE_PROBES);
+                    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
                     let shared = shared.clone();
                     let service = service_fn(move |request| {
                         let shared = shared.clone();

@@ -27,7 +27,15 @@ fn check(text: &str) -> (i32, String, String, std::path::PathBuf, TempDir) {
 
 #[test]
 fn every_example_config_is_valid() {
-    for example in ["counter-perl", "counter-python", "counter-rust"] {
+    for example in [
+        "counter-perl",
+        "counter-python",
+        "counter-rust",
+        "http-python",
+        "websocket-python",
+        "stdio-python",
+        "slowprint-perl",
+    ] {
         let path = repo().join("examples").join(example).join("psd.conf");
         let out = Command::new(PSD)
             .args(["check", "-c"])
