@@ -39,8 +39,6 @@ use crate::error::Error;
 /// Moves the listening socket from fd 0 to fd 3 and exports LISTEN_PID as
 /// the pid that then becomes the program's.
 const TRAMPOLINE: &str = r#"exec 3<&0 0</dev/null; export LISTEN_PID=$$; exec "$0" "$@""#;
-/// Idle kept-alive connections per worker.
-const MAX_IDLE: usize = 8;
 
 pub(crate) struct Process {
     proc: Proc,
@@ -145,8 +143,8 @@ impl Process {
             Ok(Err(e)) => Err(Error::Worker(format!("proxying to worker: {e}"))),
             Ok(Ok(response)) => Ok(response),
         };
-        let mut response = match response {
-            Ok(response) => response,
+        let (mut response, sender) = match response {
+            Ok(pair) => pair,
             Err(e) => {
                 if e.condemns_worker() {
                     tracing::warn!(session = %self.session_id, pid = self.pid(), "{e}; replacing the worker");
@@ -190,6 +188,11 @@ impl Process {
         };
         let _ = reply.send(Ok(Response::from_parts(parts, body.boxed())));
         let _ = finished.await;
+        // Only now can the connection carry another request.
+        let mut idle = self.idle.lock().expect("idle list lock");
+        if idle.len() < self.location.worker_concurrency {
+            idle.push(sender);
+        }
     }
 
     /// The request as the worker gets it: path under the prefix, hop-by-hop
@@ -251,23 +254,19 @@ impl Process {
         )
     }
 
+    /// Sends the request on an idle connection or a new one (always a new
+    /// one for an upgrade); returns the response head and the connection.
     async fn send(
         &self,
         request: Request<LimitedBody>,
         websocket: bool,
-    ) -> Result<Response<hyper::body::Incoming>, BoxError> {
+    ) -> Result<(Response<hyper::body::Incoming>, SendRequest<LimitedBody>), BoxError> {
         let mut sender = match (websocket, self.checkout()) {
             (false, Some(sender)) => sender,
             _ => self.connect(websocket).await?,
         };
         let response = sender.send_request(request).await?;
-        if !websocket {
-            let mut idle = self.idle.lock().expect("idle list lock");
-            if idle.len() < MAX_IDLE {
-                idle.push(sender);
-            }
-        }
-        Ok(response)
+        Ok((response, sender))
     }
 
     /// An idle connection ready for a request, if any.
