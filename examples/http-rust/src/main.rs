@@ -77,10 +77,8 @@ async fn answer(
             let mut ws =
                 WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await;
             while let Some(Ok(message)) = ws.next().await {
-                if message.is_text() || message.is_binary() {
-                    if ws.send(message).await.is_err() {
-                        break;
-                    }
+                if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                    break;
                 }
             }
         });
