@@ -32,6 +32,7 @@ fn every_example_config_is_valid() {
         "counter-python",
         "counter-rust",
         "http-python",
+        "http-rust",
         "websocket-python",
         "stdio-python",
         "slowprint-perl",

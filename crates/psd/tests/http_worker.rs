@@ -52,6 +52,28 @@ fn a_stdlib_http_worker_keeps_its_session_and_gets_forwarded_headers() {
 }
 
 #[test]
+fn the_rust_http_worker_takes_its_socket_from_fd_3() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", "http-worker"])
+        .current_dir(repo())
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let worker = PathBuf::from(PSD).with_file_name("http-worker");
+    let d = Daemon::start(&location_proto("/app", "http", &worker, ""));
+    let c = Client::with_jar(&d.dir, "c");
+    let (one, two) = (c.get(&d.url("/app/")), c.get(&d.url("/app/")));
+    assert_eq!(
+        (one.count(), two.count()),
+        (1, 2),
+        "{one:?}\n{}",
+        d.log_text()
+    );
+    assert_eq!(one.pid(), two.pid());
+}
+
+#[test]
 fn redirects_and_cookie_paths_get_the_prefix_back() {
     let d = Daemon::start(&location_proto("/app", "http", &app(), ""));
     let c = Client::with_jar(&d.dir, "c");
