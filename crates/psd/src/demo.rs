@@ -17,6 +17,7 @@ pub fn config() -> Config {
                 .parse()
                 .expect("valid default address"),
             https: false,
+            at: None,
         }],
         data_dir: PathBuf::from("psd-data"),
         locations: vec![LocationConfig::in_process("/", counter())],

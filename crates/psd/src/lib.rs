@@ -21,6 +21,7 @@ pub mod error;
 pub mod mapper;
 mod server;
 mod session;
+pub mod tls;
 mod worker;
 
 pub use app::App;

@@ -15,16 +15,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::body::{self, Body};
-use crate::config::{Config, Handler, LocationConfig};
+use crate::config::{self, Config, Handler, LocationConfig};
 use crate::error::Error;
 use crate::mapper::{self, client, Access, Hit, IdBook, Ids, Signer};
 use crate::session::{Registry, Target};
@@ -35,6 +35,8 @@ use crate::worker::{Job, RequestMeta};
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_PROBES: u32 = 3;
+/// A TLS client must finish its handshake within this.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound for draining in-flight requests at shutdown.
 const MAX_DRAIN: Duration = Duration::from_secs(30);
 /// `sun_path` is 108 bytes on Linux, including the final NUL.
@@ -43,7 +45,8 @@ const MAX_SOCKET_PATH: usize = 107;
 /// Per-location facts computed once, not per request.
 struct Mount {
     config: Arc<LocationConfig>,
-    script_name: Arc<str>,
+    /// The prefix as taken off paths: empty for `/`.
+    mount: Arc<str>,
     app: Arc<str>,
     script_filename: Arc<str>,
     document_root: Arc<str>,
@@ -52,8 +55,41 @@ struct Mount {
 struct Shared {
     config: Config,
     mounts: Vec<Mount>,
+    /// Locations of the main server, the fallback for every host.
+    main_locations: Vec<usize>,
+    /// `ServerName` of the main server and of each virtual host.
+    main_name: Option<Arc<str>>,
+    vhost_names: Vec<Option<Arc<str>>>,
     registry: Arc<Registry>,
+}
+
+/// How the client addressed a request: scheme, host and prefix, as a
+/// trusted proxy reports them or as the connection shows them.
+struct View {
+    https: bool,
+    host: Option<Arc<str>>,
+    /// `SCRIPT_NAME` as the client sees it (outer prefix, then the mount).
+    script_name: Arc<str>,
     server_name: Option<Arc<str>>,
+}
+
+impl View {
+    /// The path cookies of this location are set for.
+    fn cookie_path(&self) -> &str {
+        if self.script_name.is_empty() {
+            "/"
+        } else {
+            &self.script_name
+        }
+    }
+}
+
+/// What a request's connection says about it.
+#[derive(Clone, Copy)]
+struct Conn {
+    remote: SocketAddr,
+    local: SocketAddr,
+    https: bool,
 }
 
 /// A prepared daemon: `DataDir` ready, secret loaded, nothing listening yet.
@@ -111,18 +147,30 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let shared = self.shared;
-        let (conn_tx, mut conns) = mpsc::channel::<(TcpStream, SocketAddr, SocketAddr)>(64);
+        let (conn_tx, mut conns) = mpsc::channel::<Accepted>(64);
         let mut background = tokio::task::JoinSet::new();
-        for listener in listeners {
-            background.spawn(accept(listener, conn_tx.clone()));
+        // Listeners pair with `Listen` lines by position; extra ones are http.
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let tls = match shared.config.listen.get(i).filter(|l| l.https) {
+                Some(_) => {
+                    let local = listener.local_addr()?;
+                    let tls = crate::tls::server_config(&shared.config, local)
+                        .map_err(anyhow::Error::msg)?;
+                    Some(tokio_rustls::TlsAcceptor::from(tls))
+                }
+                None => None,
+            };
+            background.spawn(accept(listener, tls, conn_tx.clone()));
         }
         drop(conn_tx);
         background.spawn(sweep(shared.clone()));
 
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
+        let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
             .header_read_timeout(shared.config.request_header_timeout)
             .keep_alive(true);
+        let http = Arc::new(http);
         // Every connection holds a clone of `open`; once shutdown drops ours,
         // `drained` ends exactly when the last connection has.
         let (draining, drain) = watch::channel(false);
@@ -132,30 +180,30 @@ impl Server {
             tokio::select! {
                 _ = &mut shutdown => break,
                 conn = conns.recv() => {
-                    let Some((stream, remote, local)) = conn else { break };
-                    let _ = stream.set_nodelay(true);
+                    let Some((stream, remote, local, tls)) = conn else { break };
                     let keepalive = socket2::TcpKeepalive::new()
                         .with_time(KEEPALIVE_IDLE)
                         .with_interval(KEEPALIVE_INTERVAL)
                         .with_retries(KEEPALIVE_PROBES);
                     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+                    let _ = stream.set_nodelay(true);
+                    let conn = Conn { remote, local, https: tls.is_some() };
                     let shared = shared.clone();
-                    let service = service_fn(move |request| {
-                        let shared = shared.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(&shared, request, remote, local).await) }
-                    });
-                    let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                    let http = http.clone();
                     let mut drain = drain.clone();
                     let open = open.clone();
                     tokio::spawn(async move {
-                        tokio::pin!(connection);
-                        let result = tokio::select! {
-                            result = connection.as_mut() => result,
-                            _ = async { drop(drain.wait_for(|&d| d).await) } => {
-                                // Finish the request in progress, then close.
-                                connection.as_mut().graceful_shutdown();
-                                connection.await
-                            }
+                        let service = service_fn(move |request| {
+                            let shared = shared.clone();
+                            async move { Ok::<_, std::convert::Infallible>(handle(&shared, request, conn).await) }
+                        });
+                        let result = match tls {
+                            None => serve(&http, TokioIo::new(stream), service, &mut drain).await,
+                            Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                                Ok(Ok(stream)) => serve(&http, TokioIo::new(stream), service, &mut drain).await,
+                                Ok(Err(e)) => Err(format!("TLS handshake: {e}").into()),
+                                Err(_) => Err("TLS handshake timed out".into()),
+                            },
                         };
                         if let Err(e) = result {
                             tracing::debug!(%remote, "connection: {e}");
@@ -189,7 +237,18 @@ impl Server {
     }
 }
 
-async fn accept(listener: TcpListener, conns: mpsc::Sender<(TcpStream, SocketAddr, SocketAddr)>) {
+type Accepted = (
+    TcpStream,
+    SocketAddr,
+    SocketAddr,
+    Option<tokio_rustls::TlsAcceptor>,
+);
+
+async fn accept(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    conns: mpsc::Sender<Accepted>,
+) {
     let local = listener.local_addr().ok();
     loop {
         match listener.accept().await {
@@ -197,7 +256,11 @@ async fn accept(listener: TcpListener, conns: mpsc::Sender<(TcpStream, SocketAdd
                 let Some(local) = stream.local_addr().ok().or(local) else {
                     continue;
                 };
-                if conns.send((stream, remote, local)).await.is_err() {
+                if conns
+                    .send((stream, remote, local, tls.clone()))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -206,6 +269,31 @@ async fn accept(listener: TcpListener, conns: mpsc::Sender<(TcpStream, SocketAdd
                 tracing::warn!("accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Serves one connection (HTTP/1.1 or HTTP/2) until it ends; once draining
+/// starts, finishes the requests in progress and closes.
+async fn serve<I, S>(
+    http: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    drain: &mut watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = http.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        _ = async { drop(drain.wait_for(|&d| d).await) } => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
         }
     }
 }
@@ -265,7 +353,7 @@ fn prepare(config: Config) -> anyhow::Result<Shared> {
         .iter()
         .map(|l| Mount {
             config: Arc::new(l.clone()),
-            script_name: if l.prefix == "/" {
+            mount: if l.prefix == "/" {
                 "".into()
             } else {
                 l.prefix.as_str().into()
@@ -283,8 +371,11 @@ fn prepare(config: Config) -> anyhow::Result<Shared> {
                 .into(),
         })
         .collect();
+    let name = |h: &crate::config::Host| h.server_name.as_deref().map(Arc::from);
     Ok(Shared {
-        server_name: config.server_name.as_deref().map(Arc::from),
+        main_locations: config.main_locations(),
+        main_name: name(&config.main),
+        vhost_names: config.vhosts.iter().map(|v| name(&v.host)).collect(),
         config,
         mounts,
         registry,
@@ -303,29 +394,61 @@ fn remove_stale_sockets(run_dir: &Path) {
     }
 }
 
-async fn handle(
-    shared: &Shared,
-    request: Request<Incoming>,
-    remote: SocketAddr,
-    local: SocketAddr,
-) -> Response<Body> {
+async fn handle(shared: &Shared, mut request: Request<Incoming>, conn: Conn) -> Response<Body> {
+    // HTTP/2 carries the host as :authority; workers want a Host header.
+    if !request.headers().contains_key(HOST) {
+        if let Some(v) = request
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            request.headers_mut().insert(HOST, v);
+        }
+    }
+    let trusted = &shared.config.trusted_proxies;
+    let forwarded = client::forwarded(conn.remote.ip(), request.headers(), trusted);
+    let client = client::client_addr(conn.remote.ip(), request.headers(), trusted);
+    let host_header = request
+        .headers()
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let vhost = shared
+        .config
+        .select_host(conn.local, host_header.as_deref().map(strip_port));
     let path = request.uri().path();
-    let Some(index) = shared.config.route(path) else {
+    let in_vhost = vhost.and_then(|v| {
+        config::longest_match(
+            &shared.config.locations,
+            &shared.config.vhosts[v].host.locations,
+            path,
+        )
+    });
+    let Some(index) = in_vhost
+        .or_else(|| config::longest_match(&shared.config.locations, &shared.main_locations, path))
+    else {
         return Error::NotFound.to_response();
     };
     let mount = &shared.mounts[index];
     let location = &mount.config;
-    let under = match path.strip_prefix(&*mount.script_name).unwrap_or(path) {
+    let under = match path.strip_prefix(&*mount.mount).unwrap_or(path) {
         "" => "/".to_string(),
         under => under.to_string(),
     };
-    let client = client::client_addr(
-        remote.ip(),
-        request.headers(),
-        &shared.config.trusted_proxies,
-    );
+    let view = View {
+        https: forwarded.https.unwrap_or(conn.https),
+        host: forwarded.host.or(host_header).map(Arc::from),
+        script_name: match &forwarded.prefix {
+            Some(outer) => format!("{outer}{}", mount.mount).into(),
+            None => mount.mount.clone(),
+        },
+        server_name: match vhost {
+            Some(v) => shared.vhost_names[v].clone(),
+            None => shared.main_name.clone(),
+        },
+    };
     if under == "/.psd" || under.starts_with("/.psd/") {
-        return psd_url(shared, mount, &request, &under, client);
+        return psd_url(shared, mount, &request, &under, client, &view);
     }
     let declared = request
         .headers()
@@ -370,7 +493,7 @@ async fn handle(
     if target.access == Access::ReadOnly && !matches!(parts.method, Method::GET | Method::HEAD) {
         return Error::ReadOnly.to_response();
     }
-    if let Some(redirect) = query_redirect(&target, &parts.uri, location) {
+    if let Some(redirect) = query_redirect(&target, &parts.uri, &under, &view) {
         return redirect;
     }
 
@@ -379,10 +502,13 @@ async fn handle(
         request: Request::from_parts(parts, body),
         meta: RequestMeta {
             client,
-            client_port: (client == remote.ip()).then_some(remote.port()),
-            local,
-            server_name: shared.server_name.clone(),
-            script_name: mount.script_name.clone(),
+            client_port: (client == conn.remote.ip()).then_some(conn.remote.port()),
+            local: conn.local,
+            https: view.https,
+            host: view.host.clone(),
+            server_name: view.server_name.clone(),
+            mount: mount.mount.clone(),
+            script_name: view.script_name.clone(),
             app: mount.app.clone(),
             script_filename: mount.script_filename.clone(),
             document_root: mount.document_root.clone(),
@@ -401,7 +527,7 @@ async fn handle(
         Err(_) => Error::Worker("the session ended before answering".into()).to_response(),
     };
     if let Some(cookie) = target.assigned.as_ref().and_then(|a| a.cookie.as_deref()) {
-        set_cookie(&mut response, cookie, &target.token, &location.prefix);
+        set_cookie(&mut response, cookie, &target.token, &view);
     }
     response
 }
@@ -420,13 +546,15 @@ fn send(target: &Target, job: Job) -> Result<(), Error> {
 fn query_redirect(
     target: &Target,
     uri: &http::Uri,
-    location: &LocationConfig,
+    under: &str,
+    view: &View,
 ) -> Option<Response<Body>> {
     let assigned = target.assigned.as_ref()?;
     let param = assigned.query.as_deref()?;
-    let mut response = redirect(&mapper::with_param(uri, param, &assigned.id));
+    let path = format!("{}{under}", view.script_name);
+    let mut response = redirect(&mapper::with_param(&path, uri.query(), param, &assigned.id));
     if let Some(cookie) = assigned.cookie.as_deref() {
-        set_cookie(&mut response, cookie, &assigned.id, &location.prefix);
+        set_cookie(&mut response, cookie, &assigned.id, view);
     }
     Some(response)
 }
@@ -440,8 +568,13 @@ fn redirect(to: &str) -> Response<Body> {
     response
 }
 
-fn set_cookie(response: &mut Response<Body>, name: &str, id: &str, path: &str) {
-    if let Ok(value) = HeaderValue::from_str(&mapper::set_cookie(name, id, path)) {
+fn set_cookie(response: &mut Response<Body>, name: &str, id: &str, view: &View) {
+    if let Ok(value) = HeaderValue::from_str(&mapper::set_cookie(
+        name,
+        id,
+        view.cookie_path(),
+        view.https,
+    )) {
         response.headers_mut().append(SET_COOKIE, value);
     }
 }
@@ -471,10 +604,11 @@ fn psd_url(
     request: &Request<Incoming>,
     under: &str,
     client: std::net::IpAddr,
+    view: &View,
 ) -> Response<Body> {
     let mapper = &*mount.config.mapper;
     let params = query_params(request.uri());
-    let base = format!("{}/", mount.script_name);
+    let base = format!("{}/", view.script_name);
     match under {
         "/.psd/share" => {
             let hit = Hit {
@@ -496,9 +630,7 @@ fn psd_url(
                 return Error::ReadOnly.to_response();
             };
             let link = match (mapper.query_name(), mapper.cookie_name()) {
-                (Some(q), _) => {
-                    mapper::with_param(&base.parse().unwrap_or_default(), q, &read_only)
-                }
+                (Some(q), _) => mapper::with_param(&base, None, q, &read_only),
                 (None, Some(_)) => format!("{base}.psd/join?id={read_only}"),
                 (None, None) => return Error::NotFound.to_response(),
             };
@@ -520,7 +652,7 @@ fn psd_url(
             match (valid, mapper.cookie_name()) {
                 (Some(p), Some(cookie)) if p.access == Access::ReadOnly => {
                     let mut response = redirect(&base);
-                    set_cookie(&mut response, cookie, &p.token, &mount.config.prefix);
+                    set_cookie(&mut response, cookie, &p.token, view);
                     response
                 }
                 _ => Error::NotFound.to_response(),
@@ -528,4 +660,12 @@ fn psd_url(
         }
         _ => Error::NotFound.to_response(),
     }
+}
+
+/// `name:port` → `name` (IPv6 literals in brackets kept whole).
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
 }

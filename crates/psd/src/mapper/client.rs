@@ -93,6 +93,47 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAdd
     canonical(client)
 }
 
+/// What a trusted proxy says about the request it forwards: the scheme,
+/// host and path prefix the client used.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Forwarded {
+    pub https: Option<bool>,
+    pub host: Option<String>,
+    pub prefix: Option<String>,
+}
+
+/// `X-Forwarded-Proto/-Host/-Prefix` (or `Forwarded` `proto=`/`host=`),
+/// believed only from a trusted peer. The first value of a list is the one
+/// the client's own request carried.
+pub fn forwarded(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Forwarded {
+    if !trusted.iter().any(|c| c.contains(peer)) {
+        return Forwarded::default();
+    }
+    let first = |name: &str| {
+        let value = headers.get(name)?.to_str().ok()?;
+        let first = value.split(',').next()?.trim();
+        (!first.is_empty()).then(|| first.to_string())
+    };
+    let rfc7239 = |key: &str| {
+        let value = headers.get("forwarded")?.to_str().ok()?;
+        value.split(',').next()?.split(';').find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case(key)
+                .then(|| v.trim().trim_matches('"').to_string())
+        })
+    };
+    let proto = first("x-forwarded-proto").or_else(|| rfc7239("proto"));
+    let prefix = first("x-forwarded-prefix")
+        .map(|p| p.trim_end_matches('/').to_string())
+        .filter(|p| p.is_empty() || p.starts_with('/'));
+    Forwarded {
+        https: proto.map(|p| p.eq_ignore_ascii_case("https")),
+        host: first("x-forwarded-host").or_else(|| rfc7239("host")),
+        prefix,
+    }
+}
+
 /// The `for=` addresses of every `Forwarded` header, in order, or `None`
 /// when there is no such header.
 fn forwarded_for(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
@@ -192,6 +233,35 @@ mod tests {
         assert_eq!(
             client_addr(ip("127.0.0.1"), &garbage, &trusted),
             ip("10.0.0.2")
+        );
+    }
+
+    #[test]
+    fn scheme_host_and_prefix_come_only_from_trusted_proxies() {
+        let trusted = ["127.0.0.1".parse().unwrap()];
+        let h = headers(&[
+            ("x-forwarded-proto", "https, http"),
+            ("x-forwarded-host", "www.example.com"),
+            ("x-forwarded-prefix", "/outer/"),
+        ]);
+        let seen = forwarded(ip("127.0.0.1"), &h, &trusted);
+        assert_eq!(
+            seen,
+            Forwarded {
+                https: Some(true),
+                host: Some("www.example.com".into()),
+                prefix: Some("/outer".into())
+            }
+        );
+        assert_eq!(
+            forwarded(ip("127.0.0.2"), &h, &trusted),
+            Forwarded::default()
+        );
+        let rfc = headers(&[("forwarded", "for=1.2.3.4;proto=https;host=\"a.example\"")]);
+        let seen = forwarded(ip("127.0.0.1"), &rfc, &trusted);
+        assert_eq!(
+            (seen.https, seen.host.as_deref()),
+            (Some(true), Some("a.example"))
         );
     }
 

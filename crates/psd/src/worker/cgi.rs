@@ -2,7 +2,7 @@
 //! becomes, and the response head (`Status:`, `Location:`, headers) a worker
 //! writes back. Pure functions over bytes; no I/O.
 
-use http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
@@ -14,25 +14,26 @@ pub const MAX_HEAD_LEN: usize = 64 * 1024;
 /// The meta-variables of one request, in the order they are sent.
 pub fn params(parts: &Parts, meta: &RequestMeta) -> Vec<(String, Vec<u8>)> {
     let path = parts.uri.path();
-    let path_info = path.strip_prefix(&*meta.script_name).unwrap_or(path);
+    let path_info = path.strip_prefix(&*meta.mount).unwrap_or(path);
     let path_info: Vec<u8> = percent_encoding::percent_decode_str(path_info).collect();
     let request_uri = parts
         .uri
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or(path);
-    let host = parts
-        .headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(|h| strip_port(h).to_string());
-    let server_name = host
-        .or_else(|| {
-            meta.server_name
-                .as_deref()
-                .map(|n| strip_port(n).to_string())
-        })
+    let server_name = meta
+        .host
+        .as_deref()
+        .or(meta.server_name.as_deref())
+        .map(|h| strip_port(h).to_string())
         .unwrap_or_else(|| meta.local.ip().to_string());
+    let server_port = meta
+        .host
+        .as_deref()
+        .and_then(|h| h.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .unwrap_or(meta.local.port());
+    let scheme: &[u8] = if meta.https { b"https" } else { b"http" };
 
     let mut out: Vec<(String, Vec<u8>)> = Vec::with_capacity(24 + parts.headers.len());
     let mut put = |name: &str, value: &[u8]| out.push((name.to_string(), value.to_vec()));
@@ -44,12 +45,15 @@ pub fn params(parts: &Parts, meta: &RequestMeta) -> Vec<(String, Vec<u8>)> {
     put("SERVER_PROTOCOL", version(parts.version).as_bytes());
     put("SERVER_NAME", server_name.as_bytes());
     put("SERVER_ADDR", meta.local.ip().to_string().as_bytes());
-    put("SERVER_PORT", meta.local.port().to_string().as_bytes());
+    put("SERVER_PORT", server_port.to_string().as_bytes());
     put("REMOTE_ADDR", meta.client.to_string().as_bytes());
     if let Some(port) = meta.client_port {
         put("REMOTE_PORT", port.to_string().as_bytes());
     }
-    put("REQUEST_SCHEME", b"http");
+    put("REQUEST_SCHEME", scheme);
+    if meta.https {
+        put("HTTPS", b"on");
+    }
     put("REQUEST_METHOD", parts.method.as_str().as_bytes());
     put("REQUEST_URI", request_uri.as_bytes());
     put("SCRIPT_NAME", meta.script_name.as_bytes());

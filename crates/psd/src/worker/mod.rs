@@ -44,8 +44,17 @@ pub(crate) struct RequestMeta {
     /// The peer's port, when the peer is the client.
     pub client_port: Option<u16>,
     pub local: SocketAddr,
+    /// Whether the client used HTTPS (to psd, or to a trusted proxy before it).
+    pub https: bool,
+    /// The host the client addressed, as `Host` (or `:authority`, or a trusted
+    /// proxy's `X-Forwarded-Host`) gave it, port included if any.
+    pub host: Option<Arc<str>>,
+    /// The host's `ServerName`.
     pub server_name: Option<Arc<str>>,
-    /// The `<Location>` prefix as CGI wants it: empty for `/`.
+    /// The `<Location>` prefix as taken off paths: empty for `/`.
+    pub mount: Arc<str>,
+    /// `SCRIPT_NAME` as the client sees it: a trusted proxy's
+    /// `X-Forwarded-Prefix`, then the mount.
     pub script_name: Arc<str>,
     pub app: Arc<str>,
     pub script_filename: Arc<str>,

@@ -206,7 +206,7 @@ impl Process {
     ) -> Request<LimitedBody> {
         let (mut parts, body) = request.into_parts();
         let path = parts.uri.path();
-        let under = path.strip_prefix(&*meta.script_name).unwrap_or(path);
+        let under = path.strip_prefix(&*meta.mount).unwrap_or(path);
         let under = if under.is_empty() { "/" } else { under };
         let target = match parts.uri.query() {
             Some(q) => format!("{under}?{q}"),
@@ -234,16 +234,26 @@ impl Process {
             }
         };
         set("x-forwarded-for", &meta.client.to_string());
-        set("x-forwarded-proto", "http");
+        set(
+            "x-forwarded-proto",
+            if meta.https { "https" } else { "http" },
+        );
         if !meta.script_name.is_empty() {
             set("x-forwarded-prefix", &meta.script_name);
         }
         set("x-psd-session-id", &meta.session_id);
         set("x-psd-access", meta.access.as_str());
-        if let Some(host) = host {
-            headers.insert("x-forwarded-host", host);
-        } else if let Ok(v) = HeaderValue::from_str(&self.addr.to_string()) {
-            headers.insert(header::HOST, v);
+        if let Some(v) = meta
+            .host
+            .as_deref()
+            .and_then(|h| HeaderValue::from_str(h).ok())
+        {
+            headers.insert("x-forwarded-host", v);
+        }
+        if host.is_none() {
+            if let Ok(v) = HeaderValue::from_str(&self.addr.to_string()) {
+                headers.insert(header::HOST, v);
+            }
         }
         Request::from_parts(
             parts,

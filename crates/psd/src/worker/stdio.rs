@@ -343,7 +343,7 @@ fn is_websocket(headers: &http::HeaderMap) -> bool {
 /// query, headers, and who is asking.
 fn request_fields(parts: &http::request::Parts, meta: &RequestMeta) -> Map<String, Value> {
     let path = parts.uri.path();
-    let under = path.strip_prefix(&*meta.script_name).unwrap_or(path);
+    let under = path.strip_prefix(&*meta.mount).unwrap_or(path);
     let headers: Vec<Value> = parts
         .headers
         .iter()

@@ -1,0 +1,666 @@
+//! The one definition of every directive: name, scope, syntax, default,
+//! help, and the function that applies it. The validator and the generated
+//! reference page (`docs/config.md`) both read [`DIRECTIVES`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use psd_conf::{Error, Location, Node};
+
+use super::values::{duration, env_name, listen_addr, one, positive, size};
+use super::{Config, Handler, Host, Listen, LocationConfig, Protocol, VirtualHost, WorkerCommand};
+use crate::mapper::SessionKey;
+
+/// Where a directive may be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Top level only.
+    Server,
+    /// Top level (the main server) or inside `<VirtualHost>`.
+    Host,
+    Location,
+}
+
+impl Scope {
+    fn name(self) -> &'static str {
+        match self {
+            Scope::Server => "server config",
+            Scope::Host => "server config or <VirtualHost>",
+            Scope::Location => "<Location>",
+        }
+    }
+}
+
+type ServerFn = fn(&mut Config, &[String], &Location) -> Result<(), String>;
+type HostFn = fn(&mut Host, &[String], &Location) -> Result<(), String>;
+type LocationFn = fn(&mut LocationConfig, &[String]) -> Result<(), String>;
+
+/// How a directive changes the configuration.
+#[derive(Clone, Copy)]
+pub enum Apply {
+    Server(ServerFn),
+    Host(HostFn),
+    Location(LocationFn),
+    /// A section that holds other directives.
+    Section,
+}
+
+/// The one definition of a directive.
+pub struct Directive {
+    pub name: &'static str,
+    pub scope: Scope,
+    pub syntax: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+    pub apply: Apply,
+}
+
+/// Every directive psd knows, in the order the reference lists them.
+pub const DIRECTIVES: &[Directive] = &[
+    Directive {
+        name: "ServerRoot",
+        scope: Scope::Server,
+        syntax: "ServerRoot DIR",
+        default: "the config file's folder",
+        help: "Base for relative paths.",
+        apply: Apply::Server(|c, a, _| {
+            c.server_root = c.server_root.join(one(a)?);
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "Listen",
+        scope: Scope::Server,
+        syntax: "Listen [ADDR:]PORT [http|https]",
+        default: "127.0.0.1:8080 http",
+        help: "A listener; repeatable. A bare PORT listens on every address; port 0 picks a free port. https listeners serve TLS 1.2/1.3 with HTTP/2 and HTTP/1.1 (ALPN).",
+        apply: Apply::Server(|c, a, at| {
+            let (addr, proto) = match a {
+                [addr] => (addr, "http"),
+                [addr, proto] => (addr, proto.as_str()),
+                _ => return Err("expected [ADDR:]PORT [http|https]".into()),
+            };
+            let https = match proto.to_ascii_lowercase().as_str() {
+                "http" => false,
+                "https" => true,
+                other => return Err(format!("unknown protocol '{other}', expected http or https")),
+            };
+            c.listen.push(Listen {
+                addr: listen_addr(addr)?,
+                https,
+                at: Some(at.clone()),
+            });
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "ServerName",
+        scope: Scope::Host,
+        syntax: "ServerName HOST[:PORT]",
+        default: "the Host header, else the listener's address",
+        help: "The host's name: chooses the virtual host (with ServerAlias) and is SERVER_NAME when a request has no Host header.",
+        apply: Apply::Host(|h, a, _| {
+            h.server_name = Some(one(a)?.to_string());
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "ServerAlias",
+        scope: Scope::Host,
+        syntax: "ServerAlias NAME…",
+        default: "",
+        help: "Other names of the host; `*` matches any run of characters (`*.example.com`).",
+        apply: Apply::Host(|h, a, _| {
+            if a.is_empty() {
+                return Err("expected one or more names".into());
+            }
+            h.aliases.extend(a.iter().cloned());
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "SSLEngine",
+        scope: Scope::Host,
+        syntax: "SSLEngine on|off",
+        default: "as the listener",
+        help: "Says whether the host is reached over TLS; checked against its Listen.",
+        apply: Apply::Host(|h, a, _| {
+            h.ssl_engine = Some(match one(a)?.to_ascii_lowercase().as_str() {
+                "on" => true,
+                "off" => false,
+                other => return Err(format!("'{other}': expected on or off")),
+            });
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "SSLCertificateFile",
+        scope: Scope::Host,
+        syntax: "SSLCertificateFile FILE",
+        default: "—",
+        help: "PEM certificate chain of the host (the server config's serves https listeners without a virtual host of their own).",
+        apply: Apply::Host(|h, a, at| {
+            h.certificate = Some((PathBuf::from(one(a)?), at.clone()));
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "SSLCertificateKeyFile",
+        scope: Scope::Host,
+        syntax: "SSLCertificateKeyFile FILE",
+        default: "—",
+        help: "PEM private key (PKCS#8, PKCS#1 or SEC1) for SSLCertificateFile.",
+        apply: Apply::Host(|h, a, at| {
+            h.certificate_key = Some((PathBuf::from(one(a)?), at.clone()));
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "VirtualHost",
+        scope: Scope::Server,
+        syntax: "<VirtualHost ADDR:PORT> … </VirtualHost>",
+        default: "",
+        help: "A host of its own on a listener: ServerName, ServerAlias, SSL directives and <Location> blocks. Chosen by listener, then TLS server name or Host header; the first on a listener is its default.",
+        apply: Apply::Section,
+    },
+    Directive {
+        name: "DataDir",
+        scope: Scope::Server,
+        syntax: "DataDir DIR",
+        default: "psd-data",
+        help: "psd's own state: the generated session secret and worker sockets. Created with mode 0700.",
+        apply: Apply::Server(|c, a, _| {
+            c.data_dir = PathBuf::from(one(a)?);
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "SessionSecret",
+        scope: Scope::Server,
+        syntax: "SessionSecret FILE",
+        default: "DataDir/secret",
+        help: "HMAC key for session ids; created with mode 0600 if missing.",
+        apply: Apply::Server(|c, a, _| {
+            c.session_secret = Some(PathBuf::from(one(a)?));
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "MaxSessions",
+        scope: Scope::Server,
+        syntax: "MaxSessions N",
+        default: "1000",
+        help: "Live sessions across all applications; new sessions beyond it get 503 with Retry-After.",
+        apply: Apply::Server(|c, a, _| {
+            c.max_sessions = positive(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "TrustedProxy",
+        scope: Scope::Server,
+        syntax: "TrustedProxy CIDR…",
+        default: "none",
+        help: "Peers whose Forwarded / X-Forwarded-For headers are believed; the client is the rightmost untrusted address they forward. Headers from other peers are ignored.",
+        apply: Apply::Server(|c, a, _| {
+            if a.is_empty() {
+                return Err("expected one or more addresses or CIDR ranges".into());
+            }
+            for cidr in a {
+                c.trusted_proxies.push(cidr.parse()?);
+            }
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "RequestHeaderTimeout",
+        scope: Scope::Server,
+        syntax: "RequestHeaderTimeout DURATION",
+        default: "20s",
+        help: "A client must send a whole request head within this time, or its connection is closed (nginx's client_header_timeout).",
+        apply: Apply::Server(|c, a, _| {
+            c.request_header_timeout = duration(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "ErrorLog",
+        scope: Scope::Server,
+        syntax: "ErrorLog FILE|-",
+        default: "- (stderr)",
+        help: "Where psd's log and workers' stderr go.",
+        apply: Apply::Server(|c, a, _| {
+            let v = one(a)?;
+            c.error_log = (v != "-").then(|| PathBuf::from(v));
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "AccessLog",
+        scope: Scope::Server,
+        syntax: "AccessLog FILE|-",
+        default: "off",
+        help: "One line per request in Apache's Combined Log Format, then the session id and the upstream time in seconds (`-` is stderr).",
+        apply: Apply::Server(|c, a, _| {
+            let v = one(a)?;
+            c.access_log = Some((v != "-").then(|| PathBuf::from(v)));
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "PidFile",
+        scope: Scope::Server,
+        syntax: "PidFile FILE",
+        default: "none",
+        help: "psd writes its pid here at start and removes it at exit.",
+        apply: Apply::Server(|c, a, _| {
+            c.pid_file = Some(PathBuf::from(one(a)?));
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "LogLevel",
+        scope: Scope::Server,
+        syntax: "LogLevel error|warn|info|debug|trace",
+        default: "info",
+        help: "Least severe level logged. Apache's crit/alert/emerg count as error, notice as info.",
+        apply: Apply::Server(|c, a, _| {
+            let level = match one(a)?.to_ascii_lowercase().as_str() {
+                "emerg" | "alert" | "crit" | "error" => "error",
+                "warn" => "warn",
+                "notice" | "info" => "info",
+                "debug" => "debug",
+                "trace" | "trace1" | "trace2" | "trace3" | "trace4" | "trace5" | "trace6"
+                | "trace7" | "trace8" => "trace",
+                other => return Err(format!("unknown log level '{other}'")),
+            };
+            c.log_level = level.into();
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "Location",
+        scope: Scope::Host,
+        syntax: "<Location /PATH> … </Location>",
+        default: "",
+        help: "Mounts one application at a path prefix. The prefix is SCRIPT_NAME, the rest of the path PATH_INFO.",
+        apply: Apply::Section,
+    },
+    Directive {
+        name: "Worker",
+        scope: Scope::Location,
+        syntax: "Worker fastcgi|http|stdio COMMAND [ARGS…]",
+        default: "required",
+        help: "The program run once per session. fastcgi: fd 0 is a listening Unix socket. http: fd 3 is a listening TCP socket on 127.0.0.1 (LISTEN_FDS=1, LISTEN_PID, LISTEN_FDNAMES=http, PORT). stdio: one JSON object a line on stdin and stdout.",
+        apply: Apply::Location(|l, a| {
+            let [protocol, program, args @ ..] = a else {
+                return Err("expected Worker PROTOCOL COMMAND [ARGS…]".into());
+            };
+            let protocol = match protocol.to_ascii_lowercase().as_str() {
+                "fastcgi" => Protocol::FastCgi,
+                "http" => Protocol::Http,
+                "stdio" => Protocol::Stdio,
+                _ => return Err(format!("unknown worker protocol '{protocol}', expected fastcgi, http or stdio")),
+            };
+            l.handler = Some(Handler::Process(WorkerCommand {
+                protocol,
+                program: PathBuf::from(program),
+                args: args.to_vec(),
+            }));
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "SessionKey",
+        scope: Scope::Location,
+        syntax: "SessionKey PART…",
+        default: "cookie psd_sid",
+        help: "What maps a request to its session, combined in order: `cookie NAME` or `query NAME` (a psd-issued, signed id; the cookie wins when both are present), `path` (the path under the Location: one session per path), `ip` (the client address).",
+        apply: Apply::Location(|l, a| {
+            l.mapper = Arc::new(SessionKey::parse(a)?);
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "MaxSessionsPerClient",
+        scope: Scope::Location,
+        syntax: "MaxSessionsPerClient N",
+        default: "50",
+        help: "Live sessions one client address may hold; beyond it new sessions get 503 with Retry-After.",
+        apply: Apply::Location(|l, a| {
+            l.max_sessions_per_client = positive(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "SessionTimeout",
+        scope: Scope::Location,
+        syntax: "SessionTimeout DURATION",
+        default: "15m",
+        help: "Idle time after which the worker is stopped; the session resumes with a new worker on its next request.",
+        apply: Apply::Location(|l, a| {
+            l.session_timeout = duration(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "SessionLifetime",
+        scope: Scope::Location,
+        syntax: "SessionLifetime DURATION",
+        default: "24h",
+        help: "After this the session is gone, busy or not; its id is no longer accepted.",
+        apply: Apply::Location(|l, a| {
+            l.session_lifetime = duration(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "RequestTimeout",
+        scope: Scope::Location,
+        syntax: "RequestTimeout DURATION",
+        default: "60s",
+        help: "A worker that has not answered by then (or goes silent that long mid-response): 504, and the worker is replaced.",
+        apply: Apply::Location(|l, a| {
+            l.request_timeout = duration(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "WorkerStartTimeout",
+        scope: Scope::Location,
+        syntax: "WorkerStartTimeout DURATION",
+        default: "10s",
+        help: "Deadline for a new worker to start answering FastCGI.",
+        apply: Apply::Location(|l, a| {
+            l.worker_start_timeout = duration(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "WorkerStopTimeout",
+        scope: Scope::Location,
+        syntax: "WorkerStopTimeout DURATION",
+        default: "3s",
+        help: "Grace between SIGTERM and SIGKILL when a worker is stopped.",
+        apply: Apply::Location(|l, a| {
+            l.worker_stop_timeout = duration(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "WorkerConcurrency",
+        scope: Scope::Location,
+        syntax: "WorkerConcurrency N",
+        default: "1",
+        help: "Requests one session handles at once; 1 means strictly one after another.",
+        apply: Apply::Location(|l, a| {
+            l.worker_concurrency = positive(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "MaxRequestBody",
+        scope: Scope::Location,
+        syntax: "MaxRequestBody SIZE",
+        default: "10M",
+        help: "Larger request bodies get 413.",
+        apply: Apply::Location(|l, a| {
+            l.max_request_body = size(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "SetEnv",
+        scope: Scope::Location,
+        syntax: "SetEnv NAME VALUE",
+        default: "",
+        help: "Sets a variable in the worker's environment.",
+        apply: Apply::Location(|l, a| match a {
+            [name, value] => {
+                env_name(name)?;
+                l.set_env.push((name.clone(), value.clone()));
+                Ok(())
+            }
+            _ => Err("expected SetEnv NAME VALUE".into()),
+        }),
+    },
+    Directive {
+        name: "PassEnv",
+        scope: Scope::Location,
+        syntax: "PassEnv NAME…",
+        default: "",
+        help: "Passes psd's own variables to the worker. Workers start with only PATH and psd's variables otherwise.",
+        apply: Apply::Location(|l, a| {
+            if a.is_empty() {
+                return Err("expected PassEnv NAME…".into());
+            }
+            for name in a {
+                env_name(name)?;
+                l.pass_env.push(name.clone());
+            }
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "WorkingDirectory",
+        scope: Scope::Location,
+        syntax: "WorkingDirectory DIR",
+        default: "ServerRoot",
+        help: "The worker's current directory.",
+        apply: Apply::Location(|l, a| {
+            l.working_directory = Some(PathBuf::from(one(a)?));
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "User",
+        scope: Scope::Location,
+        syntax: "User NAME",
+        default: "psd's user",
+        help: "The user workers run as, when psd runs as root (ignored with a warning otherwise).",
+        apply: Apply::Location(|l, a| {
+            let name = one(a)?;
+            let user = nix::unistd::User::from_name(name)
+                .map_err(|e| format!("looking up user '{name}': {e}"))?
+                .ok_or_else(|| format!("no user '{name}' on this system"))?;
+            l.user = Some((name.to_string(), user.uid.as_raw(), user.gid.as_raw()));
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "Group",
+        scope: Scope::Location,
+        syntax: "Group NAME",
+        default: "User's primary group",
+        help: "The group workers run as, when psd runs as root.",
+        apply: Apply::Location(|l, a| {
+            let name = one(a)?;
+            let group = nix::unistd::Group::from_name(name)
+                .map_err(|e| format!("looking up group '{name}': {e}"))?
+                .ok_or_else(|| format!("no group '{name}' on this system"))?;
+            l.group = Some((name.to_string(), group.gid.as_raw()));
+            Ok(())
+        }),
+    },
+];
+
+/// The configuration reference (`docs/config.md`), generated from
+/// [`DIRECTIVES`] so that it cannot drift from what the parser accepts.
+pub fn reference() -> String {
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         Generated from the directive table in `crates/psd/src/config.rs`; a test fails when \
+         this page is stale (regenerate with `PSD_BLESS=1 cargo test -p psd reference`).\n\n\
+         One directive a line, case-insensitive names, `#` comments, `\"quoted values\"`, `\\` \
+         line continuation, `<Section arg> … </Section>` blocks, and `Include path/glob` \
+         anywhere. Relative paths are relative to `ServerRoot` (default: the config file's \
+         folder). Durations: `30s`, `15m`, `2h`, `1d`, `250ms` or a bare number of seconds. \
+         Sizes: `512`, `64K`, `8M`, `1G`. An unknown directive, a bad value or a directive in \
+         the wrong section is an error with file and line; `psd check -c FILE` lists them all.\n",
+    );
+    for scope in [Scope::Server, Scope::Host, Scope::Location] {
+        out.push_str(&format!(
+            "\n## {}\n\n| directive | meaning | default |\n| --- | --- | --- |\n",
+            match scope {
+                Scope::Server => "Server config",
+                Scope::Host => "Server config or `<VirtualHost>`",
+                Scope::Location => "Inside `<Location /PATH>`",
+            }
+        ));
+        for d in DIRECTIVES.iter().filter(|d| d.scope == scope) {
+            let default = if d.default.is_empty() {
+                "—"
+            } else {
+                d.default
+            };
+            out.push_str(&format!(
+                "| `{}` | {} | {} |\n",
+                d.syntax.replace('|', "\\|"),
+                d.help,
+                default
+            ));
+        }
+    }
+    out
+}
+
+fn find(name: &str) -> Option<&'static Directive> {
+    DIRECTIVES
+        .iter()
+        .find(|d| d.name.eq_ignore_ascii_case(name))
+}
+
+/// Applies one node in `scope`; `location` is the section being filled.
+/// Applies the top-level nodes; returns every error.
+pub(super) fn apply_all(config: &mut Config, nodes: &[Node]) -> Vec<Error> {
+    let mut errors = vec![];
+    for node in nodes {
+        if let Err(e) = apply(config, None, None, node) {
+            errors.extend(e);
+        }
+    }
+    errors
+}
+
+/// Applies one node: at the top (`vhost` and `location` `None`), inside the
+/// virtual host `vhost`, or inside `location`.
+fn apply(
+    config: &mut Config,
+    vhost: Option<usize>,
+    location: Option<&mut LocationConfig>,
+    node: &Node,
+) -> Result<(), Vec<Error>> {
+    let err = |message: String| vec![Error::new(&node.at, message)];
+    let Some(directive) = find(&node.name) else {
+        return Err(err(format!("unknown directive '{}'", node.name)));
+    };
+    let here = match (&location, vhost) {
+        (Some(_), _) => Scope::Location,
+        (None, Some(_)) => Scope::Host,
+        (None, None) => Scope::Server,
+    };
+    let allowed =
+        directive.scope == here || (directive.scope == Scope::Host && here == Scope::Server);
+    if !allowed {
+        return Err(err(format!(
+            "{} is not allowed in {} (it belongs in {})",
+            directive.name,
+            here.name(),
+            directive.scope.name()
+        )));
+    }
+    let is_section = matches!(directive.apply, Apply::Section);
+    if is_section != node.children.is_some() {
+        return Err(err(if is_section {
+            format!(
+                "{} must be written as a <{}> section",
+                directive.name, directive.name
+            )
+        } else {
+            format!("{} is a directive, not a section", directive.name)
+        }));
+    }
+    let with_name = |r: Result<(), String>| r.map_err(|m| err(format!("{}: {m}", directive.name)));
+    match directive.apply {
+        Apply::Server(f) => with_name(f(config, &node.args, &node.at)),
+        Apply::Host(f) => {
+            let host = match vhost {
+                Some(i) => &mut config.vhosts[i].host,
+                None => &mut config.main,
+            };
+            with_name(f(host, &node.args, &node.at))
+        }
+        Apply::Location(f) => with_name(f(location.expect("scope checked above"), &node.args)),
+        Apply::Section if directive.name == "VirtualHost" => {
+            let [addr] = &node.args[..] else {
+                return Err(err("<VirtualHost> takes one ADDR:PORT".into()));
+            };
+            let (ip, port) =
+                vhost_addr(addr).map_err(|m| err(format!("<VirtualHost {addr}>: {m}")))?;
+            config.vhosts.push(VirtualHost {
+                ip,
+                port,
+                host: Host::default(),
+                at: node.at.clone(),
+            });
+            let index = config.vhosts.len() - 1;
+            children(config, Some(index), None, node)
+        }
+        Apply::Section => {
+            let [prefix] = &node.args[..] else {
+                return Err(err("<Location> takes exactly one path".into()));
+            };
+            if !prefix.starts_with('/') {
+                return Err(err(format!(
+                    "<Location {prefix}>: the path must start with /"
+                )));
+            }
+            let mut location = LocationConfig::new(prefix);
+            location.at = Some(node.at.clone());
+            let result = children(config, vhost, Some(&mut location), node);
+            config.locations.push(location);
+            if let Some(i) = vhost {
+                let index = config.locations.len() - 1;
+                config.vhosts[i].host.locations.push(index);
+            }
+            result
+        }
+    }
+}
+
+fn children(
+    config: &mut Config,
+    vhost: Option<usize>,
+    mut location: Option<&mut LocationConfig>,
+    node: &Node,
+) -> Result<(), Vec<Error>> {
+    let mut errors = vec![];
+    for child in node.children.iter().flatten() {
+        if let Err(e) = apply(config, vhost, location.as_deref_mut(), child) {
+            errors.extend(e);
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// `*:PORT`, `_default_:PORT`, `IP:PORT`, `[V6]:PORT`.
+fn vhost_addr(value: &str) -> Result<(Option<std::net::IpAddr>, u16), String> {
+    let (host, port) = value.rsplit_once(':').ok_or("expected ADDR:PORT")?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("'{port}' is not a port"))?;
+    let ip = match host {
+        "*" | "_default_" => None,
+        host => Some(
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .map_err(|_| format!("'{host}' is not an IP address or *"))?,
+        ),
+    };
+    Ok((ip, port))
+}

@@ -1,0 +1,489 @@
+//! What the directives mean: the parsed tree of `psd-conf` becomes a
+//! validated [`Config`] with real types.
+//!
+//! Every directive is defined once, in [`DIRECTIVES`]: its name, where it may
+//! appear, its syntax, its default and the function that applies it. The
+//! validator and the reference documentation both read that table. This
+//! module never opens a socket or starts a process; it only says what the
+//! operator asked for, or `FILE:LINE: message` for each thing that is wrong.
+//!
+//! Hosts follow Apache: the main server is the default host; each
+//! `<VirtualHost ADDR:PORT>` is a host of its own, chosen by listener, then
+//! by TLS server name or `Host` header. Locations form one list that hosts
+//! index into; a location outside every `<VirtualHost>` belongs to the main
+//! server and is the fallback for all hosts.
+
+mod directives;
+mod values;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use psd_conf::{Error, Location};
+
+pub use directives::{reference, Apply, Directive, Scope, DIRECTIVES};
+pub use values::{duration, size};
+
+use crate::app::App;
+use crate::mapper::{Cidr, Mapper, SessionKey};
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server_root: PathBuf,
+    pub listen: Vec<Listen>,
+    pub data_dir: PathBuf,
+    pub session_secret: Option<PathBuf>,
+    pub max_sessions: usize,
+    pub request_header_timeout: Duration,
+    pub trusted_proxies: Vec<Cidr>,
+    pub error_log: Option<PathBuf>,
+    /// `None`: no access log; `Some(None)`: stderr; `Some(Some(path))`: a file.
+    pub access_log: Option<Option<PathBuf>>,
+    pub pid_file: Option<PathBuf>,
+    pub log_level: String,
+    pub node_name: String,
+    /// The main server: the host of every request no virtual host takes.
+    pub main: Host,
+    pub vhosts: Vec<VirtualHost>,
+    pub locations: Vec<LocationConfig>,
+}
+
+/// One `Listen` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub https: bool,
+    pub at: Option<Location>,
+}
+
+/// Names and TLS settings of the main server or a virtual host.
+#[derive(Debug, Clone, Default)]
+pub struct Host {
+    pub server_name: Option<String>,
+    pub aliases: Vec<String>,
+    pub ssl_engine: Option<bool>,
+    pub certificate: Option<(PathBuf, Location)>,
+    pub certificate_key: Option<(PathBuf, Location)>,
+    /// Indices into [`Config::locations`] (virtual hosts only).
+    pub locations: Vec<usize>,
+}
+
+/// `<VirtualHost ADDR:PORT>`.
+#[derive(Debug, Clone)]
+pub struct VirtualHost {
+    /// `None` for `*` (any address of the port).
+    pub ip: Option<IpAddr>,
+    pub port: u16,
+    pub host: Host,
+    pub at: Location,
+}
+
+/// One `<Location>`: an application mounted at a path prefix.
+#[derive(Debug, Clone)]
+pub struct LocationConfig {
+    /// Normalised: starts with `/`, no trailing `/` except for the root.
+    pub prefix: String,
+    pub handler: Option<Handler>,
+    /// Maps requests to sessions: the `SessionKey` parts, or a custom mapper.
+    pub mapper: Arc<dyn Mapper>,
+    pub max_sessions_per_client: usize,
+    pub session_timeout: Duration,
+    pub session_lifetime: Duration,
+    pub request_timeout: Duration,
+    pub worker_start_timeout: Duration,
+    pub worker_stop_timeout: Duration,
+    pub worker_concurrency: usize,
+    pub max_request_body: u64,
+    pub set_env: Vec<(String, String)>,
+    pub pass_env: Vec<String>,
+    pub working_directory: Option<PathBuf>,
+    /// `User`: name, uid and primary gid, looked up when the config is read.
+    pub user: Option<(String, u32, u32)>,
+    /// `Group`: name and gid.
+    pub group: Option<(String, u32)>,
+    /// Where the section was written, for later error messages.
+    pub at: Option<Location>,
+}
+
+/// What serves a location's sessions.
+#[derive(Debug, Clone)]
+pub enum Handler {
+    /// A program started once per session.
+    Process(WorkerCommand),
+    /// An async task per session, in this process.
+    InProcess(App),
+}
+
+/// `Worker PROTOCOL COMMAND [ARGS…]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerCommand {
+    pub protocol: Protocol,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    FastCgi,
+    Http,
+    Stdio,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_root: PathBuf::from("."),
+            listen: vec![],
+            data_dir: PathBuf::from("psd-data"),
+            session_secret: None,
+            max_sessions: 1000,
+            request_header_timeout: Duration::from_secs(20),
+            trusted_proxies: vec![],
+            error_log: None,
+            access_log: None,
+            pid_file: None,
+            log_level: "info".into(),
+            node_name: "psd".into(),
+            main: Host::default(),
+            vhosts: vec![],
+            locations: vec![],
+        }
+    }
+}
+
+impl LocationConfig {
+    /// A location with every directive at its default.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: normalize_prefix(prefix),
+            handler: None,
+            mapper: Arc::new(SessionKey::default()),
+            max_sessions_per_client: 50,
+            session_timeout: Duration::from_secs(15 * 60),
+            session_lifetime: Duration::from_secs(24 * 3600),
+            request_timeout: Duration::from_secs(60),
+            worker_start_timeout: Duration::from_secs(10),
+            worker_stop_timeout: Duration::from_secs(3),
+            worker_concurrency: 1,
+            max_request_body: 10 << 20,
+            set_env: vec![],
+            pass_env: vec![],
+            working_directory: None,
+            user: None,
+            group: None,
+            at: None,
+        }
+    }
+
+    /// An in-process application at `prefix`, every directive at its default.
+    pub fn in_process(prefix: &str, app: App) -> Self {
+        Self {
+            handler: Some(Handler::InProcess(app)),
+            ..Self::new(prefix)
+        }
+    }
+}
+
+impl Config {
+    /// The address psd listens on when no `Listen` is given.
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:8080";
+
+    /// Reads, parses and validates a configuration file. On failure, every
+    /// syntax and validation error is returned, in file and line order.
+    pub fn load(path: &Path) -> Result<Config, Vec<Error>> {
+        let parsed = psd_conf::parse_file(path);
+        let parent = path.parent().unwrap_or(Path::new("."));
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        let root = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+        let validated = Config::from_nodes(&parsed.nodes, &root);
+        if parsed.errors.is_empty() {
+            return validated;
+        }
+        let mut errors = parsed.errors;
+        errors.extend(validated.err().unwrap_or_default());
+        errors.sort_by(|a, b| (&a.at.file, a.at.line).cmp(&(&b.at.file, b.at.line)));
+        errors.dedup();
+        Err(errors)
+    }
+
+    /// Validates a parsed tree; `root` is the default `ServerRoot`.
+    pub fn from_nodes(nodes: &[psd_conf::Node], root: &Path) -> Result<Config, Vec<Error>> {
+        let mut config = Config {
+            server_root: root.to_path_buf(),
+            ..Config::default()
+        };
+        let mut errors = directives::apply_all(&mut config, nodes);
+        config.finish(&mut errors);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            errors.sort_by(|a, b| (&a.at.file, a.at.line).cmp(&(&b.at.file, b.at.line)));
+            Err(errors)
+        }
+    }
+
+    /// Resolves relative paths against `ServerRoot` and checks what needs the
+    /// whole file to be known.
+    fn finish(&mut self, errors: &mut Vec<Error>) {
+        if self.listen.is_empty() {
+            self.listen.push(Listen {
+                addr: Self::DEFAULT_LISTEN.parse().expect("valid default address"),
+                https: false,
+                at: None,
+            });
+        }
+        let root = self.server_root.clone();
+        self.data_dir = root.join(&self.data_dir);
+        for path in [
+            &mut self.session_secret,
+            &mut self.error_log,
+            &mut self.pid_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *path = root.join(&*path);
+        }
+        if let Some(Some(path)) = &mut self.access_log {
+            *path = root.join(&*path);
+        }
+        for host in
+            std::iter::once(&mut self.main).chain(self.vhosts.iter_mut().map(|v| &mut v.host))
+        {
+            for (path, _) in [&mut host.certificate, &mut host.certificate_key]
+                .into_iter()
+                .flatten()
+            {
+                *path = root.join(&*path);
+            }
+        }
+        self.check_locations(errors);
+        self.check_hosts(errors);
+    }
+
+    fn check_locations(&mut self, errors: &mut Vec<Error>) {
+        let root = self.server_root.clone();
+        let main = self.main_locations();
+        let mut groups: Vec<Vec<usize>> = self
+            .vhosts
+            .iter()
+            .map(|v| v.host.locations.clone())
+            .collect();
+        groups.push(main);
+        for group in groups {
+            let mut seen: Vec<&str> = vec![];
+            for &i in &group {
+                let location = &self.locations[i];
+                if seen.contains(&location.prefix.as_str()) {
+                    errors.push(Error::new(
+                        &at(&location.at),
+                        format!(
+                            "<Location {}> is defined twice for this host",
+                            location.prefix
+                        ),
+                    ));
+                }
+                seen.push(&location.prefix);
+            }
+        }
+        for location in &mut self.locations {
+            match &mut location.handler {
+                None => errors.push(Error::new(
+                    &at(&location.at),
+                    format!("<Location {}> has no Worker directive", location.prefix),
+                )),
+                Some(Handler::Process(command)) => {
+                    // A path with a slash is relative to ServerRoot; a bare
+                    // name is a file beside the config if there is one, else
+                    // looked up in PATH.
+                    let beside = root.join(&command.program);
+                    if command.program.components().count() > 1 || beside.is_file() {
+                        command.program = beside;
+                    }
+                }
+                Some(Handler::InProcess(_)) => {}
+            }
+            location.working_directory = Some(match &location.working_directory {
+                Some(dir) => root.join(dir),
+                None => root.clone(),
+            });
+        }
+    }
+
+    /// Every virtual host needs a listener; every https listener a
+    /// certificate for its default host; every certificate must load.
+    fn check_hosts(&self, errors: &mut Vec<Error>) {
+        for vhost in &self.vhosts {
+            let listener = self.listen.iter().find(|l| vhost.serves(l.addr));
+            match (listener, vhost.host.ssl_engine) {
+                (None, _) => errors.push(Error::new(
+                    &vhost.at,
+                    format!(
+                        "<VirtualHost> has no Listen on port {} to be reached through",
+                        vhost.port
+                    ),
+                )),
+                (Some(l), Some(true)) if !l.https => errors.push(Error::new(
+                    &vhost.at,
+                    format!("SSLEngine on, but Listen {} is not https", l.addr),
+                )),
+                (Some(l), Some(false)) if l.https => errors.push(Error::new(
+                    &vhost.at,
+                    format!("SSLEngine off, but Listen {} is https", l.addr),
+                )),
+                _ => {}
+            }
+        }
+        for listen in self.listen.iter().filter(|l| l.https) {
+            let first = self
+                .vhosts
+                .iter()
+                .find(|v| v.serves(listen.addr))
+                .map(|v| &v.host);
+            let has_pair = |h: &Host| h.certificate.is_some() && h.certificate_key.is_some();
+            if !first.is_some_and(has_pair) && !has_pair(&self.main) {
+                errors.push(Error::new(
+                    &at(&listen.at),
+                    format!(
+                        "https listener {} needs SSLCertificateFile and SSLCertificateKeyFile \
+                         (in the server config or its first <VirtualHost>)",
+                        listen.addr
+                    ),
+                ));
+            }
+        }
+        for host in std::iter::once(&self.main).chain(self.vhosts.iter().map(|v| &v.host)) {
+            match (&host.certificate, &host.certificate_key) {
+                (Some((cert, cert_at)), Some((key, _))) => {
+                    if let Err(e) = crate::tls::load_pair(cert, key) {
+                        errors.push(Error::new(cert_at, e));
+                    }
+                }
+                (Some((_, at)), None) => errors.push(Error::new(
+                    at,
+                    "SSLCertificateFile without SSLCertificateKeyFile",
+                )),
+                (None, Some((_, at))) => errors.push(Error::new(
+                    at,
+                    "SSLCertificateKeyFile without SSLCertificateFile",
+                )),
+                (None, None) => {}
+            }
+        }
+    }
+
+    /// Locations of the main server: those in no `<VirtualHost>`.
+    pub fn main_locations(&self) -> Vec<usize> {
+        (0..self.locations.len())
+            .filter(|i| !self.vhosts.iter().any(|v| v.host.locations.contains(i)))
+            .collect()
+    }
+
+    /// The virtual host for a request that arrived on `local` for `name`
+    /// (SNI or `Host`, without port): the first whose address matches and
+    /// whose name or alias does, else the first whose address matches (the
+    /// listener's default), else none (the main server).
+    pub fn select_host(&self, local: SocketAddr, name: Option<&str>) -> Option<usize> {
+        let mut on_listener = self
+            .vhosts
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.serves(local));
+        let first = on_listener.clone().next().map(|(i, _)| i);
+        name.and_then(|name| {
+            on_listener
+                .find(|(_, v)| v.host.answers_to(name))
+                .map(|(i, _)| i)
+        })
+        .or(first)
+    }
+}
+
+impl VirtualHost {
+    /// Whether a connection to `local` reaches this virtual host.
+    pub fn serves(&self, local: SocketAddr) -> bool {
+        self.port == local.port() && self.ip.is_none_or(|ip| ip == local.ip())
+    }
+}
+
+impl Host {
+    /// `ServerName` or a `ServerAlias` (with `*` wildcards) match `name`.
+    pub fn answers_to(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.');
+        self.server_name
+            .iter()
+            .map(|n| strip_port(n))
+            .chain(self.aliases.iter().map(String::as_str))
+            .any(|pattern| host_matches(pattern, name))
+    }
+}
+
+fn strip_port(name: &str) -> &str {
+    match name.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.contains(':') => {
+            host
+        }
+        _ => name,
+    }
+}
+
+/// Case-insensitive; `*` in a pattern matches any run of characters.
+fn host_matches(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.to_ascii_lowercase(), name.to_ascii_lowercase());
+    match p.split_once('*') {
+        None => p == n,
+        Some((head, tail)) => {
+            n.len() >= head.len() + tail.len() && n.starts_with(head) && n.ends_with(tail)
+        }
+    }
+}
+
+fn at(location: &Option<Location>) -> Location {
+    location.clone().unwrap_or_else(|| Location {
+        file: Path::new("-").into(),
+        line: 0,
+    })
+}
+
+/// Whether `prefix` (normalised) covers `path`: `/app` covers `/app` and
+/// `/app/x`, never `/apples`.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The longest prefix among `candidates` that covers `path`.
+pub fn longest_match(
+    locations: &[LocationConfig],
+    candidates: &[usize],
+    path: &str,
+) -> Option<usize> {
+    candidates
+        .iter()
+        .copied()
+        .filter(|&i| prefix_matches(&locations[i].prefix, path))
+        .max_by_key(|&i| locations[i].prefix.len())
+}
+
+fn normalize_prefix(prefix: &str) -> String {
+    let trimmed = prefix.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".into()
+    } else if trimmed.starts_with('/') {
+        trimmed.into()
+    } else {
+        format!("/{trimmed}")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,94 @@
+use super::*;
+
+fn load(text: &str) -> Result<Config, Vec<String>> {
+    let nodes = psd_conf::parse_str(text, Path::new("t.conf"), Path::new("/srv"))
+        .into_result()
+        .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    Config::from_nodes(&nodes, Path::new("/srv"))
+        .map_err(|e| e.iter().map(ToString::to_string).collect())
+}
+
+#[test]
+fn a_full_location_resolves_to_real_types() {
+    let c = load(
+        "Listen 127.0.0.1:0\nDataDir data\nMaxSessions 20\n<Location /app/>\n\
+         Worker fastcgi bin/counter.pl --x\nSessionKey cookie sid\nSessionTimeout 2m\n\
+         RequestTimeout 1500ms\nMaxRequestBody 64K\nSetEnv A b\nPassEnv HOME USER\n</Location>\n",
+    )
+    .unwrap();
+    assert_eq!(c.data_dir, Path::new("/srv/data"));
+    assert_eq!(c.max_sessions, 20);
+    let l = &c.locations[0];
+    assert_eq!(l.prefix, "/app");
+    assert_eq!(l.mapper.cookie_name(), Some("sid"));
+    assert_eq!(l.session_timeout, Duration::from_secs(120));
+    assert_eq!(l.request_timeout, Duration::from_millis(1500));
+    assert_eq!(l.max_request_body, 64 * 1024);
+    assert_eq!(l.pass_env, ["HOME", "USER"]);
+    let Some(Handler::Process(cmd)) = &l.handler else {
+        panic!("no worker")
+    };
+    assert_eq!(cmd.program, Path::new("/srv/bin/counter.pl"));
+    assert_eq!(cmd.args, ["--x"]);
+}
+
+#[test]
+fn every_error_is_reported_with_its_line() {
+    let errors = load(
+        "Bogus 1\nMaxSessions zero\nSessionTimeout 5m\n<Location /a>\nListen 1.2.3.4:5\n\
+         Worker fastcgi x\nSessionTimeout 5 minutes\n</Location>\n<Location /b>\n</Location>\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        errors,
+        [
+            "t.conf:1: unknown directive 'Bogus'",
+            "t.conf:2: MaxSessions: 'zero' is not a positive whole number",
+            "t.conf:3: SessionTimeout is not allowed in server config (it belongs in <Location>)",
+            "t.conf:5: Listen is not allowed in <Location> (it belongs in server config)",
+            "t.conf:7: SessionTimeout: expected one value, got 2",
+            "t.conf:9: <Location /b> has no Worker directive",
+        ]
+    );
+}
+
+#[test]
+fn routing_takes_the_longest_prefix_on_segment_boundaries() {
+    let c = load(
+        "<Location />\nWorker fastcgi a\n</Location>\n<Location /app>\nWorker fastcgi b\n</Location>\n",
+    )
+    .unwrap();
+    let main = c.main_locations();
+    let route = |path| longest_match(&c.locations, &main, path);
+    assert_eq!(route("/app/x"), Some(1));
+    assert_eq!(route("/app"), Some(1));
+    assert_eq!(route("/apples"), Some(0));
+    assert!(prefix_matches("/", "/anything"));
+}
+
+#[test]
+fn reference_page_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/config.md");
+    let generated = reference();
+    if std::env::var_os("PSD_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/config.md is stale: run PSD_BLESS=1 cargo test -p psd reference"
+    );
+}
+
+#[test]
+fn durations_and_sizes() {
+    assert_eq!(duration("30"), Ok(Duration::from_secs(30)));
+    assert_eq!(duration("15m"), Ok(Duration::from_secs(900)));
+    assert_eq!(duration("1d"), Ok(Duration::from_secs(86400)));
+    assert!(duration("1w").is_err());
+    assert!(duration("").is_err());
+    assert_eq!(size("8M"), Ok(8 << 20));
+    assert_eq!(size("1g"), Ok(1 << 30));
+    assert!(size("1T").is_err());
+    assert!(size("99999999999G").is_err());
+}
