@@ -13,6 +13,7 @@
 //! Continuity-style applications), [`demo`] (the built-in counter), and
 //! [`body`] (response bodies).
 
+mod access_log;
 pub mod app;
 pub mod body;
 pub mod config;
@@ -27,4 +28,4 @@ mod worker;
 pub use app::App;
 pub use config::Config;
 pub use error::Error;
-pub use server::{run, Server, Sessions};
+pub use server::{run, Reloader, Server, Sessions};

@@ -36,6 +36,15 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Write a self-signed certificate and key (cert.pem, key.pem) for development.
+    Cert {
+        /// A DNS name or IP address the certificate is for; repeatable
+        #[arg(long = "host", value_name = "NAME", required = true)]
+        hosts: Vec<String>,
+        /// Folder for cert.pem and key.pem
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +58,43 @@ fn main() -> ExitCode {
                 for e in errors {
                     eprintln!("{e}");
                 }
+                ExitCode::FAILURE
+            }
+        },
+        Command::Cert { hosts, out } => match psd::tls::write_self_signed(&hosts, &out) {
+            Ok(()) => {
+                let cert = out.join("cert.pem");
+                println!(
+                    "wrote {} and {} (mode 0600) for {}",
+                    cert.display(),
+                    out.join("key.pem").display(),
+                    hosts.join(", ")
+                );
+                println!();
+                println!("Use them in psd.conf:");
+                println!("    Listen 127.0.0.1:8443 https");
+                println!("    SSLCertificateFile {}", cert.display());
+                println!(
+                    "    SSLCertificateKeyFile {}",
+                    out.join("key.pem").display()
+                );
+                println!();
+                println!(
+                    "Trust it with curl:     curl --cacert {} https://{}:8443/",
+                    cert.display(),
+                    hosts[0]
+                );
+                println!(
+                    "Trust it in a browser:  import {} as a certificate authority",
+                    cert.display()
+                );
+                println!("                        (Firefox: Settings > Certificates > Authorities > Import;");
+                println!("                        Chromium: chrome://settings/certificates > Authorities),");
+                println!("                        or accept the warning once for this host.");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("psd cert: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -81,34 +127,71 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             let listener = TcpListener::bind(listen.addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", listen.addr))?;
-            tracing::info!("listening on http://{}", listener.local_addr()?);
+            let scheme = if listen.https { "https" } else { "http" };
+            tracing::info!("listening on {scheme}://{}", listener.local_addr()?);
             listeners.push(listener);
         }
         match &path {
             Some(path) => tracing::info!(config = %path.display(), "psd started"),
             None => tracing::info!("psd started with the built-in demo (no psd.conf here)"),
         }
-        psd::run(listeners, config, shutdown_signal()).await
+        let pid_file = config.pid_file.clone();
+        if let Some(path) = &pid_file {
+            std::fs::write(path, format!("{}\n", std::process::id()))
+                .map_err(|e| anyhow::anyhow!("PidFile {}: {e}", path.display()))?;
+        }
+        let server = psd::Server::new(config)?;
+        tokio::spawn(reload_on_sighup(path.clone(), server.reloader()));
+        let result = server.run(listeners, shutdown_signal()).await;
+        if let Some(path) = &pid_file {
+            let _ = std::fs::remove_file(path);
+        }
+        result
     })
 }
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers");
         return std::future::pending().await;
     };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return tracing::info!("SIGTERM received"),
-            _ = int.recv() => return tracing::info!("SIGINT received"),
-            // SIGHUP's default action would end every session; an operator
-            // sending it expects a reload, which this version cannot do yet.
-            _ = hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported by this version; carrying on unchanged"),
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// SIGHUP: re-read the configuration file; a broken one changes nothing.
+async fn reload_on_sighup(path: Option<PathBuf>, reloader: psd::Reloader) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let Some(path) = &path else {
+            tracing::warn!(
+                "SIGHUP received: the built-in demo has no configuration file to reload"
+            );
+            continue;
+        };
+        tracing::info!(config = %path.display(), "SIGHUP received: reloading");
+        match Config::load(path) {
+            Ok(config) => {
+                if let Err(e) = reloader.reload(config) {
+                    tracing::error!("reload failed: {e:#}; the running configuration stays");
+                }
+            }
+            Err(errors) => {
+                for e in errors {
+                    tracing::error!("reload failed: {e}");
+                }
+                tracing::error!("the running configuration stays");
+            }
         }
     }
 }

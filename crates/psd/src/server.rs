@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::access_log::{self, AccessLog};
 use crate::body::{self, Body};
 use crate::config::{self, Config, Handler, LocationConfig};
 use crate::error::Error;
@@ -44,6 +45,8 @@ const MAX_SOCKET_PATH: usize = 107;
 
 /// Per-location facts computed once, not per request.
 struct Mount {
+    /// The location's identity across reloads: its virtual host and prefix.
+    key: Arc<str>,
     config: Arc<LocationConfig>,
     /// The prefix as taken off paths: empty for `/`.
     mount: Arc<str>,
@@ -52,7 +55,17 @@ struct Mount {
     document_root: Arc<str>,
 }
 
+/// What lives as long as the daemon: the sessions, and the current routing.
 struct Shared {
+    registry: Arc<Registry>,
+    routing: std::sync::RwLock<Arc<Routing>>,
+    /// The local address of each listener, by position (for TLS on reload).
+    listeners: std::sync::Mutex<Vec<SocketAddr>>,
+}
+
+/// Everything derived from one configuration; a reload swaps it whole.
+/// Sessions keep the `LocationConfig` they started with.
+struct Routing {
     config: Config,
     mounts: Vec<Mount>,
     /// Locations of the main server, the fallback for every host.
@@ -60,7 +73,14 @@ struct Shared {
     /// `ServerName` of the main server and of each virtual host.
     main_name: Option<Arc<str>>,
     vhost_names: Vec<Option<Arc<str>>>,
-    registry: Arc<Registry>,
+    /// The TLS acceptor of each https listener, by position.
+    tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
+}
+
+impl Shared {
+    fn routing(&self) -> Arc<Routing> {
+        self.routing.read().expect("routing lock").clone()
+    }
 }
 
 /// How the client addressed a request: scheme, host and prefix, as a
@@ -116,6 +136,57 @@ impl Sessions {
     }
 }
 
+/// Applies a new configuration to a running [`Server`] (what SIGHUP does).
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+}
+
+impl Reloader {
+    /// New requests follow `config` from now on; live sessions keep their
+    /// worker and the settings they started with, and in-flight requests
+    /// finish. Settings bound at start (listeners, DataDir, the secret,
+    /// MaxSessions, logs) need a restart: a change to them is logged and
+    /// otherwise ignored. On error nothing changes.
+    pub fn reload(&self, config: Config) -> anyhow::Result<()> {
+        let current = self.shared.routing();
+        let old = &current.config;
+        let listen = |c: &Config| {
+            c.listen
+                .iter()
+                .map(|l| (l.addr, l.https))
+                .collect::<Vec<_>>()
+        };
+        let fixed = [
+            ("Listen", listen(old) != listen(&config)),
+            ("DataDir", old.data_dir != config.data_dir),
+            ("SessionSecret", old.session_secret != config.session_secret),
+            ("MaxSessions", old.max_sessions != config.max_sessions),
+            (
+                "RequestHeaderTimeout",
+                old.request_header_timeout != config.request_header_timeout,
+            ),
+            ("AccessLog", old.access_log != config.access_log),
+            ("ErrorLog", old.error_log != config.error_log),
+            ("LogLevel", old.log_level != config.log_level),
+            ("PidFile", old.pid_file != config.pid_file),
+        ];
+        for (directive, _) in fixed.iter().filter(|(_, changed)| *changed) {
+            tracing::warn!("{directive} changed: it takes effect only after a restart");
+        }
+        let addrs = self
+            .shared
+            .listeners
+            .lock()
+            .expect("listeners lock")
+            .clone();
+        let next = routing(config, &addrs)?;
+        *self.shared.routing.write().expect("routing lock") = Arc::new(next);
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+}
+
 /// Runs the daemon on `listeners` until `shutdown` resolves, then drains and
 /// stops every session. Returns once no worker is left.
 pub async fn run(
@@ -134,6 +205,13 @@ impl Server {
         })
     }
 
+    /// A handle that applies new configurations to this server once it runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: self.shared.clone(),
+        }
+    }
+
     pub fn sessions(&self) -> Sessions {
         Sessions {
             registry: self.shared.registry.clone(),
@@ -147,20 +225,29 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let shared = self.shared;
+        let addrs = listeners
+            .iter()
+            .map(TcpListener::local_addr)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        *shared.listeners.lock().expect("listeners lock") = addrs.clone();
+        let first = routing(shared.routing().config.clone(), &addrs)?;
+        *shared.routing.write().expect("routing lock") = Arc::new(first);
+        let routing = shared.routing();
+        let access_log = match &routing.config.access_log {
+            None => None,
+            Some(path) => Some(
+                AccessLog::open(path.as_deref()).with_context(|| match path {
+                    Some(path) => format!("AccessLog {}", path.display()),
+                    None => "AccessLog".into(),
+                })?,
+            ),
+        };
         let (conn_tx, mut conns) = mpsc::channel::<Accepted>(64);
         let mut background = tokio::task::JoinSet::new();
         // Listeners pair with `Listen` lines by position; extra ones are http.
         for (i, listener) in listeners.into_iter().enumerate() {
-            let tls = match shared.config.listen.get(i).filter(|l| l.https) {
-                Some(_) => {
-                    let local = listener.local_addr()?;
-                    let tls = crate::tls::server_config(&shared.config, local)
-                        .map_err(anyhow::Error::msg)?;
-                    Some(tokio_rustls::TlsAcceptor::from(tls))
-                }
-                None => None,
-            };
-            background.spawn(accept(listener, tls, conn_tx.clone()));
+            let https = routing.config.listen.get(i).is_some_and(|l| l.https);
+            background.spawn(accept(listener, https.then_some(i), conn_tx.clone()));
         }
         drop(conn_tx);
         background.spawn(sweep(shared.clone()));
@@ -168,7 +255,7 @@ impl Server {
         let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(shared.config.request_header_timeout)
+            .header_read_timeout(routing.config.request_header_timeout)
             .keep_alive(true);
         let http = Arc::new(http);
         // Every connection holds a clone of `open`; once shutdown drops ours,
@@ -180,7 +267,12 @@ impl Server {
             tokio::select! {
                 _ = &mut shutdown => break,
                 conn = conns.recv() => {
-                    let Some((stream, remote, local, tls)) = conn else { break };
+                    let Some((stream, remote, local, https)) = conn else { break };
+                    // The current acceptor: a reload may have changed certificates.
+                    let tls = https.and_then(|i| shared.routing().tls.get(i).cloned().flatten());
+                    if https.is_some() && tls.is_none() {
+                        continue;
+                    }
                     let keepalive = socket2::TcpKeepalive::new()
                         .with_time(KEEPALIVE_IDLE)
                         .with_interval(KEEPALIVE_INTERVAL)
@@ -189,13 +281,15 @@ impl Server {
                     let _ = stream.set_nodelay(true);
                     let conn = Conn { remote, local, https: tls.is_some() };
                     let shared = shared.clone();
+                    let log = access_log.clone();
                     let http = http.clone();
                     let mut drain = drain.clone();
                     let open = open.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |request| {
                             let shared = shared.clone();
-                            async move { Ok::<_, std::convert::Infallible>(handle(&shared, request, conn).await) }
+                            let log = log.clone();
+                            async move { Ok::<_, std::convert::Infallible>(handle(&shared, log.as_ref(), request, conn).await) }
                         });
                         let result = match tls {
                             None => serve(&http, TokioIo::new(stream), service, &mut drain).await,
@@ -217,6 +311,7 @@ impl Server {
         tracing::info!("shutting down: no new connections, draining requests");
         background.shutdown().await;
         let drain = shared
+            .routing()
             .mounts
             .iter()
             .map(|m| m.config.request_timeout)
@@ -237,18 +332,11 @@ impl Server {
     }
 }
 
-type Accepted = (
-    TcpStream,
-    SocketAddr,
-    SocketAddr,
-    Option<tokio_rustls::TlsAcceptor>,
-);
+/// An accepted connection: stream, peer, local address, and the index of
+/// its listener if that is an https one.
+type Accepted = (TcpStream, SocketAddr, SocketAddr, Option<usize>);
 
-async fn accept(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    conns: mpsc::Sender<Accepted>,
-) {
+async fn accept(listener: TcpListener, https: Option<usize>, conns: mpsc::Sender<Accepted>) {
     let local = listener.local_addr().ok();
     loop {
         match listener.accept().await {
@@ -256,11 +344,7 @@ async fn accept(
                 let Some(local) = stream.local_addr().ok().or(local) else {
                     continue;
                 };
-                if conns
-                    .send((stream, remote, local, tls.clone()))
-                    .await
-                    .is_err()
-                {
+                if conns.send((stream, remote, local, https)).await.is_err() {
                     return;
                 }
             }
@@ -301,17 +385,16 @@ where
 /// Ends sessions past their `SessionLifetime`, checking a few times per the
 /// shortest lifetime configured.
 async fn sweep(shared: Arc<Shared>) {
-    let shortest = shared
-        .mounts
-        .iter()
-        .map(|m| m.config.session_lifetime)
-        .min()
-        .unwrap_or(Duration::from_secs(60));
-    let every = (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        let shortest = shared
+            .routing()
+            .mounts
+            .iter()
+            .map(|m| m.config.session_lifetime)
+            .min()
+            .unwrap_or(Duration::from_secs(60));
+        tokio::time::sleep((shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)))
+            .await;
         let ended = shared.registry.expire();
         if ended > 0 {
             tracing::debug!("{ended} sessions reached their SessionLifetime");
@@ -321,6 +404,7 @@ async fn sweep(shared: Arc<Shared>) {
 
 /// DataDir, the secret, the worker socket folder and the registry.
 fn prepare(config: Config) -> anyhow::Result<Shared> {
+    let config = config;
     use std::os::unix::fs::DirBuilderExt;
     let run_dir = config.data_dir.join("run");
     std::fs::DirBuilder::new()
@@ -336,22 +420,53 @@ fn prepare(config: Config) -> anyhow::Result<Shared> {
         );
     }
     remove_stale_sockets(&run_dir);
+    let runs_as_root = nix::unistd::geteuid().is_root();
+    for location in config
+        .locations
+        .iter()
+        .filter(|l| l.user.is_some() || l.group.is_some())
+    {
+        if !runs_as_root {
+            tracing::warn!(location = %location.prefix, "User/Group ignored: psd is not running as root");
+        }
+    }
     let secret = config
         .session_secret
         .clone()
         .unwrap_or_else(|| config.data_dir.join("secret"));
     let signer = Signer::load_or_create(&secret, &config.node_name)
         .with_context(|| format!("session secret {}", secret.display()))?;
-    let registry = Registry::new(
-        IdBook::new(signer),
-        config.max_sessions,
-        config.locations.len(),
-        run_dir,
-    );
+    let registry = Registry::new(IdBook::new(signer), config.max_sessions, run_dir);
+    Ok(Shared {
+        registry,
+        routing: std::sync::RwLock::new(Arc::new(routing(config, &[])?)),
+        listeners: std::sync::Mutex::new(vec![]),
+    })
+}
+
+/// Derives the routing of a configuration; `listeners` are the bound
+/// addresses (their https ones get TLS acceptors).
+fn routing(config: Config, listeners: &[SocketAddr]) -> anyhow::Result<Routing> {
+    let vhost_of = |i: usize| {
+        config
+            .vhosts
+            .iter()
+            .position(|v| v.host.locations.contains(&i))
+    };
     let mounts = config
         .locations
         .iter()
-        .map(|l| Mount {
+        .enumerate()
+        .map(|(i, l)| Mount {
+            key: match vhost_of(i) {
+                Some(v) => {
+                    let vhost = &config.vhosts[v];
+                    let ip = vhost.ip.map_or("*".to_string(), |ip| ip.to_string());
+                    let name = vhost.host.server_name.as_deref().unwrap_or("");
+                    format!("{ip}:{} {name} {}", vhost.port, l.prefix).into()
+                }
+                None => format!("main {}", l.prefix).into(),
+            },
             config: Arc::new(l.clone()),
             mount: if l.prefix == "/" {
                 "".into()
@@ -371,14 +486,23 @@ fn prepare(config: Config) -> anyhow::Result<Shared> {
                 .into(),
         })
         .collect();
+    let mut tls = vec![];
+    for (i, local) in listeners.iter().enumerate() {
+        tls.push(match config.listen.get(i).filter(|l| l.https) {
+            Some(_) => Some(tokio_rustls::TlsAcceptor::from(
+                crate::tls::server_config(&config, *local).map_err(anyhow::Error::msg)?,
+            )),
+            None => None,
+        });
+    }
     let name = |h: &crate::config::Host| h.server_name.as_deref().map(Arc::from);
-    Ok(Shared {
+    Ok(Routing {
         main_locations: config.main_locations(),
         main_name: name(&config.main),
         vhost_names: config.vhosts.iter().map(|v| name(&v.host)).collect(),
+        tls,
         config,
         mounts,
-        registry,
     })
 }
 
@@ -394,7 +518,42 @@ fn remove_stale_sockets(run_dir: &Path) {
     }
 }
 
-async fn handle(shared: &Shared, mut request: Request<Incoming>, conn: Conn) -> Response<Body> {
+/// Answers one request; with an access log, logs it once its body is sent.
+async fn handle(
+    shared: &Shared,
+    log: Option<&AccessLog>,
+    request: Request<Incoming>,
+    conn: Conn,
+) -> Response<Body> {
+    let mut trace = Trace::default();
+    let Some(log) = log else {
+        return respond(shared, request, conn, &mut trace).await;
+    };
+    let client = client::client_addr(
+        conn.remote.ip(),
+        request.headers(),
+        &shared.routing().config.trusted_proxies,
+    );
+    let mut entry = access_log::Entry::new(&request, client);
+    let response = respond(shared, request, conn, &mut trace).await;
+    entry.session = trace.session;
+    entry.upstream = trace.upstream;
+    entry.finish(log, response)
+}
+
+/// What handling a request learned, for the access log.
+#[derive(Default)]
+struct Trace {
+    session: Option<Arc<str>>,
+    upstream: Option<Duration>,
+}
+
+async fn respond(
+    shared: &Shared,
+    mut request: Request<Incoming>,
+    conn: Conn,
+    trace: &mut Trace,
+) -> Response<Body> {
     // HTTP/2 carries the host as :authority; workers want a Host header.
     if !request.headers().contains_key(HOST) {
         if let Some(v) = request
@@ -405,7 +564,8 @@ async fn handle(shared: &Shared, mut request: Request<Incoming>, conn: Conn) -> 
             request.headers_mut().insert(HOST, v);
         }
     }
-    let trusted = &shared.config.trusted_proxies;
+    let routing = shared.routing();
+    let trusted = &routing.config.trusted_proxies;
     let forwarded = client::forwarded(conn.remote.ip(), request.headers(), trusted);
     let client = client::client_addr(conn.remote.ip(), request.headers(), trusted);
     let host_header = request
@@ -413,23 +573,23 @@ async fn handle(shared: &Shared, mut request: Request<Incoming>, conn: Conn) -> 
         .get(HOST)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let vhost = shared
+    let vhost = routing
         .config
         .select_host(conn.local, host_header.as_deref().map(strip_port));
     let path = request.uri().path();
     let in_vhost = vhost.and_then(|v| {
         config::longest_match(
-            &shared.config.locations,
-            &shared.config.vhosts[v].host.locations,
+            &routing.config.locations,
+            &routing.config.vhosts[v].host.locations,
             path,
         )
     });
-    let Some(index) = in_vhost
-        .or_else(|| config::longest_match(&shared.config.locations, &shared.main_locations, path))
-    else {
+    let Some(index) = in_vhost.or_else(|| {
+        config::longest_match(&routing.config.locations, &routing.main_locations, path)
+    }) else {
         return Error::NotFound.to_response();
     };
-    let mount = &shared.mounts[index];
+    let mount = &routing.mounts[index];
     let location = &mount.config;
     let under = match path.strip_prefix(&*mount.mount).unwrap_or(path) {
         "" => "/".to_string(),
@@ -443,8 +603,8 @@ async fn handle(shared: &Shared, mut request: Request<Incoming>, conn: Conn) -> 
             None => mount.mount.clone(),
         },
         server_name: match vhost {
-            Some(v) => shared.vhost_names[v].clone(),
-            None => shared.main_name.clone(),
+            Some(v) => routing.vhost_names[v].clone(),
+            None => routing.main_name.clone(),
         },
     };
     if under == "/.psd" || under.starts_with("/.psd/") {
@@ -483,7 +643,7 @@ async fn handle(shared: &Shared, mut request: Request<Incoming>, conn: Conn) -> 
         client,
         params: &params,
     };
-    let target = match shared.registry.resolve(index, location, &hit) {
+    let target = match shared.registry.resolve(&mount.key, location, &hit) {
         Ok(target) => target,
         Err(e) => {
             tracing::warn!(%client, "{e}");
@@ -518,10 +678,14 @@ async fn handle(shared: &Shared, mut request: Request<Incoming>, conn: Conn) -> 
         },
         reply,
     };
+    trace.session = Some(target.token.clone());
     if let Err(e) = send(&target, job) {
         return e.to_response();
     }
-    let mut response = match answer.await {
+    let asked = tokio::time::Instant::now();
+    let answer = answer.await;
+    trace.upstream = Some(asked.elapsed());
+    let mut response = match answer {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => e.to_response(),
         Err(_) => Error::Worker("the session ended before answering".into()).to_response(),

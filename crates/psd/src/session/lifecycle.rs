@@ -44,7 +44,7 @@ enum State {
 pub(super) struct Session {
     pub id: Arc<str>,
     pub key: String,
-    pub index: usize,
+    pub location_key: Arc<str>,
     pub serial: u64,
     /// The address that created the session; its slots count against it.
     pub client: IpAddr,
@@ -134,7 +134,8 @@ impl Session {
         };
 
         self.transition(&mut life, State::Stopping);
-        self.registry.remove(self.index, &self.key, self.serial);
+        self.registry
+            .remove(&self.location_key, &self.key, self.serial);
         requests.close();
         while let Ok(job) = requests.try_recv() {
             let _ = job.reply.send(Err(Error::ShuttingDown));

@@ -31,8 +31,9 @@ const SESSION_QUEUE_DEPTH: usize = 256;
 
 /// Every live session of the daemon.
 pub(crate) struct Registry {
-    /// One map per `<Location>`, by index.
-    sessions: Mutex<Vec<HashMap<String, Entry>>>,
+    /// One map per `<Location>`, by its identity (virtual host and prefix),
+    /// which stays the same across configuration reloads.
+    sessions: Mutex<HashMap<Arc<str>, HashMap<String, Entry>>>,
     pub(crate) ids: IdBook,
     slots: Slots,
     run_dir: PathBuf,
@@ -65,15 +66,10 @@ pub(crate) struct Target {
 }
 
 impl Registry {
-    pub fn new(
-        ids: IdBook,
-        max_sessions: usize,
-        locations: usize,
-        run_dir: PathBuf,
-    ) -> Arc<Registry> {
+    pub fn new(ids: IdBook, max_sessions: usize, run_dir: PathBuf) -> Arc<Registry> {
         let (alive, all_ended) = mpsc::channel(1);
         Arc::new(Registry {
-            sessions: Mutex::new((0..locations).map(|_| HashMap::new()).collect()),
+            sessions: Mutex::new(HashMap::new()),
             ids,
             slots: Slots {
                 live: Arc::new(Semaphore::new(max_sessions)),
@@ -89,10 +85,10 @@ impl Registry {
     }
 
     /// The live session this request names, if any.
-    fn find(&self, index: usize, mapper: &dyn Mapper, hit: &Hit<'_>) -> Option<Target> {
+    fn find(&self, location: &str, mapper: &dyn Mapper, hit: &Hit<'_>) -> Option<Target> {
         let mapped = mapper.get_session_id_from_hit(hit, &Ids { book: &self.ids })?;
         let sessions = self.sessions.lock().expect("registry lock");
-        let entry = sessions[index].get(&mapped.key)?;
+        let entry = sessions.get(location)?.get(&mapped.key)?;
         let (token, access) = match mapped.presented {
             Some(p) => (p.token, p.access),
             None => (entry.id.clone(), Access::ReadWrite),
@@ -109,12 +105,12 @@ impl Registry {
     /// forged or unknown id never reaches an existing session.
     pub fn resolve(
         self: &Arc<Self>,
-        index: usize,
+        location_key: &Arc<str>,
         location: &Arc<LocationConfig>,
         hit: &Hit<'_>,
     ) -> Result<Target, Error> {
         let mapper = &*location.mapper;
-        if let Some(target) = self.find(index, mapper, hit) {
+        if let Some(target) = self.find(location_key, mapper, hit) {
             return Ok(target);
         }
         let Some(alive) = self.alive.lock().expect("registry lock").clone() else {
@@ -130,8 +126,9 @@ impl Registry {
         let now = Instant::now();
         {
             let mut sessions = self.sessions.lock().expect("registry lock");
+            let sessions = sessions.entry(location_key.clone()).or_default();
             // Another request may have created this key meanwhile: join it.
-            if let Some(entry) = sessions[index].get(&assigned.key) {
+            if let Some(entry) = sessions.get(&assigned.key) {
                 return Ok(Target {
                     queue: entry.queue.clone(),
                     token: entry.id.clone(),
@@ -139,7 +136,7 @@ impl Registry {
                     assigned: None,
                 });
             }
-            sessions[index].insert(
+            sessions.insert(
                 assigned.key.clone(),
                 Entry {
                     serial,
@@ -156,7 +153,7 @@ impl Registry {
             lifecycle::Session {
                 id: assigned.id.clone(),
                 key: assigned.key.clone(),
-                index,
+                location_key: location_key.clone(),
                 serial,
                 client: hit.client,
                 location: location.clone(),
@@ -176,13 +173,14 @@ impl Registry {
     }
 
     /// Removes a session's entry, if it is still this session's.
-    fn remove(&self, index: usize, key: &str, serial: u64) {
+    fn remove(&self, location: &str, key: &str, serial: u64) {
         let mut sessions = self.sessions.lock().expect("registry lock");
-        if let Some(entry) = sessions[index].get(key) {
-            if entry.serial == serial {
-                let entry = sessions[index].remove(key).expect("just found");
-                self.ids.release(&entry.id);
-            }
+        let Some(map) = sessions.get_mut(location) else {
+            return;
+        };
+        if map.get(key).is_some_and(|e| e.serial == serial) {
+            let entry = map.remove(key).expect("just found");
+            self.ids.release(&entry.id);
         }
     }
 
@@ -202,7 +200,7 @@ impl Registry {
         let sessions = self.sessions.lock().expect("registry lock");
         let mut n = 0;
         for entry in sessions
-            .iter()
+            .values()
             .flat_map(HashMap::values)
             .filter(|e| pred(e))
         {
@@ -217,7 +215,7 @@ impl Registry {
         self.sessions
             .lock()
             .expect("registry lock")
-            .iter()
+            .values()
             .map(HashMap::len)
             .sum()
     }

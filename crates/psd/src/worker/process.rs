@@ -66,6 +66,16 @@ pub(crate) fn command(spawn: &Spawn<'_>, program: &Path, args: &[String]) -> Com
     if let Some(dir) = &location.working_directory {
         cmd.current_dir(dir);
     }
+    // User and Group apply when psd runs as root, as in Apache; the standard
+    // library drops supplementary groups when it changes the uid.
+    if nix::unistd::geteuid().is_root() {
+        if let Some((_, uid, primary)) = &location.user {
+            cmd.uid(*uid).gid(*primary);
+        }
+        if let Some((_, gid)) = &location.group {
+            cmd.gid(*gid);
+        }
+    }
     cmd
 }
 
