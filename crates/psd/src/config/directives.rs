@@ -186,6 +186,21 @@ pub const DIRECTIVES: &[Directive] = &[
         }),
     },
     Directive {
+        name: "NodeName",
+        scope: Scope::Server,
+        syntax: "NodeName NAME",
+        default: "psd",
+        help: "This instance's name, the first part of every session id it issues (letters, digits, `-`). A front proxy can route a session to its node by it.",
+        apply: Apply::Server(|c, a, _| {
+            let name = one(a)?;
+            if !crate::mapper::valid_node_name(name) {
+                return Err(format!("'{name}': use letters, digits and '-' (at most 64)"));
+            }
+            c.node_name = name.to_string();
+            Ok(())
+        }),
+    },
+    Directive {
         name: "MaxSessions",
         scope: Scope::Server,
         syntax: "MaxSessions N",

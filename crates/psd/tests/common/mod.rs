@@ -68,14 +68,17 @@ impl Daemon {
     /// Starts psd with `body` as its configuration, after a `Listen` on a free
     /// loopback port and a private `DataDir`.
     pub fn start(body: &str) -> Daemon {
+        Daemon::start_raw(&format!("Listen 127.0.0.1:0\n{body}"))
+    }
+
+    /// Starts psd with `body` (which has its own `Listen` lines) after a
+    /// private `DataDir`; `port` is the first listener's.
+    pub fn start_raw(body: &str) -> Daemon {
         let dir = TempDir::new("d");
         let config = dir.join("psd.conf");
         std::fs::write(
             &config,
-            format!(
-                "Listen 127.0.0.1:0\nDataDir {}\n{body}",
-                dir.join("data").display()
-            ),
+            format!("DataDir {}\n{body}", dir.join("data").display()),
         )
         .unwrap();
         let mut child = Command::new(PSD)
@@ -92,8 +95,13 @@ impl Daemon {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
-                    let _ = port_tx.send(rest.trim().parse::<u16>().unwrap());
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let port = rest
+                        .trim()
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse::<u16>().ok());
+                    let _ = port_tx.send(port.unwrap());
                 }
                 sink.lock().unwrap().push(line);
             }
@@ -148,6 +156,47 @@ impl Daemon {
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+
+    /// The configuration file psd was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("psd.conf")
+    }
+
+    /// Rewrites the configuration (keeping its DataDir) and sends SIGHUP;
+    /// returns once psd logged the outcome (`reloaded` or `failed`).
+    pub fn reload(&self, body: &str) -> bool {
+        let before = self.log.lock().unwrap().len();
+        std::fs::write(
+            self.config_path(),
+            format!("DataDir {}\n{body}", self.dir.join("data").display()),
+        )
+        .unwrap();
+        self.signal("HUP");
+        let mut outcome = None;
+        eventually(Duration::from_secs(10), || {
+            let log = self.log.lock().unwrap();
+            outcome = log[before..].iter().find_map(|l| {
+                if l.contains("configuration reloaded") {
+                    Some(true)
+                } else if l.contains("the running configuration stays") {
+                    Some(false)
+                } else {
+                    None
+                }
+            });
+            outcome.is_some()
+        });
+        outcome.expect("psd reported no reload outcome")
+    }
+}
+
+/// A port that was free a moment ago, for configurations that need one.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Drop for Daemon {
@@ -178,6 +227,8 @@ impl Daemon {
 pub struct Reply {
     /// The URL curl ended at (after redirects, with `-L`).
     pub url: String,
+    /// `HTTP/1.1`, `HTTP/2`, … as the status line says.
+    pub version: String,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
@@ -267,8 +318,13 @@ fn parse_reply(text: &str) -> Reply {
         (head, body) = body.split_once("\r\n\r\n").unwrap_or((body, ""));
     }
     let mut lines = head.lines();
-    let status = lines
+    let status_line = lines.next().unwrap_or_default();
+    let version = status_line
+        .split_whitespace()
         .next()
+        .unwrap_or_default()
+        .to_string();
+    let status = Some(status_line)
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {text:?}"));
@@ -278,6 +334,7 @@ fn parse_reply(text: &str) -> Reply {
         .collect();
     Reply {
         url: String::new(),
+        version,
         status,
         headers,
         body: body.to_string(),
