@@ -19,5 +19,5 @@ while ($request->Accept() >= 0) {
     print "pid=$$ count=$count resumed=$resumed body=", length($body),
       " session=$ENV{PSD_SESSION_ID} script=$ENV{SCRIPT_NAME} path=$ENV{PATH_INFO}",
       " remote=$ENV{REMOTE_ADDR} access=$ENV{PSD_ACCESS}",
-      " scheme=$ENV{REQUEST_SCHEME} https=", ($ENV{HTTPS} // 'off'), " host=$ENV{SERVER_NAME}:$ENV{SERVER_PORT}\n";
+      " scheme=$ENV{REQUEST_SCHEME} https=", ($ENV{HTTPS} // 'off'), " host=$ENV{SERVER_NAME}:$ENV{SERVER_PORT} uid=$<\n";
 }

@@ -62,3 +62,50 @@ fn sighup_does_not_end_the_daemon_or_its_sessions() {
     let after = c.get(&d.url("/"));
     assert_eq!((after.pid(), after.count()), (before.pid(), 2));
 }
+
+#[test]
+fn pid_file_holds_psds_pid_while_it_runs() {
+    let worker = repo().join("examples/counter-perl/counter.pl");
+    let dir = TempDir::new("pidfile");
+    let pid_file = dir.join("psd.pid");
+    let mut d = Daemon::start(&format!(
+        "PidFile {}\n{}",
+        pid_file.display(),
+        location("/", &worker, "")
+    ));
+    let written = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(written.trim(), d.pid().to_string());
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    assert!(!pid_file.exists(), "removed at exit");
+}
+
+#[test]
+fn workers_run_as_user_and_group_when_psd_is_root() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to change users");
+        return;
+    }
+    // A copy any user can read, in a folder any user can enter.
+    let dir = TempDir::new("user");
+    let script = dir.join("counter.pl");
+    std::fs::copy(repo().join("examples/counter-perl/counter.pl"), &script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("a nobody user");
+    let d = Daemon::start(&location(
+        "/",
+        &script,
+        &format!("User nobody\nWorkingDirectory {}", dir.0.display()),
+    ));
+    let r = Client::anonymous().get(&d.url("/"));
+    assert_eq!(
+        r.field("uid"),
+        Some(nobody.uid.to_string()),
+        "{r:?}\n{}",
+        d.log_text()
+    );
+}
