@@ -1,0 +1,431 @@
+#!/usr/bin/env python3
+"""psd measured against its peers on this machine, in one run.
+
+Each row compares two systems serving the same worker program, measured
+alternately for several rounds; the table gives medians, the spread
+((max - min) / median) and the ratio, next to the target of issue 6. Results
+go to bench/results/<date>/ (results.md, results.json, plot.svg, machine.txt).
+
+    bench/run.py                 full run (installs what it needs; ~10 minutes)
+    bench/run.py --smoke         tiny sizes and durations, for the test suite
+    bench/run.py --rounds 5 --seconds 10 --only warm,cgi
+
+Loopback only; every load is bounded in count or time.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+class Proc:
+    """A background process in its own process group, killed on exit."""
+
+    def __init__(self, args, **kw):
+        self.p = subprocess.Popen(args, start_new_session=True, **kw)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            os.killpg(self.p.pid, signal.SIGTERM)
+            self.p.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return False
+
+
+def rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def children(pid):
+    n = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            n += 1
+    return n
+
+
+def ms(value):
+    number = float(re.match(r"[\d.]+", value).group())
+    if value.endswith("us"):
+        return number / 1000
+    if value.endswith("ms"):
+        return number
+    return number * 1000
+
+
+def wrk(url, conns, seconds, script=None, headers=()):
+    args = ["wrk", f"-t{min(conns, 2)}", f"-c{conns}", f"-d{seconds}s", "--latency"]
+    for h in headers:
+        args += ["-H", h]
+    if script:
+        args += ["-s", str(script)]
+    out = subprocess.run(args + [url], capture_output=True, text=True, check=True).stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "non2xx": 0}
+    for pct, key in (("50%", "p50"), ("99%", "p99")):
+        result[key] = ms(re.search(rf"{pct}\s+(\S+)", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["non2xx"] = int(bad.group(1)) if bad else 0
+    return result
+
+
+def tool_output(args):
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", out)}
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="psd-bench-"))
+        profile = "debug" if args.smoke else "release"
+        self.bin = ROOT / "target" / profile
+        self.rows = []
+
+    # -- building -------------------------------------------------------------
+    def build(self):
+        release = [] if self.args.smoke else ["--release"]
+        subprocess.run(["cargo", "build", "--quiet", *release, "-p", "psd", "-p", "counter-fcgi",
+                        "-p", "http-worker", "--bins"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--quiet", *release, "-p", "psd", "--example", "scale"], cwd=ROOT, check=True)
+        self.c_worker = self.work / "counter-c"
+        subprocess.run(["gcc", "-O2", "-o", str(self.c_worker), str(ROOT / "bench/workers/counter.c"), "-lfcgi"],
+                       check=True)
+        self.perl_worker = ROOT / "examples/counter-perl/counter.pl"
+
+    # -- systems --------------------------------------------------------------
+    def psd(self, name, body):
+        port = free_port()
+        conf = self.work / f"{name}.conf"
+        conf.write_text(f"Listen 127.0.0.1:{port}\nDataDir {self.work}/{name}-data\nLogLevel warn\n"
+                        f"MaxSessions 2000000\n{body}")
+        proc = Proc([str(self.bin / "psd"), "serve", "-c", str(conf)],
+                    stderr=open(self.work / f"{name}.log", "w"))
+        wait_port(port)
+        return proc, port
+
+    def nginx(self, name, locations):
+        port = free_port()
+        d = self.work / f"nginx-{name}"
+        d.mkdir()
+        # As root, nginx's workers would run as nobody and could not reach the
+        # root-owned sockets of spawn-fcgi and fcgiwrap.
+        user = "user root;" if os.geteuid() == 0 else ""
+        (d / "nginx.conf").write_text(f"""
+{user}
+worker_processes auto;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    {locations.get("http", "")}
+    server {{
+        listen 127.0.0.1:{port};
+        {locations["server"]}
+    }}
+}}
+""")
+        proc = Proc(["/usr/sbin/nginx", "-c", str(d / "nginx.conf"), "-p", f"{d}/", "-g", "daemon off;"],
+                    stderr=subprocess.DEVNULL)
+        wait_port(port)
+        return proc, port
+
+    def cookies_script(self, port, path, n):
+        lines = []
+        for _ in range(n):
+            out = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", f"http://127.0.0.1:{port}{path}"],
+                                 capture_output=True, text=True, check=True).stdout
+            cookie = re.search(r"(?i)set-cookie: ([^;]+)", out).group(1)
+            lines.append(f'  "{cookie}",')
+        script = self.work / f"cookies-{port}.lua"
+        script.write_text("local cookies = {\n" + "\n".join(lines) + "\n}\nlocal n = 0\n"
+                          "request = function()\n  n = n + 1\n"
+                          f'  return wrk.format("GET", "{path}", {{ ["Cookie"] = cookies[(n % #cookies) + 1] }})\n'
+                          "end\n")
+        return script
+
+    # -- measuring ------------------------------------------------------------
+    def alternate(self, a, b):
+        """Runs a() and b() alternately for the configured rounds."""
+        ra, rb = [], []
+        for _ in range(self.args.rounds):
+            ra.append(a())
+            rb.append(b())
+        return ra, rb
+
+    def row(self, name, metric, psd_values, peer_values, peer, target, higher_is_better=True, ratio=True, unit=""):
+        med_p, med_q = statistics.median(psd_values), statistics.median(peer_values)
+        spread = lambda v, m: (max(v) - min(v)) / m if m else 0.0
+        if ratio:
+            value = med_p / med_q if higher_is_better else med_q / med_p
+        else:
+            value = med_p - med_q
+        self.rows.append({
+            "row": name, "metric": metric, "psd": med_p, "peer": med_q, "peer_name": peer,
+            "psd_spread": spread(psd_values, med_p), "peer_spread": spread(peer_values, med_q),
+            "value": value, "kind": "ratio" if ratio else "difference", "unit": unit, "target": target[0],
+            "met": target[1](value), "rounds": len(psd_values),
+        })
+
+    # -- the rows -------------------------------------------------------------
+    def warm(self):
+        """50 warm sessions: psd (a C worker per session) vs nginx → spawn-fcgi pool of 50."""
+        sessions, secs = (8, 1) if self.args.smoke else (50, self.args.seconds)
+        pool = self.work / "counter-c-pool"
+        shutil.copy(self.c_worker, pool)
+        sock = self.work / "pool.sock"
+        subprocess.run(["spawn-fcgi", "-s", str(sock), "-F", str(sessions), "--", str(pool)],
+                       check=True, capture_output=True)
+        try:
+            psd, psd_port = self.psd("warm", f"<Location />\n  Worker fastcgi {self.c_worker}\n"
+                                            f"  MaxSessionsPerClient 100000\n</Location>\n")
+            nginx, nginx_port = self.nginx("warm", {
+                "http": f"upstream pool {{ server unix:{sock}; keepalive {sessions}; }}",
+                "server": "location / { fastcgi_pass pool; fastcgi_keep_conn on; "
+                          "fastcgi_param REQUEST_METHOD $request_method; fastcgi_param QUERY_STRING $query_string; "
+                          "fastcgi_param REQUEST_URI $request_uri; fastcgi_param SCRIPT_NAME \"\"; }",
+            })
+            with psd, nginx:
+                script = self.cookies_script(psd_port, "/", sessions)
+                a, b = self.alternate(
+                    lambda: wrk(f"http://127.0.0.1:{psd_port}/", sessions, secs, script=script),
+                    lambda: wrk(f"http://127.0.0.1:{nginx_port}/", sessions, secs))
+        finally:
+            subprocess.run(["pkill", "-f", str(pool)])
+        self.check(a + b)
+        self.row("warm sessions", f"req/s, {sessions} sessions", [r["rps"] for r in a], [r["rps"] for r in b],
+                 "nginx + spawn-fcgi pool", ("≥ 1.2×", lambda v: v >= 1.2))
+
+    def routed(self):
+        """The same warm http worker through psd vs hit directly; and latency below saturation."""
+        secs = 1 if self.args.smoke else self.args.seconds
+        direct_port = free_port()
+        direct = Proc([str(self.bin / "http-worker")], env={**os.environ, "PORT": str(direct_port)},
+                      stderr=subprocess.DEVNULL)
+        psd, psd_port = self.psd("routed", f"<Location /app>\n  Worker http {self.bin / 'http-worker'}\n"
+                                           f"  WorkerConcurrency 64\n</Location>\n")
+        with direct, psd:
+            wait_port(direct_port)
+            cookie = re.search(r"(?i)set-cookie: ([^;]+)", subprocess.run(
+                ["curl", "-s", "-D", "-", "-o", "/dev/null", f"http://127.0.0.1:{psd_port}/app/"],
+                capture_output=True, text=True, check=True).stdout).group(1)
+            via, to = f"http://127.0.0.1:{psd_port}/app/", f"http://127.0.0.1:{direct_port}/"
+            a, b = self.alternate(lambda: wrk(via, 32, secs, headers=[f"Cookie: {cookie}"]), lambda: wrk(to, 32, secs))
+            la, lb = self.alternate(lambda: wrk(via, 1, secs, headers=[f"Cookie: {cookie}"]), lambda: wrk(to, 1, secs))
+        self.check(a + b + la + lb)
+        self.row("routed vs direct", "req/s, http worker, 32 conns", [r["rps"] for r in a], [r["rps"] for r in b],
+                 "the worker directly", ("≥ 0.8×", lambda v: v >= 0.8))
+        self.row("latency below saturation", "p50 added, ms (1 conn)", [r["p50"] for r in la], [r["p50"] for r in lb],
+                 "the worker directly", ("≤ +0.1 ms", lambda v: v <= 0.1), ratio=False, unit="ms")
+        self.row("latency below saturation", "p99 added, ms (1 conn)", [r["p99"] for r in la], [r["p99"] for r in lb],
+                 "the worker directly", ("≤ +0.5 ms", lambda v: v <= 0.5), ratio=False, unit="ms")
+
+    def cgi(self):
+        """The same Perl script: persistent psd sessions vs classic CGI through nginx + fcgiwrap."""
+        conns, secs = (2, 1) if self.args.smoke else (8, self.args.seconds)
+        sock = self.work / "fcgiwrap.sock"
+        wrap = Proc(["/usr/sbin/fcgiwrap", "-s", f"unix:{sock}", "-c", str(conns)], stderr=subprocess.DEVNULL)
+        psd, psd_port = self.psd("cgi", f"<Location />\n  Worker fastcgi {self.perl_worker}\n"
+                                        f"  MaxSessionsPerClient 100000\n</Location>\n")
+        with wrap, psd:
+            deadline = time.time() + 10
+            while not sock.exists() and time.time() < deadline:
+                time.sleep(0.05)
+            nginx, nginx_port = self.nginx("cgi", {
+                "server": f"location / {{ fastcgi_pass unix:{sock}; "
+                          f"fastcgi_param SCRIPT_FILENAME {self.perl_worker}; fastcgi_param GATEWAY_INTERFACE CGI/1.1; "
+                          "fastcgi_param REQUEST_METHOD $request_method; fastcgi_param QUERY_STRING $query_string; "
+                          "fastcgi_param SCRIPT_NAME \"\"; fastcgi_param PATH_INFO $uri; "
+                          "fastcgi_param SERVER_PROTOCOL $server_protocol; fastcgi_param REMOTE_ADDR $remote_addr; }",
+            })
+            with nginx:
+                script = self.cookies_script(psd_port, "/", conns)
+                a, b = self.alternate(
+                    lambda: wrk(f"http://127.0.0.1:{psd_port}/", conns, secs, script=script),
+                    lambda: wrk(f"http://127.0.0.1:{nginx_port}/", conns, secs))
+        self.check(a + b)
+        self.row("CGI acceleration", f"req/s, Perl script, {conns} clients", [r["rps"] for r in a],
+                 [r["rps"] for r in b], "nginx + fcgiwrap (CGI)", ("≥ 30×", lambda v: v >= 30))
+
+    def new_sessions(self):
+        """Requests that each start a session vs the bare spawn + first answer."""
+        n = 30 if self.args.smoke else 300
+        psd, port = self.psd("new", f"<Location />\n  Worker fastcgi {self.c_worker}\n"
+                                    f"  MaxSessionsPerClient 2000000\n  SessionTimeout 2s\n</Location>\n")
+        with psd:
+            load = str(self.bin / "http-load")
+            bare = str(self.bin / "spawn-bare")
+            a, b = self.alternate(lambda: tool_output([load, f"http://127.0.0.1:{port}/", str(n), "1", "new"]),
+                                  lambda: tool_output([bare, str(self.c_worker), str(n)]))
+            rate = [tool_output([load, f"http://127.0.0.1:{port}/", str(n * 4), "4", "new"])
+                    for _ in range(self.args.rounds)]
+        if any(r["non2xx"] for r in a + rate):
+            raise RuntimeError("new sessions were refused")
+        self.row("new sessions", "p50 time to first answer added, ms", [r["p50_ms"] for r in a],
+                 [r["p50_ms"] for r in b], "bare spawn + first answer", ("≤ +1 ms", lambda v: v <= 1.0),
+                 ratio=False, unit="ms")
+        self.row("new sessions", "p99 time to first answer added, ms", [r["p99_ms"] for r in a],
+                 [r["p99_ms"] for r in b], "bare spawn + first answer", ("(reported)", lambda v: True),
+                 ratio=False, unit="ms")
+        self.row("new sessions", "sessions/s (4 clients) vs bare spawns/s (1)", [r["per_s"] for r in rate],
+                 [r["per_s"] for r in b], "bare spawn + first answer", ("≥ 500/s", lambda v: True))
+        self.rows[-1]["met"] = statistics.median(r["per_s"] for r in rate) >= 500
+
+    def scale(self):
+        """Live process sessions (C worker) and in-process sessions; psd's RSS per session."""
+        procs, inproc = (50, 2000) if self.args.smoke else (self.args.process_sessions, self.args.inproc_sessions)
+        psd, port = self.psd("scale", f"<Location />\n  Worker fastcgi {self.c_worker}\n"
+                                      f"  MaxSessionsPerClient 2000000\n  SessionTimeout 1h\n</Location>\n")
+        with psd:
+            before = rss_kib(psd.p.pid)
+            out = tool_output([str(self.bin / "http-load"), f"http://127.0.0.1:{port}/", str(procs), "8", "new"])
+            live = children(psd.p.pid)
+            after = rss_kib(psd.p.pid)
+        ok = out["non2xx"] == 0 and live >= procs
+        self.rows.append({"row": "scale", "metric": f"{procs} live process sessions: psd KiB per session",
+                          "psd": (after - before) / procs, "peer": None, "peer_name": f"{live} workers alive",
+                          "value": (after - before) / procs, "kind": "absolute", "unit": "KiB", "target": "held, no errors",
+                          "met": ok, "rounds": 1, "psd_spread": 0, "peer_spread": 0})
+        port = free_port()
+        server = Proc([str(self.bin / "examples/scale"), f"127.0.0.1:{port}", str(inproc * 2)], stderr=subprocess.DEVNULL)
+        with server:
+            wait_port(port)
+            before = rss_kib(server.p.pid)
+            out = tool_output([str(self.bin / "http-load"), f"http://127.0.0.1:{port}/", str(inproc), "16", "new"])
+            after = rss_kib(server.p.pid)
+        per = (after - before) * 1024 / inproc
+        self.rows.append({"row": "scale", "metric": f"{inproc} in-process sessions: bytes per session",
+                          "psd": per, "peer": None, "peer_name": f"{out['per_s']:.0f} new sessions/s",
+                          "value": per, "kind": "absolute", "unit": "B", "target": "≤ 2048 B, no errors",
+                          "met": per <= 2048 and out["non2xx"] == 0, "rounds": 1, "psd_spread": 0, "peer_spread": 0})
+
+    def check(self, results):
+        bad = [r.get("non2xx", 0) for r in results]
+        if any(bad):
+            raise RuntimeError(f"non-2xx answers during a measurement (per run: {bad})")
+
+    # -- reporting ------------------------------------------------------------
+    def machine(self):
+        cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                    if l.startswith("model name")), platform.processor())
+        mem = next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
+        nginx = subprocess.run(["/usr/sbin/nginx", "-v"], capture_output=True, text=True).stderr.strip()
+        return (f"{os.cpu_count()} cores ({cpu}), {int(mem) // 1024 // 1024} GiB, {platform.system()} {platform.release()}; "
+                f"{nginx}; rounds={self.args.rounds}, seconds={self.args.seconds}")
+
+    def report(self):
+        lines = ["| row | metric | psd | peer | peer | result | target | met |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in self.rows:
+            fmt = lambda v: "—" if v is None else (f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}")
+            result = {"ratio": f"{r['value']:.2f}×", "difference": f"{r['value']:+.3f} {r['unit']}"}.get(
+                r["kind"], f"{r['value']:,.0f} {r['unit']}")
+            spread = f" (±{r['psd_spread'] * 50:.0f}%)" if r["rounds"] > 1 else ""
+            lines.append(f"| {r['row']} | {r['metric']} | {fmt(r['psd'])}{spread} | {fmt(r['peer'])} | "
+                         f"{r['peer_name']} | {result} | {r['target']} | {'yes' if r['met'] else 'NO'} |")
+        table = "\n".join(lines)
+        print(table)
+        if self.args.smoke:
+            return
+        out = ROOT / "bench/results" / datetime.date.today().isoformat()
+        out.mkdir(parents=True, exist_ok=True)
+        machine = self.machine()
+        (out / "machine.txt").write_text(machine + "\n")
+        (out / "results.json").write_text(json.dumps({"machine": machine, "rows": self.rows}, indent=2) + "\n")
+        command = "bench/run.py " + " ".join(sys.argv[1:])
+        (out / "results.md").write_text(f"# psd vs peers\n\n{machine}\n\n`{command}`\n\n{table}\n\n![ratios](plot.svg)\n")
+        (out / "plot.svg").write_text(self.svg())
+        print(f"\nwritten to {out}")
+
+    def svg(self):
+        """Horizontal bars of each ratio row against its target."""
+        ratios = [r for r in self.rows if r["kind"] == "ratio"]
+        width, bar_h, left = 760, 34, 300
+        height = 60 + bar_h * len(ratios)
+        scale = max([r["value"] for r in ratios] + [1.5]) * 1.1
+        x = lambda v: left + (width - left - 40) * min(v, scale) / scale
+        parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="13">',
+                 f'<text x="10" y="22" font-size="15">psd / peer (higher is better; 1.0 = parity)</text>',
+                 f'<line x1="{x(1)}" y1="35" x2="{x(1)}" y2="{height - 10}" stroke="#888" stroke-dasharray="4"/>']
+        for i, r in enumerate(ratios):
+            y = 40 + i * bar_h
+            color = "#2a9d4b" if r["met"] else "#d1495b"
+            parts.append(f'<text x="10" y="{y + 20}">{r["row"]}: {r["metric"][:30]}</text>')
+            parts.append(f'<rect x="{left}" y="{y + 6}" width="{x(r["value"]) - left:.1f}" height="{bar_h - 12}" fill="{color}"/>')
+            parts.append(f'<text x="{x(r["value"]) + 4:.1f}" y="{y + 22}">{r["value"]:.2f}× (target {r["target"]})</text>')
+        parts.append("</svg>\n")
+        return "\n".join(parts)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--process-sessions", type=int, default=10_000)
+    parser.add_argument("--inproc-sessions", type=int, default=1_000_000)
+    parser.add_argument("--only", default="warm,routed,cgi,new,scale")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and durations; no results written")
+    parser.add_argument("--no-install", action="store_true")
+    args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.seconds = 1, 1
+    if not args.no_install:
+        subprocess.run(["bash", str(ROOT / "bench/install.sh")], check=True, stdout=subprocess.DEVNULL)
+    bench = Bench(args)
+    try:
+        bench.build()
+        rows = {"warm": bench.warm, "routed": bench.routed, "cgi": bench.cgi, "new": bench.new_sessions,
+                "scale": bench.scale}
+        for name in args.only.split(","):
+            rows[name]()
+        bench.report()
+    finally:
+        shutil.rmtree(bench.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

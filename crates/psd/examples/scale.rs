@@ -1,0 +1,32 @@
+//! The demo counter as an in-process application with limits high enough
+//! for scale benchmarks: `scale ADDR [SESSIONS]` serves until SIGTERM.
+//! `bench/run.py` drives it with a million new sessions and reads psd's RSS.
+
+use std::time::Duration;
+
+use psd::config::{Config, LocationConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8090".into());
+    let sessions: usize = std::env::args().nth(2).and_then(|n| n.parse().ok()).unwrap_or(2_000_000);
+    let mut counter = LocationConfig::in_process("/", psd::demo::counter());
+    counter.max_sessions_per_client = sessions;
+    counter.session_timeout = Duration::from_secs(3600);
+    let data = std::env::temp_dir().join(format!("psd-scale-{}", std::process::id()));
+    let config = Config {
+        data_dir: data.clone(),
+        max_sessions: sessions,
+        locations: vec![counter],
+        ..Config::default()
+    };
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    eprintln!("scale listening on http://{}", listener.local_addr()?);
+    let result = psd::run(vec![listener], config, async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+        term.recv().await;
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(data);
+    result
+}
