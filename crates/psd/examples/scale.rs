@@ -8,8 +8,13 @@ use psd::config::{Config, LocationConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8090".into());
-    let sessions: usize = std::env::args().nth(2).and_then(|n| n.parse().ok()).unwrap_or(2_000_000);
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8090".into());
+    let sessions: usize = std::env::args()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_000_000);
     let mut counter = LocationConfig::in_process("/", psd::demo::counter());
     counter.max_sessions_per_client = sessions;
     counter.session_timeout = Duration::from_secs(3600);
@@ -23,7 +28,8 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("scale listening on http://{}", listener.local_addr()?);
     let result = psd::run(vec![listener], config, async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal");
         term.recv().await;
     })
     .await;

@@ -69,11 +69,11 @@ impl App {
 pub struct Session {
     id: Arc<str>,
     resumed: bool,
-    requests: mpsc::Receiver<Request>,
+    requests: mpsc::Receiver<Box<Request>>,
 }
 
 impl Session {
-    pub(crate) fn new(id: Arc<str>, resumed: bool, requests: mpsc::Receiver<Request>) -> Self {
+    pub(crate) fn new(id: Arc<str>, resumed: bool, requests: mpsc::Receiver<Box<Request>>) -> Self {
         Self {
             id,
             resumed,
@@ -94,7 +94,7 @@ impl Session {
     /// Waits for the next request routed to this session. `None` means psd
     /// ended the session (timeout, lifetime, shutdown); the task should return.
     pub async fn next(&mut self) -> Option<Request> {
-        self.requests.recv().await
+        self.requests.recv().await.map(|request| *request)
     }
 }
 

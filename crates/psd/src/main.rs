@@ -118,31 +118,42 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         None => psd::demo::config(),
     };
     init_logging(&config)?;
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // Handlers first: a signal that comes right after psd says it is
+        // ready must not find the default action (exit without cleanup).
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate())?;
+        let int = signal(SignalKind::interrupt())?;
+        let hup = signal(SignalKind::hangup())?;
         let mut listeners = vec![];
         for listen in &config.listen {
             let listener = TcpListener::bind(listen.addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", listen.addr))?;
-            let scheme = if listen.https { "https" } else { "http" };
-            tracing::info!("listening on {scheme}://{}", listener.local_addr()?);
             listeners.push(listener);
         }
-        match &path {
-            Some(path) => tracing::info!(config = %path.display(), "psd started"),
-            None => tracing::info!("psd started with the built-in demo (no psd.conf here)"),
-        }
+        // Ready means: the pid file is there and the listeners are bound;
+        // only then does psd say where it listens.
         let pid_file = config.pid_file.clone();
         if let Some(path) = &pid_file {
             std::fs::write(path, format!("{}\n", std::process::id()))
                 .map_err(|e| anyhow::anyhow!("PidFile {}: {e}", path.display()))?;
         }
+        for (listen, listener) in config.listen.iter().zip(&listeners) {
+            let scheme = if listen.https { "https" } else { "http" };
+            tracing::info!("listening on {scheme}://{}", listener.local_addr()?);
+        }
+        match &path {
+            Some(path) => tracing::info!(config = %path.display(), "psd started"),
+            None => tracing::info!("psd started with the built-in demo (no psd.conf here)"),
+        }
         let server = psd::Server::new(config)?;
-        tokio::spawn(reload_on_sighup(path.clone(), server.reloader()));
-        let result = server.run(listeners, shutdown_signal()).await;
+        tokio::spawn(reload_on_sighup(hup, path.clone(), server.reloader()));
+        let result = server.run(listeners, shutdown_signal(term, int)).await;
         if let Some(path) = &pid_file {
             let _ = std::fs::remove_file(path);
         }
@@ -150,15 +161,10 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     })
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return std::future::pending().await;
-    };
+async fn shutdown_signal(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
@@ -166,12 +172,11 @@ async fn shutdown_signal() {
 }
 
 /// SIGHUP: re-read the configuration file; a broken one changes nothing.
-async fn reload_on_sighup(path: Option<PathBuf>, reloader: psd::Reloader) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler");
-        return;
-    };
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    path: Option<PathBuf>,
+    reloader: psd::Reloader,
+) {
     while hup.recv().await.is_some() {
         let Some(path) = &path else {
             tracing::warn!(
@@ -192,6 +197,18 @@ async fn reload_on_sighup(path: Option<PathBuf>, reloader: psd::Reloader) {
                 }
                 tracing::error!("the running configuration stays");
             }
+        }
+    }
+}
+
+/// Every process session costs psd a few descriptors (connection, stderr
+/// pipe, process handle): take the whole hard limit, as nginx's
+/// `worker_rlimit_nofile` lets operators do.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            tracing::debug!("open file limit raised from {soft} to {hard}");
         }
     }
 }

@@ -698,7 +698,7 @@ async fn respond(
 
 /// Drops the job into the session's queue.
 fn send(target: &Target, job: Job) -> Result<(), Error> {
-    target.queue.try_send(job).map_err(|e| match e {
+    target.queue.try_send(Box::new(job)).map_err(|e| match e {
         mpsc::error::TrySendError::Full(_) => Error::SessionBusy,
         // The session ended between lookup and send; the client retries.
         mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,

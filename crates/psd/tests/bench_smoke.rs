@@ -19,7 +19,16 @@ fn the_benchmark_harness_runs_every_row() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    for row in ["warm sessions", "routed vs direct", "CGI acceleration", "new sessions", "scale"] {
-        assert!(stdout.contains(&format!("| {row} |")), "row {row} missing:\n{stdout}");
+    for row in [
+        "warm sessions",
+        "routed vs direct",
+        "CGI acceleration",
+        "new sessions",
+        "scale",
+    ] {
+        assert!(
+            stdout.contains(&format!("| {row} |")),
+            "row {row} missing:\n{stdout}"
+        );
     }
 }

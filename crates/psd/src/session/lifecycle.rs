@@ -70,7 +70,7 @@ struct Life {
 impl Session {
     pub async fn run(
         mut self,
-        mut requests: mpsc::Receiver<Job>,
+        mut requests: mpsc::Receiver<Box<Job>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let in_process = matches!(self.location.handler, Some(Handler::InProcess(_)));
@@ -120,7 +120,7 @@ impl Session {
                     }
                     tracing::info!(session = %self.id, "idle for {:?}: stopping the worker", self.location.session_timeout);
                     if let Some(worker) = life.worker.take() {
-                        worker.stop(self.location.worker_stop_timeout).await;
+                        Box::pin(worker.stop(self.location.worker_stop_timeout)).await;
                     }
                     self.slot = None;
                     self.transition(&mut life, State::Dormant);
@@ -142,13 +142,13 @@ impl Session {
         }
         life.in_flight.shutdown().await;
         if let Some(worker) = life.worker.take() {
-            worker.stop(self.location.worker_stop_timeout).await;
+            Box::pin(worker.stop(self.location.worker_stop_timeout)).await;
         }
         tracing::info!(session = %self.id, "session ended: {reason}");
     }
 
     /// Starts a worker if there is none, then hands the job to it.
-    async fn accept(&mut self, life: &mut Life, job: Job) {
+    async fn accept(&mut self, life: &mut Life, job: Box<Job>) {
         if life.worker.is_none() {
             if self.slot.is_none() {
                 match self
@@ -164,13 +164,15 @@ impl Session {
                 }
             }
             self.transition(life, State::Starting);
-            let started = Worker::start(Spawn {
+            // Boxed: starting is rare, and awaiting it inline would size every
+            // session's task for it for its whole life.
+            let started = Box::pin(Worker::start(Spawn {
                 session_id: &self.id,
                 location: &self.location,
                 resumed: life.resumed,
                 run_dir: &self.registry.run_dir,
                 activity: &life.activity,
-            })
+            }))
             .await;
             match started {
                 Ok(worker) => {
@@ -187,7 +189,7 @@ impl Session {
             }
         }
         let worker = life.worker.as_ref().expect("started above");
-        life.in_flight.spawn(worker.serve(job));
+        life.in_flight.spawn(worker.serve(*job));
         self.transition(life, State::Busy);
     }
 
@@ -198,5 +200,46 @@ impl Session {
             tracing::debug!(session = %self.id, ?pid, "{:?} -> {:?}", life.state, to);
             life.state = to;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every session's task is as large as this future, for its whole life:
+    /// a regression test that awaiting something big inline (worker start
+    /// was one) does not come back. Measured 1,416 bytes in a debug build.
+    #[test]
+    fn a_session_task_stays_small() {
+        fn size_of_future<F: std::future::Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let registry = crate::session::Registry::new(
+                crate::mapper::IdBook::new(crate::mapper::Signer::new("n", b"0123456789abcdef")),
+                10,
+                std::env::temp_dir(),
+            );
+            let (_queue, requests) = tokio::sync::mpsc::channel(1);
+            let (alive, _) = tokio::sync::mpsc::channel(1);
+            let session = super::Session {
+                id: "x".into(),
+                key: "k".into(),
+                location_key: "l".into(),
+                serial: 0,
+                client: "127.0.0.1".parse().unwrap(),
+                location: std::sync::Arc::new(crate::config::LocationConfig::new("/")),
+                registry,
+                slot: None,
+                stop: std::sync::Arc::new(tokio::sync::Notify::new()),
+                _alive: alive,
+            };
+            let run = session.run(requests, tokio::sync::watch::channel(false).1);
+            let size = size_of_future(&run);
+            assert!(size <= 1600, "Session::run is {size} bytes");
+        });
     }
 }

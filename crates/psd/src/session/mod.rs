@@ -48,7 +48,7 @@ pub(crate) struct Registry {
 struct Entry {
     serial: u64,
     id: Arc<str>,
-    queue: mpsc::Sender<Job>,
+    queue: mpsc::Sender<Box<Job>>,
     created: Instant,
     expires: Instant,
     /// Tells the session task to end (reaped, or past its lifetime).
@@ -57,7 +57,9 @@ struct Entry {
 
 /// Where a request goes.
 pub(crate) struct Target {
-    pub queue: mpsc::Sender<Job>,
+    /// Jobs are boxed: a channel allocates its first block of 32 slots
+    /// at once, and an unboxed `Job` would make that block ~16 KiB a session.
+    pub queue: mpsc::Sender<Box<Job>>,
     /// The id as the client holds it: a read-only id stays read-only.
     pub token: Arc<str>,
     pub access: Access,

@@ -269,8 +269,7 @@ impl Process {
         let timeout_after = self.location.request_timeout;
         let head_deadline = started + timeout_after;
         let mut buf = BytesMut::with_capacity(8192);
-        let mut head = BytesMut::new();
-        let mut body_tx: Option<mpsc::Sender<Result<Bytes, BoxError>>> = None;
+        let mut phase = Phase::Head(BytesMut::new());
         let mut client_gone = false;
         loop {
             while let Some(record) = fcgi::decode(&mut buf)
@@ -286,20 +285,21 @@ impl Process {
                     )));
                 }
                 match record.kind {
-                    RecordType::Stdout => match &body_tx {
-                        Some(tx) => {
+                    RecordType::Stdout => match &mut phase {
+                        Phase::Head(head) => {
+                            head.extend_from_slice(&record.content);
+                            if let Some(held) = parse_head(head)? {
+                                phase = held;
+                            }
+                        }
+                        Phase::Held(_, body) => body.extend_from_slice(&record.content),
+                        Phase::Streaming(tx) => {
                             if !client_gone
                                 && !record.content.is_empty()
                                 && tx.send(Ok(record.content)).await.is_err()
                             {
                                 // Keep reading to the end so the connection stays usable.
                                 client_gone = true;
-                            }
-                        }
-                        None => {
-                            head.extend_from_slice(&record.content);
-                            if let Some(tx) = self.try_respond(&mut head, reply).await? {
-                                body_tx = Some(tx);
                             }
                         }
                     },
@@ -312,8 +312,15 @@ impl Process {
                     RecordType::EndRequest => {
                         let end = EndRequest::parse(&record.content)
                             .map_err(|e| Error::Worker(format!("FastCGI protocol error: {e}")))?;
-                        if body_tx.is_none() {
-                            let why = match end.protocol_status {
+                        return match phase {
+                            // The whole response was in what was read: one
+                            // body, no channel, no streaming.
+                            Phase::Held(head, body) => {
+                                send_head(reply, head, body::full(body.freeze()));
+                                Ok(())
+                            }
+                            Phase::Streaming(_) => Ok(()),
+                            Phase::Head(head) => Err(Error::Worker(match end.protocol_status {
                                 EndRequest::OVERLOADED => "worker is overloaded".into(),
                                 EndRequest::CANT_MPX_CONN => "worker refused the connection".into(),
                                 _ if head.is_empty() => {
@@ -323,17 +330,29 @@ impl Process {
                                     "response ended inside its headers ({} bytes)",
                                     head.len()
                                 ),
-                            };
-                            return Err(Error::Worker(why));
-                        }
-                        return Ok(());
+                            })),
+                        };
                     }
                     _ => {}
                 }
             }
-            let wait = match body_tx {
-                None => head_deadline.saturating_duration_since(Instant::now()),
-                Some(_) => timeout_after,
+            // More must be read: a response whose head is in starts streaming now.
+            if matches!(phase, Phase::Held(..)) {
+                let Phase::Held(head, held) =
+                    std::mem::replace(&mut phase, Phase::Head(BytesMut::new()))
+                else {
+                    unreachable!("matched above")
+                };
+                let (tx, streamed) = body::channel(BODY_CHANNEL_DEPTH);
+                send_head(reply, head, streamed);
+                if !held.is_empty() {
+                    let _ = tx.send(Ok(held.freeze())).await;
+                }
+                phase = Phase::Streaming(tx);
+            }
+            let wait = match phase {
+                Phase::Streaming(_) => timeout_after,
+                _ => head_deadline.saturating_duration_since(Instant::now()),
             };
             let failure = match timeout(wait, rd.read_buf(&mut buf)).await {
                 Ok(Ok(0)) => Error::Worker("worker closed the connection mid-request".into()),
@@ -344,42 +363,13 @@ impl Process {
                 Ok(Err(e)) => Error::Worker(format!("reading from worker: {e}")),
                 Err(_) => Error::Timeout(timeout_after),
             };
-            if let Some(tx) = body_tx {
+            if let Phase::Streaming(tx) = phase {
                 // The head is already sent: abort the body so the client sees
                 // a truncated response rather than a complete-looking one.
                 let _ = tx.send(Err(failure.to_string().into())).await;
             }
             return Err(failure);
         }
-    }
-
-    /// Once the whole head is in, sends the response to the client and returns
-    /// the channel that feeds its body.
-    async fn try_respond(
-        &self,
-        head: &mut BytesMut,
-        reply: &mut Reply,
-    ) -> Result<Option<mpsc::Sender<Result<Bytes, BoxError>>>, Error> {
-        let Some((head_len, body_start)) = cgi::head_end(head) else {
-            if head.len() > cgi::MAX_HEAD_LEN {
-                return Err(Error::Worker("response head larger than 64 KiB".into()));
-            }
-            return Ok(None);
-        };
-        let parsed = cgi::parse_head(&head[..head_len])
-            .map_err(|e| Error::Worker(format!("invalid CGI response: {e}")))?;
-        let rest = head.split_off(body_start).freeze();
-        let (tx, body) = body::channel(BODY_CHANNEL_DEPTH);
-        let mut response = Response::new(body);
-        *response.status_mut() = parsed.status;
-        *response.headers_mut() = parsed.headers;
-        if let Some(reply) = reply.take() {
-            let _ = reply.send(Ok(response));
-        }
-        if !rest.is_empty() {
-            let _ = tx.send(Ok(rest)).await;
-        }
-        Ok(Some(tx))
     }
 
     /// Kills the worker at once.
@@ -391,6 +381,39 @@ impl Process {
     pub async fn stop(&self, grace: Duration) {
         self.idle.lock().expect("idle list lock").clear();
         self.proc.stop(grace).await;
+    }
+}
+
+/// Where reading a response has got to.
+enum Phase {
+    /// Collecting the CGI head.
+    Head(BytesMut),
+    /// Head parsed, body gathered from what was read so far; nothing sent yet.
+    Held(cgi::Head, BytesMut),
+    /// Head sent; the body follows through this channel.
+    Streaming(mpsc::Sender<Result<Bytes, BoxError>>),
+}
+
+/// `Held` once `head` holds a whole CGI head, `None` while it does not.
+fn parse_head(head: &mut BytesMut) -> Result<Option<Phase>, Error> {
+    let Some((head_len, body_start)) = cgi::head_end(head) else {
+        if head.len() > cgi::MAX_HEAD_LEN {
+            return Err(Error::Worker("response head larger than 64 KiB".into()));
+        }
+        return Ok(None);
+    };
+    let parsed = cgi::parse_head(&head[..head_len])
+        .map_err(|e| Error::Worker(format!("invalid CGI response: {e}")))?;
+    let rest = head.split_off(body_start);
+    Ok(Some(Phase::Held(parsed, rest)))
+}
+
+fn send_head(reply: &mut Reply, head: cgi::Head, body: Body) {
+    let mut response = Response::new(body);
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers;
+    if let Some(reply) = reply.take() {
+        let _ = reply.send(Ok(response));
     }
 }
 

@@ -24,7 +24,8 @@ const QUEUE_DEPTH: usize = 16;
 /// A running session task.
 #[derive(Clone)]
 pub(crate) struct Task {
-    requests: mpsc::Sender<Request>,
+    /// Boxed for the same reason as the session queue: a small first block.
+    requests: mpsc::Sender<Box<Request>>,
     abort: AbortHandle,
     done: watch::Receiver<bool>,
     session_id: Arc<str>,
@@ -35,21 +36,16 @@ impl Task {
     pub fn start(spawn: &Spawn<'_>, app: &App) -> Task {
         let (requests, rx) = mpsc::channel(QUEUE_DEPTH);
         let session = Session::new(spawn.session_id.clone(), spawn.resumed, rx);
-        let handle = tokio::spawn(app.start(session));
-        let abort = handle.abort_handle();
         let (done_tx, done) = watch::channel(false);
+        let main = app.start(session);
+        // The task owns the sender: when it ends, returns, panics or is
+        // aborted, the sender goes and `done` tells the session so.
+        let handle = tokio::spawn(async move {
+            let _done = done_tx;
+            main.await;
+        });
+        let abort = handle.abort_handle();
         let session_id = spawn.session_id.clone();
-        {
-            let session_id = session_id.clone();
-            tokio::spawn(async move {
-                if let Err(e) = handle.await {
-                    if e.is_panic() {
-                        tracing::error!(session = %session_id, "session task panicked");
-                    }
-                }
-                let _ = done_tx.send(true);
-            });
-        }
         Task {
             requests,
             abort,
@@ -97,7 +93,7 @@ impl Task {
             reply,
         };
         self.requests
-            .send(request)
+            .send(Box::new(request))
             .await
             .map_err(|_| Error::Worker("the session's task has ended".into()))?;
         match timeout(self.location.request_timeout, answer).await {

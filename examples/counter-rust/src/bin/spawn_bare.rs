@@ -33,7 +33,8 @@ fn main() {
         let mut conn = UnixStream::connect(&path).expect("connect");
         let mut out = fcgi::BytesMut::new();
         fcgi::encode_begin_request(&mut out, 1, fcgi::ROLE_RESPONDER, 0);
-        let params: [(&[u8], &[u8]); 2] = [(b"REQUEST_METHOD", b"GET"), (b"PSD_SESSION_ID", b"bare")];
+        let params: [(&[u8], &[u8]); 2] =
+            [(b"REQUEST_METHOD", b"GET"), (b"PSD_SESSION_ID", b"bare")];
         fcgi::encode_params(&mut out, 1, params);
         fcgi::encode_end_of_stream(&mut out, RecordType::Stdin, 1);
         conn.write_all(&out).expect("write");
@@ -58,5 +59,10 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     times.sort_by(f64::total_cmp);
     let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
-    println!("n={n} p50_ms={:.3} p99_ms={:.3} per_s={:.0}", pct(0.5), pct(0.99), n as f64 / total);
+    println!(
+        "n={n} p50_ms={:.3} p99_ms={:.3} per_s={:.0}",
+        pct(0.5),
+        pct(0.99),
+        n as f64 / total
+    );
 }

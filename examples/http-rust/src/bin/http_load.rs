@@ -15,7 +15,11 @@ use hyper_util::rt::TokioIo;
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let url: hyper::Uri = args.get(1).expect("usage: http-load URL N C [new|warm]").parse().expect("a URL");
+    let url: hyper::Uri = args
+        .get(1)
+        .expect("usage: http-load URL N C [new|warm]")
+        .parse()
+        .expect("a URL");
     let n: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1000);
     let c: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(4);
     let warm = args.get(4).map(String::as_str) == Some("warm");
@@ -26,11 +30,14 @@ async fn main() {
             let share = n / c + usize::from(i < n % c);
             let (url, authority) = (url.clone(), authority.clone());
             tokio::spawn(async move {
-                let stream = tokio::net::TcpStream::connect(&authority).await.expect("connect");
-                let _ = stream.set_nodelay(true);
-                let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                let stream = tokio::net::TcpStream::connect(&authority)
                     .await
-                    .expect("handshake");
+                    .expect("connect");
+                let _ = stream.set_nodelay(true);
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                        .await
+                        .expect("handshake");
                 tokio::spawn(conn);
                 let mut cookie: Option<String> = None;
                 let mut times = Vec::with_capacity(share);
@@ -41,7 +48,10 @@ async fn main() {
                         request = request.header("cookie", cookie);
                     }
                     let t = Instant::now();
-                    let response = sender.send_request(request.body(Empty::new()).unwrap()).await.expect("request");
+                    let response = sender
+                        .send_request(request.body(Empty::new()).unwrap())
+                        .await
+                        .expect("request");
                     if warm && cookie.is_none() {
                         cookie = response
                             .headers()
@@ -70,5 +80,10 @@ async fn main() {
     let total = started.elapsed().as_secs_f64();
     times.sort_by(f64::total_cmp);
     let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
-    println!("n={n} per_s={:.0} p50_ms={:.3} p99_ms={:.3} non2xx={bad}", n as f64 / total, pct(0.5), pct(0.99));
+    println!(
+        "n={n} per_s={:.0} p50_ms={:.3} p99_ms={:.3} non2xx={bad}",
+        n as f64 / total,
+        pct(0.5),
+        pct(0.99)
+    );
 }
