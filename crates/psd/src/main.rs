@@ -203,13 +203,24 @@ async fn reload_on_sighup(
 
 /// Every process session costs psd a few descriptors (connection, stderr
 /// pipe, process handle): take the whole hard limit, as nginx's
-/// `worker_rlimit_nofile` lets operators do.
+/// `worker_rlimit_nofile` lets operators do; as root, raise the hard limit
+/// to the kernel's `fs.nr_open` first, as systemd's `LimitNOFILE` would.
 fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-            tracing::debug!("open file limit raised from {soft} to {hard}");
-        }
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .filter(|&n| n > hard && nix::unistd::geteuid().is_root());
+    let target = match ceiling {
+        Some(n) if setrlimit(Resource::RLIMIT_NOFILE, n, n).is_ok() => n,
+        _ if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() => hard,
+        _ => soft,
+    };
+    if target != soft {
+        tracing::debug!("open file limit raised from {soft} to {target}");
     }
 }
 

@@ -127,7 +127,27 @@ impl Session {
                 }
                 _ = sleep_until(idle_end), if idle && never_used => break "never used within SessionTimeout",
                 job = requests.recv(), if life.in_flight.len() < concurrency => match job {
-                    Some(job) => self.accept(&mut life, job).await,
+                    Some(job) => {
+                        let Some(serve) = self.accept(&mut life, job).await else { continue };
+                        if concurrency > 1 {
+                            life.in_flight.spawn(serve);
+                            continue;
+                        }
+                        // One request at a time: serve it here rather than in
+                        // a task of its own (one hop less per request), still
+                        // answering shutdown and reaping meanwhile. Boxed, so
+                        // that the exchange does not size every idle session.
+                        let serve = Box::pin(serve);
+                        tokio::select! {
+                            _ = serve => {}
+                            _ = shutdown.changed() => break "psd is shutting down",
+                            _ = self.stop.notified() => break "reaped by age (SessionLifetime or reap)",
+                        }
+                        life.last_active = Instant::now();
+                        if life.worker.is_some() {
+                            self.transition(&mut life, State::Idle);
+                        }
+                    }
                     None => break "its queue closed",
                 },
             }
@@ -147,8 +167,13 @@ impl Session {
         tracing::info!(session = %self.id, "session ended: {reason}");
     }
 
-    /// Starts a worker if there is none, then hands the job to it.
-    async fn accept(&mut self, life: &mut Life, job: Box<Job>) {
+    /// Starts a worker if there is none; returns the future that serves the
+    /// job on it (`None` when the job was already answered with an error).
+    async fn accept(
+        &mut self,
+        life: &mut Life,
+        job: Box<Job>,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         if life.worker.is_none() {
             if self.slot.is_none() {
                 match self
@@ -159,7 +184,7 @@ impl Session {
                     Ok(slot) => self.slot = Some(slot),
                     Err(e) => {
                         let _ = job.reply.send(Err(e));
-                        return;
+                        return None;
                     }
                 }
             }
@@ -184,13 +209,12 @@ impl Session {
                     self.slot = None;
                     self.transition(life, State::Dormant);
                     let _ = job.reply.send(Err(e));
-                    return;
+                    return None;
                 }
             }
         }
-        let worker = life.worker.as_ref().expect("started above");
-        life.in_flight.spawn(worker.serve(*job));
         self.transition(life, State::Busy);
+        Some(life.worker.as_ref().expect("started above").serve(*job))
     }
 
     /// The one place a session changes state.
