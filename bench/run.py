@@ -325,10 +325,14 @@ http {{
             out = tool_output([str(self.bin / "http-load"), f"http://127.0.0.1:{port}/", str(procs), "8", "new"])
             live = children(psd.p.pid)
             after = rss_kib(psd.p.pid)
+            fd_limit = next(l.split()[3] for l in Path(f"/proc/{psd.p.pid}/limits").read_text().splitlines()
+                            if l.startswith("Max open files"))
         ok = out["non2xx"] == 0 and live >= procs
         self.rows.append({"row": "scale", "metric": f"{procs} live process sessions: psd KiB per session",
-                          "psd": (after - before) / procs, "peer": None, "peer_name": f"{live} workers alive",
-                          "value": (after - before) / procs, "kind": "absolute", "unit": "KiB", "target": "held, no errors",
+                          "psd": (after - before) / max(live, 1), "peer": None,
+                          "peer_name": f"{live} workers alive, {int(out['non2xx'])} refused, fd limit {fd_limit}",
+                          "value": (after - before) / max(live, 1), "kind": "absolute", "unit": "KiB",
+                          "target": "held, no errors",
                           "met": ok, "rounds": 1, "psd_spread": 0, "peer_spread": 0})
         port = free_port()
         server = Proc([str(self.bin / "examples/scale"), f"127.0.0.1:{port}", str(inproc * 2)], stderr=subprocess.DEVNULL)

@@ -420,6 +420,7 @@ fn prepare(config: Config) -> anyhow::Result<Shared> {
         );
     }
     remove_stale_sockets(&run_dir);
+    warn_if_fds_too_few(&config);
     let runs_as_root = nix::unistd::geteuid().is_root();
     for location in config
         .locations
@@ -504,6 +505,32 @@ fn routing(config: Config, listeners: &[SocketAddr]) -> anyhow::Result<Routing> 
         config,
         mounts,
     })
+}
+
+/// Descriptors psd holds per process session: the kept worker connection,
+/// the worker's stderr pipe, and the runtime's process handle.
+const FDS_PER_PROCESS_SESSION: u64 = 3;
+
+/// Says so at start when `MaxSessions` worker processes cannot fit in the
+/// open-file limit: beyond it, new workers fail to start (502).
+fn warn_if_fds_too_few(config: &Config) {
+    let has_processes = config
+        .locations
+        .iter()
+        .any(|l| matches!(l.handler, Some(Handler::Process(_))));
+    let Ok((limit, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    else {
+        return;
+    };
+    let needed = config.max_sessions as u64 * FDS_PER_PROCESS_SESSION + 64;
+    if has_processes && needed > limit {
+        tracing::warn!(
+            "MaxSessions {} worker processes need about {needed} open files, but the limit is {limit}: \
+             at most about {} can run at once (raise LimitNOFILE / ulimit -n)",
+            config.max_sessions,
+            limit.saturating_sub(64) / FDS_PER_PROCESS_SESSION
+        );
+    }
 }
 
 /// Sockets left by a psd that was killed; no worker listens on them any more.
