@@ -10,16 +10,5 @@ command -v spawn-fcgi >/dev/null || need+=(spawn-fcgi)
 [ -x /usr/sbin/fcgiwrap ] || need+=(fcgiwrap)
 [ -f /usr/include/fcgiapp.h ] || need+=(libfcgi-dev)
 command -v gcc >/dev/null || need+=(gcc)
-if [ ${#need[@]} -gt 0 ]; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    added_policy=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-        $SUDO chmod +x /usr/sbin/policy-rc.d
-        added_policy=1
-    fi
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-    [ -z "$added_policy" ] || $SUDO rm -f /usr/sbin/policy-rc.d
-fi
+. scripts/apt-install.sh
+apt_install "${need[@]}"
