@@ -2,6 +2,7 @@
 //! becomes, and the response head (`Status:`, `Location:`, headers) a worker
 //! writes back. Pure functions over bytes; no I/O.
 
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -11,8 +12,9 @@ use super::RequestMeta;
 /// The largest response head psd accepts from a worker.
 pub const MAX_HEAD_LEN: usize = 64 * 1024;
 
-/// The meta-variables of one request, in the order they are sent.
-pub fn params(parts: &Parts, meta: &RequestMeta) -> Vec<(String, Vec<u8>)> {
+/// The meta-variables of one request, encoded as FastCGI name-value pairs
+/// (the body of its PARAMS stream), straight into one buffer.
+pub fn params(parts: &Parts, meta: &RequestMeta) -> Bytes {
     let path = parts.uri.path();
     let path_info = path.strip_prefix(&*meta.mount).unwrap_or(path);
     let path_info: Vec<u8> = percent_encoding::percent_decode_str(path_info).collect();
@@ -35,8 +37,9 @@ pub fn params(parts: &Parts, meta: &RequestMeta) -> Vec<(String, Vec<u8>)> {
         .unwrap_or(meta.local.port());
     let scheme: &[u8] = if meta.https { b"https" } else { b"http" };
 
-    let mut out: Vec<(String, Vec<u8>)> = Vec::with_capacity(24 + parts.headers.len());
-    let mut put = |name: &str, value: &[u8]| out.push((name.to_string(), value.to_vec()));
+    let mut out = BytesMut::with_capacity(1024);
+    let mut put =
+        |name: &str, value: &[u8]| psd_fcgi::encode_name_value(&mut out, name.as_bytes(), value);
     put("GATEWAY_INTERFACE", b"CGI/1.1");
     put(
         "SERVER_SOFTWARE",
@@ -73,6 +76,7 @@ pub fn params(parts: &Parts, meta: &RequestMeta) -> Vec<(String, Vec<u8>)> {
     if let Some(v) = parts.headers.get(CONTENT_LENGTH) {
         put("CONTENT_LENGTH", v.as_bytes());
     }
+    let mut var = String::with_capacity(64);
     for name in parts.headers.keys() {
         // CONTENT_* are above; HTTP_PROXY would let a client set a worker's
         // outbound proxy ("httpoxy"), so it is never passed.
@@ -84,23 +88,28 @@ pub fn params(parts: &Parts, meta: &RequestMeta) -> Vec<(String, Vec<u8>)> {
         } else {
             b", "
         };
-        let mut value = Vec::new();
-        for (i, v) in parts.headers.get_all(name).iter().enumerate() {
-            if i > 0 {
-                value.extend_from_slice(separator);
+        var.clear();
+        var.push_str("HTTP_");
+        var.extend(name.as_str().chars().map(|c| match c {
+            '-' => '_',
+            c => c.to_ascii_uppercase(),
+        }));
+        let mut values = parts.headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(only), None) => put(&var, only.as_bytes()),
+            _ => {
+                let mut joined = Vec::new();
+                for (i, v) in parts.headers.get_all(name).iter().enumerate() {
+                    if i > 0 {
+                        joined.extend_from_slice(separator);
+                    }
+                    joined.extend_from_slice(v.as_bytes());
+                }
+                put(&var, &joined);
             }
-            value.extend_from_slice(v.as_bytes());
         }
-        let var: String = "HTTP_"
-            .chars()
-            .chain(name.as_str().chars().map(|c| match c {
-                '-' => '_',
-                c => c.to_ascii_uppercase(),
-            }))
-            .collect();
-        put(&var, &value);
     }
-    out
+    out.freeze()
 }
 
 fn version(v: http::Version) -> &'static str {

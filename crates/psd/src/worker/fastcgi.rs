@@ -211,7 +211,7 @@ impl Process {
     /// carry another request.
     async fn exchange(
         &self,
-        params: &[(String, Vec<u8>)],
+        params: &[u8],
         body: RequestBody,
         reply: &mut Reply,
         fresh: bool,
@@ -224,11 +224,8 @@ impl Process {
         let mut received = false;
         let mut head = BytesMut::with_capacity(1024);
         fcgi::encode_begin_request(&mut head, REQUEST_ID, fcgi::ROLE_RESPONDER, fcgi::KEEP_CONN);
-        fcgi::encode_params(
-            &mut head,
-            REQUEST_ID,
-            params.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())),
-        );
+        fcgi::encode_stream(&mut head, RecordType::Params, REQUEST_ID, params);
+        fcgi::encode_end_of_stream(&mut head, RecordType::Params, REQUEST_ID);
 
         let written = {
             let (mut rd, mut wr) = conn.split();
