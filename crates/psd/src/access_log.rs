@@ -64,25 +64,24 @@ impl AccessLog {
 
 /// What is known of a request before it is answered.
 pub(crate) struct Entry {
-    client: String,
     request_line: String,
     referer: String,
     user_agent: String,
     time: SystemTime,
     /// Filled in while the request is handled.
+    pub client: Option<std::net::IpAddr>,
     pub session: Option<Arc<str>>,
     pub upstream: Option<Duration>,
 }
 
 impl Entry {
-    pub fn new<B>(request: &Request<B>, client: std::net::IpAddr) -> Entry {
+    pub fn new<B>(request: &Request<B>) -> Entry {
         let target = request
             .uri()
             .path_and_query()
             .map(|pq| pq.as_str())
             .unwrap_or("/");
         Entry {
-            client: client.to_string(),
             request_line: format!(
                 "{} {} {:?}",
                 request.method(),
@@ -92,6 +91,7 @@ impl Entry {
             referer: header(request.headers(), "referer"),
             user_agent: header(request.headers(), "user-agent"),
             time: SystemTime::now(),
+            client: None,
             session: None,
             upstream: None,
         }
@@ -120,7 +120,7 @@ impl Entry {
             .map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64()));
         format!(
             "{} - - [{}] \"{}\" {status} {bytes} \"{}\" \"{}\" {} {upstream}\n",
-            self.client,
+            self.client.map_or("-".into(), |c| c.to_string()),
             clf_time(self.time),
             self.request_line,
             self.referer,
@@ -254,7 +254,8 @@ mod tests {
             .header("user-agent", "evil\"agent\t")
             .body(())
             .unwrap();
-        let mut entry = Entry::new(&request, "127.0.0.1".parse().unwrap());
+        let mut entry = Entry::new(&request);
+        entry.client = Some("127.0.0.1".parse().unwrap());
         entry.session = Some("psd.a.b".into());
         entry.upstream = Some(Duration::from_millis(12));
         let line = entry.line(200, 42);

@@ -556,13 +556,9 @@ async fn handle(
     let Some(log) = log else {
         return respond(shared, request, conn, &mut trace).await;
     };
-    let client = client::client_addr(
-        conn.remote.ip(),
-        request.headers(),
-        &shared.routing().config.trusted_proxies,
-    );
-    let mut entry = access_log::Entry::new(&request, client);
+    let mut entry = access_log::Entry::new(&request);
     let response = respond(shared, request, conn, &mut trace).await;
+    entry.client = trace.client;
     entry.session = trace.session;
     entry.upstream = trace.upstream;
     entry.finish(log, response)
@@ -571,6 +567,7 @@ async fn handle(
 /// What handling a request learned, for the access log.
 #[derive(Default)]
 struct Trace {
+    client: Option<std::net::IpAddr>,
     session: Option<Arc<str>>,
     upstream: Option<Duration>,
 }
@@ -595,6 +592,7 @@ async fn respond(
     let trusted = &routing.config.trusted_proxies;
     let forwarded = client::forwarded(conn.remote.ip(), request.headers(), trusted);
     let client = client::client_addr(conn.remote.ip(), request.headers(), trusted);
+    trace.client = Some(client);
     let host_header = request
         .headers()
         .get(HOST)
@@ -602,7 +600,7 @@ async fn respond(
         .map(str::to_string);
     let vhost = routing
         .config
-        .select_host(conn.local, host_header.as_deref().map(strip_port));
+        .select_host(conn.local, host_header.as_deref().map(config::strip_port));
     let path = request.uri().path();
     let in_vhost = vhost.and_then(|v| {
         config::longest_match(
@@ -851,12 +849,4 @@ fn psd_url(
         }
         _ => Error::NotFound.to_response(),
     }
-}
-
-/// `name:port` → `name` (IPv6 literals in brackets kept whole).
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.split_inclusive(']').next().unwrap_or(host);
-    }
-    host.rsplit_once(':').map_or(host, |(name, _)| name)
 }

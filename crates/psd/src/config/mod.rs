@@ -425,12 +425,18 @@ impl Host {
     }
 }
 
-fn strip_port(name: &str) -> &str {
-    match name.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.contains(':') => {
-            host
+/// `host:port` → `host`. A bracketed IPv6 literal stays whole; a name whose
+/// part after the last `:` is not a port, or an unbracketed IPv6 address, is
+/// returned as it is.
+pub(crate) fn strip_port(host: &str) -> &str {
+    if let Some(end) = host.strip_prefix('[').and_then(|h| h.find(']')) {
+        return &host[..end + 2];
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
         }
-        _ => name,
+        _ => host,
     }
 }
 

@@ -77,34 +77,19 @@ impl Process {
             location: location.clone(),
             idle: Mutex::new(vec![]),
         });
-        let ready = async {
-            tokio::select! {
-                probed = process.probe() => probed.map_err(|e| format!("FastCGI probe failed: {e}")),
-                _ = super::wait_gone(process.done()) => Err("exited before it was ready".into()),
-            }
+        let probe = async {
+            process
+                .probe()
+                .await
+                .map_err(|e| format!("FastCGI probe failed: {e}"))
         };
-        match timeout(location.worker_start_timeout, ready).await {
-            Ok(Ok(conn)) => {
-                process.checkin(conn);
-                tracing::info!(session = %process.session_id, pid, program = %command.program.display(), "worker started");
-                Ok(process)
-            }
-            Ok(Err(why)) => {
-                process.kill();
-                Err(Error::WorkerStart(format!(
-                    "{}: {why}",
-                    command.program.display()
-                )))
-            }
-            Err(_) => {
-                process.kill();
-                Err(Error::WorkerStart(format!(
-                    "{}: not ready within WorkerStartTimeout ({:?})",
-                    command.program.display(),
-                    location.worker_start_timeout
-                )))
-            }
-        }
+        let conn = process
+            .proc
+            .await_ready(location.worker_start_timeout, &command.program, probe)
+            .await?;
+        process.checkin(conn);
+        tracing::info!(session = %process.session_id, pid, program = %command.program.display(), "worker started");
+        Ok(process)
     }
 
     pub fn pid(&self) -> u32 {

@@ -198,6 +198,14 @@ impl Worker {
     }
 }
 
+/// Whether a request asks to become a WebSocket.
+pub(crate) fn is_websocket(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
 async fn wait_gone(mut done: watch::Receiver<bool>) {
     // An error means the sender is gone, which also means the worker is.
     let _ = done.wait_for(|&gone| gone).await;

@@ -139,6 +139,30 @@ impl Proc {
         self.done.clone()
     }
 
+    /// Waits until `probe` shows the worker answering, racing its exit, for
+    /// at most `limit` (`WorkerStartTimeout`); on failure the worker is
+    /// killed and the error says why.
+    pub async fn await_ready<T>(
+        &self,
+        limit: Duration,
+        program: &Path,
+        probe: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, Error> {
+        let ready = async {
+            tokio::select! {
+                answered = probe => answered,
+                _ = super::wait_gone(self.done()) => Err("exited before it was ready".into()),
+            }
+        };
+        let why = match timeout(limit, ready).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(why)) => why,
+            Err(_) => format!("not ready within WorkerStartTimeout ({limit:?})"),
+        };
+        self.kill();
+        Err(Error::WorkerStart(format!("{}: {why}", program.display())))
+    }
+
     /// SIGKILL to the worker's process group, at once.
     pub fn kill(&self) {
         signal_group(self.pid, Signal::SIGKILL);

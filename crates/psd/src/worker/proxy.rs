@@ -31,7 +31,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::{timeout, Instant, Sleep};
 
 use super::process::{self, Proc};
-use super::{Activity, Job, RequestMeta, Spawn};
+use super::{is_websocket, Activity, Job, RequestMeta, Spawn};
 use crate::body::{BoxError, RequestBody};
 use crate::config::{LocationConfig, WorkerCommand};
 use crate::error::Error;
@@ -79,32 +79,18 @@ impl Process {
         });
         // The socket listens already, so a connection is queued even before
         // the program accepts; a program that exits at once is caught here.
-        let ready = async {
-            tokio::select! {
-                conn = TcpStream::connect(addr) => conn.map(drop).map_err(|e| e.to_string()),
-                _ = super::wait_gone(process.done()) => Err("exited before it was ready".into()),
-            }
+        let probe = async {
+            TcpStream::connect(addr)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
         };
-        match timeout(spawn.location.worker_start_timeout, ready).await {
-            Ok(Ok(())) => {
-                tracing::info!(session = %process.session_id, pid = process.pid(), port = addr.port(), program = %command.program.display(), "worker started");
-                Ok(process)
-            }
-            Ok(Err(why)) => {
-                process.proc.kill();
-                Err(Error::WorkerStart(format!(
-                    "{}: {why}",
-                    command.program.display()
-                )))
-            }
-            Err(_) => {
-                process.proc.kill();
-                Err(Error::WorkerStart(format!(
-                    "{}: not ready within WorkerStartTimeout",
-                    command.program.display()
-                )))
-            }
-        }
+        process
+            .proc
+            .await_ready(spawn.location.worker_start_timeout, &command.program, probe)
+            .await?;
+        tracing::info!(session = %process.session_id, pid = process.pid(), port = addr.port(), program = %command.program.display(), "worker started");
+        Ok(process)
     }
 
     pub fn pid(&self) -> u32 {
@@ -304,13 +290,6 @@ impl Process {
         });
         Ok(sender)
     }
-}
-
-fn is_websocket(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// RFC 9110 §7.6.1: headers for one hop only, and those `Connection` names.

@@ -41,7 +41,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::process::{self, Proc};
-use super::{Activity, Job, RequestMeta, Spawn};
+use super::{is_websocket, Activity, Job, RequestMeta, Spawn};
 use crate::body::{self, Body, BoxError};
 use crate::config::{LocationConfig, WorkerCommand};
 use crate::error::Error;
@@ -330,13 +330,6 @@ impl Process {
         }
         let _ = sink.close().await;
     }
-}
-
-fn is_websocket(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// What every line about a request says: method, path under the prefix,
