@@ -44,9 +44,23 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(200, body)
 
     def do_POST(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        data = self.rfile.read(length)
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = self.read_chunked()
+        else:
+            data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.reply(200, f"pid={os.getpid()} body={len(data)}\n".encode())
+
+    def read_chunked(self):
+        """The body of a chunked request (http.server leaves that to us)."""
+        data = b""
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return data
+            data += self.rfile.read(size)
+            self.rfile.readline()
 
     def reply(self, status, body, headers=()):
         self.send_response(status)
