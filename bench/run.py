@@ -104,9 +104,11 @@ def wrk(url, conns, seconds, script=None, headers=()):
     if script:
         args += ["-s", str(script)]
     out = subprocess.run(args + [url], capture_output=True, text=True, check=True).stdout
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "non2xx": 0}
-    for pct, key in (("50%", "p50"), ("99%", "p99")):
-        result[key] = ms(re.search(rf"{pct}\s+(\S+)", out).group(1))
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50, p99 = (re.search(rf"{pct}\s+([\d.]+\w*)", out) for pct in ("50%", "99%"))
+    if not (rps and p50 and p99):
+        raise RuntimeError(f"wrk gave no figures for {url}:\n{out}")
+    result = {"rps": float(rps.group(1)), "p50": ms(p50.group(1)), "p99": ms(p99.group(1))}
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     result["non2xx"] = int(bad.group(1)) if bad else 0
     return result
