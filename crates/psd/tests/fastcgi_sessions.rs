@@ -67,6 +67,59 @@ fn rust_workers_keep_one_process_per_session() {
     two_jars_keep_separate_sessions(rust_counter());
 }
 
+/// libfcgi (under Perl's FCGI and C workers alike) keeps a connection only
+/// when a request's last record reached it in the read that completed the
+/// PARAMS: a trailing empty STDIN read later is taken as the start of the
+/// next request, a protocol error, and the worker closes the connection. psd
+/// writes a body-less request in one piece, so one connection serves them all.
+#[test]
+fn a_libfcgi_worker_keeps_its_connection_from_request_to_request() {
+    // The normal scheduling policy: a worker woken by the first write runs
+    // at once, which is what made split writes reach it in two reads.
+    let conf = format!(
+        "Listen 127.0.0.1:0\n{}",
+        location(
+            "/counter",
+            &perl_counter(),
+            "WorkerSchedulingPolicy other\n"
+        )
+    );
+    let d = Daemon::start_logging(&conf, "psd=debug");
+    let a = Client::with_jar(&d.dir, "a");
+    let url = d.url("/counter/");
+    for n in 1..=40 {
+        assert_eq!(a.get(&url).count(), n, "{}", d.log_text());
+    }
+    let log = d.log_text();
+    assert!(
+        !log.contains("retrying on a new one"),
+        "the worker closed kept connections:\n{log}"
+    );
+}
+
+#[test]
+fn workers_run_under_sched_batch_unless_configured_otherwise() {
+    fn policy(pid: u32) -> i32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields = &stat[stat.rfind(')').unwrap() + 2..];
+        fields.split(' ').nth(38).unwrap().parse().unwrap()
+    }
+    const SCHED_OTHER: i32 = 0;
+    const SCHED_BATCH: i32 = 3;
+    const SCHED_IDLE: i32 = 5;
+    let d = Daemon::start(&format!(
+        "{}{}{}",
+        location("/batch", &perl_counter(), ""),
+        location("/other", &perl_counter(), "WorkerSchedulingPolicy other\n"),
+        location("/idle", &perl_counter(), "WorkerSchedulingPolicy IDLE\n"),
+    ));
+    let a = Client::with_jar(&d.dir, "a");
+    let pid = |path: &str| a.get(&d.url(path)).pid();
+    assert_eq!(policy(pid("/batch/")), SCHED_BATCH);
+    assert_eq!(policy(pid("/other/")), SCHED_OTHER);
+    assert_eq!(policy(pid("/idle/")), SCHED_IDLE);
+}
+
 #[test]
 fn cgi_variables_and_request_body_reach_the_worker() {
     let d = Daemon::start(&location("/app", &perl_counter(), ""));

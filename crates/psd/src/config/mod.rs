@@ -96,6 +96,7 @@ pub struct LocationConfig {
     pub worker_start_timeout: Duration,
     pub worker_stop_timeout: Duration,
     pub worker_concurrency: usize,
+    pub scheduling: SchedulingPolicy,
     pub max_request_body: u64,
     pub set_env: Vec<(String, String)>,
     pub pass_env: Vec<String>,
@@ -106,6 +107,18 @@ pub struct LocationConfig {
     pub group: Option<(String, u32)>,
     /// Where the section was written, for later error messages.
     pub at: Option<Location>,
+}
+
+/// The CPU scheduling policy worker processes run under (`sched(7)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedulingPolicy {
+    /// `SCHED_OTHER`: the normal policy.
+    Other,
+    /// `SCHED_BATCH`: a worker woken by a request does not preempt the task
+    /// that woke it (psd), so psd finishes what it has ready first.
+    Batch,
+    /// `SCHED_IDLE`: runs only when nothing else wants the CPU.
+    Idle,
 }
 
 /// What serves a location's sessions.
@@ -168,6 +181,7 @@ impl LocationConfig {
             worker_start_timeout: Duration::from_secs(10),
             worker_stop_timeout: Duration::from_secs(3),
             worker_concurrency: 1,
+            scheduling: SchedulingPolicy::Batch,
             max_request_body: 10 << 20,
             set_env: vec![],
             pass_env: vec![],

@@ -45,7 +45,30 @@ pub(crate) struct Process {
     session_id: Arc<str>,
     location: Arc<LocationConfig>,
     /// Connections that finished a request with the worker keeping them open.
-    idle: Mutex<Vec<UnixStream>>,
+    idle: Mutex<Vec<Conn>>,
+}
+
+/// A connection to the worker, with the buffers it reuses request after
+/// request.
+struct Conn {
+    stream: UnixStream,
+    /// What was read from the worker and not yet decoded.
+    input: BytesMut,
+    /// The request's records on their way out.
+    output: BytesMut,
+}
+
+/// Buffers that grew past this (a large response or request) are not kept.
+const KEPT_BUFFER: usize = 64 * 1024;
+
+impl Conn {
+    fn new(stream: UnixStream) -> Conn {
+        Conn {
+            stream,
+            input: BytesMut::with_capacity(8192),
+            output: BytesMut::with_capacity(2048),
+        }
+    }
 }
 
 type Reply = Option<oneshot::Sender<Result<Response<Body>, Error>>>;
@@ -62,12 +85,7 @@ impl Process {
 
         let mut cmd = process::command(spawn, &command.program, &command.args);
         cmd.stdin(Stdio::from(listener));
-        let launched = process::launch(
-            cmd,
-            spawn.session_id,
-            &command.program,
-            Some(socket.clone()),
-        )?;
+        let launched = process::launch(cmd, spawn, &command.program, Some(socket.clone()))?;
         let pid = launched.proc.pid();
 
         let process = Arc::new(Process {
@@ -87,7 +105,7 @@ impl Process {
             .proc
             .await_ready(location.worker_start_timeout, &command.program, probe)
             .await?;
-        process.checkin(conn);
+        process.checkin(Conn::new(conn));
         tracing::info!(session = %process.session_id, pid, program = %command.program.display(), "worker started");
         Ok(process)
     }
@@ -128,21 +146,33 @@ impl Process {
     }
 
     /// An open connection: an idle one the worker kept (`true`), or a new one.
-    async fn checkout(&self, fresh: bool) -> io::Result<(UnixStream, bool)> {
+    /// A request that can be replayed skips the check that the worker still
+    /// holds the kept one (a syscall): if it does not, the request fails with
+    /// nothing received and is sent again on a new connection.
+    async fn checkout(&self, fresh: bool, replayable: bool) -> io::Result<(Conn, bool)> {
         if !fresh {
             loop {
                 let conn = self.idle.lock().expect("idle list lock").pop();
                 match conn {
-                    Some(conn) if still_open(&conn) => return Ok((conn, true)),
+                    Some(conn) if replayable || still_open(&conn.stream) => {
+                        return Ok((conn, true))
+                    }
                     Some(_) => continue,
                     None => break,
                 }
             }
         }
-        Ok((UnixStream::connect(&self.socket).await?, false))
+        let stream = UnixStream::connect(&self.socket).await?;
+        Ok((Conn::new(stream), false))
     }
 
-    fn checkin(&self, conn: UnixStream) {
+    fn checkin(&self, mut conn: Conn) {
+        if conn.input.capacity() > KEPT_BUFFER || conn.output.capacity() > KEPT_BUFFER {
+            conn.input = BytesMut::new();
+            conn.output = BytesMut::new();
+        }
+        conn.input.clear();
+        conn.output.clear();
         self.idle.lock().expect("idle list lock").push(conn);
     }
 
@@ -165,7 +195,10 @@ impl Process {
         let replayable = body.is_end_stream();
         let mut fresh = false;
         let outcome = loop {
-            match self.exchange(&params, body, &mut reply, fresh).await {
+            match self
+                .exchange(&params, body, &mut reply, fresh, replayable)
+                .await
+            {
                 Err(Failure::Stale(e)) if replayable && !fresh => {
                     tracing::debug!(session = %self.session_id, "kept connection was closed ({e}); retrying on a new one");
                     fresh = true;
@@ -200,23 +233,30 @@ impl Process {
         body: RequestBody,
         reply: &mut Reply,
         fresh: bool,
-    ) -> Result<Option<UnixStream>, Failure> {
+        replayable: bool,
+    ) -> Result<Option<Conn>, Failure> {
         let started = Instant::now();
         let (mut conn, reused) = self
-            .checkout(fresh)
+            .checkout(fresh, replayable)
             .await
             .map_err(|e| Failure::Other(Error::Worker(format!("connecting to worker: {e}"))))?;
         let mut received = false;
-        let mut head = BytesMut::with_capacity(1024);
-        fcgi::encode_begin_request(&mut head, REQUEST_ID, fcgi::ROLE_RESPONDER, fcgi::KEEP_CONN);
-        fcgi::encode_stream(&mut head, RecordType::Params, REQUEST_ID, params);
-        fcgi::encode_end_of_stream(&mut head, RecordType::Params, REQUEST_ID);
+        let head = &mut conn.output;
+        fcgi::encode_begin_request(head, REQUEST_ID, fcgi::ROLE_RESPONDER, fcgi::KEEP_CONN);
+        fcgi::encode_stream(head, RecordType::Params, REQUEST_ID, params);
+        fcgi::encode_end_of_stream(head, RecordType::Params, REQUEST_ID);
 
         let written = {
-            let (mut rd, mut wr) = conn.split();
+            let (mut rd, mut wr) = conn.stream.split();
             let result = {
-                let write = send_request(&mut wr, head, body, self.location.max_request_body);
-                let read = self.read_response(&mut rd, reply, started, &mut received);
+                let write = send_request(
+                    &mut wr,
+                    &mut conn.output,
+                    body,
+                    self.location.max_request_body,
+                );
+                let read =
+                    self.read_response(&mut rd, &mut conn.input, reply, started, &mut received);
                 tokio::pin!(write, read);
                 let mut written = false;
                 loop {
@@ -244,17 +284,17 @@ impl Process {
     async fn read_response(
         &self,
         rd: &mut tokio::net::unix::ReadHalf<'_>,
+        buf: &mut BytesMut,
         reply: &mut Reply,
         started: Instant,
         received: &mut bool,
     ) -> Result<(), Error> {
         let timeout_after = self.location.request_timeout;
         let head_deadline = started + timeout_after;
-        let mut buf = BytesMut::with_capacity(8192);
         let mut phase = Phase::Head(BytesMut::new());
         let mut client_gone = false;
         loop {
-            while let Some(record) = fcgi::decode(&mut buf)
+            while let Some(record) = fcgi::decode(buf)
                 .map_err(|e| Error::Worker(format!("FastCGI protocol error: {e}")))?
             {
                 if record.request_id != REQUEST_ID {
@@ -336,7 +376,7 @@ impl Process {
                 Phase::Streaming(_) => timeout_after,
                 _ => head_deadline.saturating_duration_since(Instant::now()),
             };
-            let failure = match timeout(wait, rd.read_buf(&mut buf)).await {
+            let failure = match timeout(wait, rd.read_buf(buf)).await {
                 Ok(Ok(0)) => Error::Worker("worker closed the connection mid-request".into()),
                 Ok(Ok(_)) => {
                     *received = true;
@@ -409,14 +449,21 @@ enum Failure {
 /// BEGIN_REQUEST and PARAMS, then the body as STDIN records as it arrives.
 async fn send_request(
     wr: &mut tokio::net::unix::WriteHalf<'_>,
-    head: BytesMut,
+    out: &mut BytesMut,
     mut body: RequestBody,
     limit: u64,
 ) -> Result<(), Error> {
     let worker_io = |e: io::Error| Error::Worker(format!("writing to worker: {e}"));
-    wr.write_all(&head).await.map_err(worker_io)?;
+    if body.is_end_stream() {
+        // No body: the whole request in one write. libfcgi discards what it
+        // read past the PARAMS along with the request, but an empty STDIN
+        // arriving in a later read stays in the socket and makes the next
+        // request on the connection a protocol error: the worker closes it.
+        fcgi::encode_end_of_stream(out, RecordType::Stdin, REQUEST_ID);
+        return wr.write_all(out).await.map_err(worker_io);
+    }
+    wr.write_all(out).await.map_err(worker_io)?;
     let mut sent: u64 = 0;
-    let mut out = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Error::BadRequest(format!("reading request body: {e}")))?;
         let Ok(data) = frame.into_data() else {
@@ -427,12 +474,12 @@ async fn send_request(
             return Err(Error::BodyTooLarge { limit });
         }
         out.clear();
-        fcgi::encode_stream(&mut out, RecordType::Stdin, REQUEST_ID, &data);
-        wr.write_all(&out).await.map_err(worker_io)?;
+        fcgi::encode_stream(out, RecordType::Stdin, REQUEST_ID, &data);
+        wr.write_all(out).await.map_err(worker_io)?;
     }
     out.clear();
-    fcgi::encode_end_of_stream(&mut out, RecordType::Stdin, REQUEST_ID);
-    wr.write_all(&out).await.map_err(worker_io)
+    fcgi::encode_end_of_stream(out, RecordType::Stdin, REQUEST_ID);
+    wr.write_all(out).await.map_err(worker_io)
 }
 
 /// Whether the worker still holds its end of an idle connection.

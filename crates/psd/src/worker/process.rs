@@ -79,14 +79,16 @@ pub(crate) fn command(spawn: &Spawn<'_>, program: &Path, args: &[String]) -> Com
     cmd
 }
 
-/// Spawns `cmd`, logs its stderr line by line with the session id, and
-/// watches for its exit; `cleanup` is removed once it has exited.
+/// Spawns `cmd` under the location's scheduling policy, logs its stderr
+/// line by line with the session id, and watches for its exit; `cleanup` is
+/// removed once it has exited.
 pub(crate) fn launch(
     mut cmd: Command,
-    session: &Arc<str>,
+    spawn: &Spawn<'_>,
     program: &Path,
     cleanup: Option<PathBuf>,
 ) -> Result<Launched, Error> {
+    let session = spawn.session_id;
     let mut child = cmd.spawn().map_err(|e| {
         if let Some(path) = &cleanup {
             let _ = std::fs::remove_file(path);
@@ -94,6 +96,11 @@ pub(crate) fn launch(
         Error::WorkerStart(format!("{}: {e}", program.display()))
     })?;
     let pid = child.id().unwrap_or_default();
+    // Set from here rather than between fork and exec, which would cost the
+    // spawn its posix_spawn fast path; the worker has barely started.
+    if let Err(e) = super::sched::set_policy(pid, spawn.location.scheduling) {
+        tracing::warn!(session = %session, pid, "setting the scheduling policy: {e}");
+    }
     let stdin = child.stdin.take();
     let stdout = child.stdout.take();
     if let Some(stderr) = child.stderr.take() {

@@ -68,7 +68,7 @@ impl Process {
             .env("LISTEN_FDS", "1")
             .env("LISTEN_FDNAMES", "http")
             .env("PORT", addr.port().to_string());
-        let launched = process::launch(cmd, spawn.session_id, &command.program, None)?;
+        let launched = process::launch(cmd, spawn, &command.program, None)?;
         let process = Arc::new(Process {
             proc: launched.proc,
             addr,

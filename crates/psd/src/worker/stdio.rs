@@ -113,7 +113,7 @@ impl Process {
     pub async fn start(spawn: &Spawn<'_>, command: &WorkerCommand) -> Result<Arc<Process>, Error> {
         let mut cmd = process::command(spawn, &command.program, &command.args);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
-        let launched = process::launch(cmd, spawn.session_id, &command.program, None)?;
+        let launched = process::launch(cmd, spawn, &command.program, None)?;
         let (Some(stdin), Some(stdout)) = (launched.stdin, launched.stdout) else {
             launched.proc.kill();
             return Err(Error::WorkerStart("no pipes to the worker".into()));

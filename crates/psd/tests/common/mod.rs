@@ -74,6 +74,11 @@ impl Daemon {
     /// Starts psd with `body` (which has its own `Listen` lines) after a
     /// private `DataDir`; `port` is the first listener's.
     pub fn start_raw(body: &str) -> Daemon {
+        Daemon::start_logging(body, "info")
+    }
+
+    /// [`Daemon::start_raw`] with `RUST_LOG` set to `filter`.
+    pub fn start_logging(body: &str, filter: &str) -> Daemon {
         let dir = TempDir::new("d");
         let config = dir.join("psd.conf");
         std::fs::write(
@@ -84,7 +89,7 @@ impl Daemon {
         let mut child = Command::new(PSD)
             .args(["serve", "-c"])
             .arg(&config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
