@@ -704,30 +704,14 @@ async fn respond(
         reply,
     };
     trace.session = Some(target.token.clone());
-    if let Err(e) = send(&target, job) {
-        return e.to_response();
-    }
     let asked = tokio::time::Instant::now();
-    let answer = answer.await;
+    let answer = target.door.call(&target.queue, job, answer).await;
     trace.upstream = Some(asked.elapsed());
-    let mut response = match answer {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => e.to_response(),
-        Err(_) => Error::Worker("the session ended before answering".into()).to_response(),
-    };
+    let mut response = answer.unwrap_or_else(|e| e.to_response());
     if let Some(cookie) = target.assigned.as_ref().and_then(|a| a.cookie.as_deref()) {
         set_cookie(&mut response, cookie, &target.token, &view);
     }
     response
-}
-
-/// Drops the job into the session's queue.
-fn send(target: &Target, job: Job) -> Result<(), Error> {
-    target.queue.try_send(Box::new(job)).map_err(|e| match e {
-        mpsc::error::TrySendError::Full(_) => Error::SessionBusy,
-        // The session ended between lookup and send; the client retries.
-        mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
-    })
 }
 
 /// Query mode: a new session is announced by `303 See Other` to the same URL

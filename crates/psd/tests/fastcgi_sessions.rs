@@ -391,6 +391,36 @@ fn requests_to_one_session_never_overlap_but_sessions_run_in_parallel() {
     );
 }
 
+/// The exchange with the worker outlives a client that gave up on it: the
+/// worker finishes its request undisturbed (no broken pipe) and the
+/// session's next request waits for it rather than overlapping it, even on a
+/// worker that would take both at once (flup, multithreaded).
+#[test]
+fn a_client_leaving_mid_request_does_not_let_the_next_one_overlap() {
+    let d = Daemon::start(&location("/", &test_worker("sleepy.py"), ""));
+    let a = Client::with_jar(&d.dir, "a");
+    let first = a.get(&d.url("/?ms=0"));
+    assert_eq!(first.status, 200, "{first:?}");
+    let gave_up = std::process::Command::new("curl")
+        // HTTP/2: the server drops a stream the client resets at once.
+        .args(["-s", "-o", "/dev/null", "--http2-prior-knowledge"])
+        .args(["--max-time", "0.2", "-b"])
+        .arg(d.dir.join("a.jar"))
+        .arg(d.url("/?ms=900"))
+        .status()
+        .unwrap();
+    assert!(!gave_up.success(), "curl should have given up");
+    let asked = Instant::now();
+    let next = a.get(&d.url("/?ms=0"));
+    assert_eq!(next.status, 200, "{next:?}\n{}", d.log_text());
+    assert_eq!(next.pid(), first.pid(), "the worker was lost");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(400),
+        "the next request overlapped the abandoned one: answered after {:?}",
+        asked.elapsed()
+    );
+}
+
 #[test]
 fn a_worker_ignoring_sigterm_is_killed_after_worker_stop_timeout() {
     let d = Daemon::start(&location(

@@ -1,19 +1,22 @@
-//! One session's life, as one task that owns its worker and its queue.
+//! One session's life, as one task that owns its worker.
 //!
 //! ```text
-//!            first request                 SessionTimeout (idle)
-//!  Dormant ───────────────▶ Starting ─▶ Idle ⇄ Busy ────────────▶ Dormant
+//!            first request                  SessionTimeout (idle)
+//!  Dormant ───────────────▶ Starting ─▶ Running ────────────────▶ Dormant
 //!     ▲                                   │                          │
 //!     └──────── worker exits ◀────────────┘                          │
 //!  reaped or past SessionLifetime (the registry's sweep), shutdown,
 //!  in-process task ended, never used for SessionTimeout ─▶ Stopping ─▶ Gone
 //! ```
 //!
-//! Requests are taken from the queue only while fewer than
-//! `WorkerConcurrency` are in flight, so with the default of 1 a session's
-//! requests never overlap and keep their order. A dormant session (worker
-//! stopped after an idle timeout or a crash) keeps its id and starts a fresh
-//! worker with `PSD_RESUMED=1` on its next request; it holds no
+//! While the session runs, requests mostly reach the worker through its
+//! [`Door`] without this task; what comes through its queue is the first
+//! request (which starts the worker), requests that had to wait for their
+//! turn, and requests to a dormant session. The door counts requests in
+//! flight on both paths, so with the default `WorkerConcurrency 1` a
+//! session's requests never overlap and keep their order. A dormant session
+//! (worker stopped after an idle timeout or a crash) keeps its id and starts
+//! a fresh worker with `PSD_RESUMED=1` on its next request; it holds no
 //! live-session slot while dormant. A session that never got a worker (a
 //! query-mode redirect nobody followed, a worker that failed to start) ends
 //! after `SessionTimeout`. In-process sessions cannot outlive their task, so
@@ -23,9 +26,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch, Notify};
-use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
+use super::door::{Door, Ticket};
 use super::{Registry, Slot};
 use crate::config::{Handler, LocationConfig};
 use crate::error::Error;
@@ -36,8 +39,7 @@ enum State {
     /// No worker: before the first request, or after the worker stopped.
     Dormant,
     Starting,
-    Idle,
-    Busy,
+    Running,
     Stopping,
 }
 
@@ -50,6 +52,7 @@ pub(super) struct Session {
     pub client: IpAddr,
     pub location: Arc<LocationConfig>,
     pub registry: Arc<Registry>,
+    pub door: Arc<Door>,
     /// Held while a worker runs.
     pub slot: Option<Slot>,
     pub stop: Arc<Notify>,
@@ -61,8 +64,10 @@ struct Life {
     state: State,
     activity: Arc<Activity>,
     worker: Option<Worker>,
-    in_flight: JoinSet<()>,
-    last_active: Instant,
+    /// When a WebSocket tunnel was last seen active.
+    tunnel_active: Instant,
+    /// The idle timer found a request in flight: wait for it to leave.
+    awaiting_leave: bool,
     /// Whether a worker has run for this session before.
     resumed: bool,
 }
@@ -74,33 +79,27 @@ impl Session {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let in_process = matches!(self.location.handler, Some(Handler::InProcess(_)));
-        let concurrency = self.location.worker_concurrency;
+        let timeout = self.location.session_timeout;
         let mut life = Life {
             state: State::Dormant,
             activity: Activity::new(),
             worker: None,
-            in_flight: JoinSet::new(),
-            last_active: Instant::now(),
+            tunnel_active: Instant::now(),
+            awaiting_leave: false,
             resumed: false,
         };
         tracing::debug!(session = %self.id, app = %self.location.prefix, "session created");
 
         let reason = loop {
-            let idle = life.in_flight.is_empty();
             let has_worker = life.worker.is_some();
             let gone = life.worker.as_ref().map(Worker::gone);
-            let idle_end = life.last_active + self.location.session_timeout;
+            let idle_end = self.door.activity().0.max(life.tunnel_active) + timeout;
             let never_used = !has_worker && !life.resumed;
             tokio::select! {
                 _ = shutdown.changed() => break "psd is shutting down",
                 _ = self.stop.notified() => break "reaped by age (SessionLifetime or reap)",
-                Some(_) = life.in_flight.join_next(), if !idle => {
-                    life.last_active = Instant::now();
-                    if life.in_flight.is_empty() && life.worker.is_some() {
-                        self.transition(&mut life, State::Idle);
-                    }
-                }
                 _ = async move { gone.expect("guarded").await }, if has_worker => {
+                    self.door.set_worker(None);
                     life.worker = None;
                     self.slot = None;
                     if in_process {
@@ -108,45 +107,45 @@ impl Session {
                     }
                     self.transition(&mut life, State::Dormant);
                 }
-                _ = sleep_until(idle_end), if idle && has_worker => {
+                _ = sleep_until(idle_end), if has_worker && !life.awaiting_leave => {
                     // An open WebSocket, or traffic on one, is activity too.
-                    let last = life.activity.last();
-                    if last > life.last_active {
-                        life.last_active = last;
+                    let tunnel = life.activity.last();
+                    if tunnel > life.tunnel_active {
+                        life.tunnel_active = tunnel;
                         continue;
                     }
+                    let Some(worker) = self.door.take_if_idle_for(timeout) else {
+                        // A request is in flight, or one came meanwhile.
+                        life.awaiting_leave = self.door.activity().1;
+                        continue;
+                    };
                     if in_process {
+                        life.worker = Some(worker);
                         break "SessionTimeout reached";
                     }
-                    tracing::info!(session = %self.id, "idle for {:?}: stopping the worker", self.location.session_timeout);
-                    if let Some(worker) = life.worker.take() {
-                        Box::pin(worker.stop(self.location.worker_stop_timeout)).await;
-                    }
+                    tracing::info!(session = %self.id, "idle for {timeout:?}: stopping the worker");
+                    life.worker = None;
+                    Box::pin(worker.stop(self.location.worker_stop_timeout)).await;
                     self.slot = None;
                     self.transition(&mut life, State::Dormant);
                 }
-                _ = sleep_until(idle_end), if idle && never_used => break "never used within SessionTimeout",
-                job = requests.recv(), if life.in_flight.len() < concurrency => match job {
+                _ = self.door.left(), if life.awaiting_leave => life.awaiting_leave = false,
+                _ = sleep_until(idle_end), if never_used => break "never used within SessionTimeout",
+                job = requests.recv() => match job {
                     Some(job) => {
-                        let Some(serve) = self.accept(&mut life, job).await else { continue };
-                        if concurrency > 1 {
-                            life.in_flight.spawn(serve);
-                            continue;
-                        }
-                        // One request at a time: serve it here rather than in
-                        // a task of its own (one hop less per request), still
-                        // answering shutdown and reaping meanwhile. Boxed, so
-                        // that the exchange does not size every idle session.
-                        let serve = Box::pin(serve);
-                        tokio::select! {
-                            _ = serve => {}
-                            _ = shutdown.changed() => break "psd is shutting down",
-                            _ = self.stop.notified() => break "reaped by age (SessionLifetime or reap)",
-                        }
-                        life.last_active = Instant::now();
-                        if life.worker.is_some() {
-                            self.transition(&mut life, State::Idle);
-                        }
+                        // Wait for room, still answering shutdown and reaping.
+                        let (ticket, _) = tokio::select! {
+                            admitted = self.door.admit() => admitted,
+                            _ = shutdown.changed() => {
+                                let _ = job.reply.send(Err(Error::ShuttingDown));
+                                break "psd is shutting down";
+                            }
+                            _ = self.stop.notified() => {
+                                let _ = job.reply.send(Err(Error::ShuttingDown));
+                                break "reaped by age (SessionLifetime or reap)";
+                            }
+                        };
+                        self.accept(&mut life, job, ticket).await;
                     }
                     None => break "its queue closed",
                 },
@@ -154,26 +153,22 @@ impl Session {
         };
 
         self.transition(&mut life, State::Stopping);
+        self.door.set_worker(None);
         self.registry
             .remove(&self.location_key, &self.key, self.serial);
         requests.close();
         while let Ok(job) = requests.try_recv() {
             let _ = job.reply.send(Err(Error::ShuttingDown));
         }
-        life.in_flight.shutdown().await;
         if let Some(worker) = life.worker.take() {
             Box::pin(worker.stop(self.location.worker_stop_timeout)).await;
         }
         tracing::info!(session = %self.id, "session ended: {reason}");
     }
 
-    /// Starts a worker if there is none; returns the future that serves the
-    /// job on it (`None` when the job was already answered with an error).
-    async fn accept(
-        &mut self,
-        life: &mut Life,
-        job: Box<Job>,
-    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    /// Starts a worker if there is none, then serves the admitted job on it
+    /// in a task of its own (the ticket leaves with it).
+    async fn accept(&mut self, life: &mut Life, job: Box<Job>, ticket: Ticket) {
         if life.worker.is_none() {
             if self.slot.is_none() {
                 match self
@@ -184,7 +179,7 @@ impl Session {
                     Ok(slot) => self.slot = Some(slot),
                     Err(e) => {
                         let _ = job.reply.send(Err(e));
-                        return None;
+                        return;
                     }
                 }
             }
@@ -201,20 +196,25 @@ impl Session {
             .await;
             match started {
                 Ok(worker) => {
+                    self.door.set_worker(Some(worker.clone()));
                     life.worker = Some(worker);
                     life.resumed = true;
+                    self.transition(life, State::Running);
                 }
                 Err(e) => {
                     tracing::warn!(session = %self.id, "{e}");
                     self.slot = None;
                     self.transition(life, State::Dormant);
                     let _ = job.reply.send(Err(e));
-                    return None;
+                    return;
                 }
             }
         }
-        self.transition(life, State::Busy);
-        Some(life.worker.as_ref().expect("started above").serve(*job))
+        let serve = life.worker.as_ref().expect("started above").serve(*job);
+        tokio::spawn(async move {
+            serve.await;
+            drop(ticket);
+        });
     }
 
     /// The one place a session changes state.
@@ -257,6 +257,7 @@ mod tests {
                 client: "127.0.0.1".parse().unwrap(),
                 location: std::sync::Arc::new(crate::config::LocationConfig::new("/")),
                 registry,
+                door: super::Door::new(1),
                 slot: None,
                 stop: std::sync::Arc::new(tokio::sync::Notify::new()),
                 _alive: alive,

@@ -1,15 +1,19 @@
 //! The session registry: which sessions exist, and the door into each one.
 //!
 //! Per `<Location>`, a plain map from session key (what the mapper derives
-//! from a request) to the sender of that session's queue, behind a short
-//! lock never held across `.await`. Resolving a request only finds or
-//! creates the session; everything else about a session — its worker, its
-//! timers, the order of its requests — belongs to that session's own task
-//! ([`lifecycle`]). Beside the map: the `IdBook` (which ids are live, and
+//! from a request) to that session's door and queue, behind a short lock
+//! never held across `.await`. Resolving a request only finds or creates the
+//! session. A running session's requests go through its [`Door`] straight to
+//! the worker, in the task of the connection that brought them; everything
+//! else about a session — starting and stopping its worker, its timers — belongs
+//! to that session's own task ([`lifecycle`]). Beside the map: the `IdBook` (which ids are live, and
 //! the read-only ids handed out for them) and the live-session slots that
 //! enforce `MaxSessions` and `MaxSessionsPerClient`.
 
+mod door;
 mod lifecycle;
+
+pub(crate) use door::Door;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -49,6 +53,7 @@ struct Entry {
     serial: u64,
     id: Arc<str>,
     queue: mpsc::Sender<Box<Job>>,
+    door: Arc<Door>,
     created: Instant,
     expires: Instant,
     /// Tells the session task to end (reaped, or past its lifetime).
@@ -60,6 +65,8 @@ pub(crate) struct Target {
     /// Jobs are boxed: a channel allocates its first block of 32 slots
     /// at once, and an unboxed `Job` would make that block ~16 KiB a session.
     pub queue: mpsc::Sender<Box<Job>>,
+    /// The fast path to a running worker.
+    pub door: Arc<Door>,
     /// The id as the client holds it: a read-only id stays read-only.
     pub token: Arc<str>,
     pub access: Access,
@@ -97,6 +104,7 @@ impl Registry {
         };
         Some(Target {
             queue: entry.queue.clone(),
+            door: entry.door.clone(),
             token,
             access,
             assigned: None,
@@ -124,6 +132,7 @@ impl Registry {
         let assigned = mapper.assign_session_id(hit, &Ids { book: &self.ids });
         let (queue, requests) = mpsc::channel(SESSION_QUEUE_DEPTH);
         let stop = Arc::new(Notify::new());
+        let door = Door::new(location.worker_concurrency);
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         {
@@ -133,6 +142,7 @@ impl Registry {
             if let Some(entry) = sessions.get(&assigned.key) {
                 return Ok(Target {
                     queue: entry.queue.clone(),
+                    door: entry.door.clone(),
                     token: entry.id.clone(),
                     access: Access::ReadWrite,
                     assigned: None,
@@ -144,6 +154,7 @@ impl Registry {
                     serial,
                     id: assigned.id.clone(),
                     queue: queue.clone(),
+                    door: door.clone(),
                     created: now,
                     expires: now + location.session_lifetime,
                     stop: stop.clone(),
@@ -160,6 +171,7 @@ impl Registry {
                 client: hit.client,
                 location: location.clone(),
                 registry: self.clone(),
+                door: door.clone(),
                 slot: Some(slot),
                 stop,
                 _alive: alive,
@@ -168,6 +180,7 @@ impl Registry {
         );
         Ok(Target {
             queue,
+            door,
             token: assigned.id.clone(),
             access: Access::ReadWrite,
             assigned: Some(assigned),
