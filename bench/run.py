@@ -13,6 +13,7 @@ go to bench/results/<date>/ (results.md, results.json, plot.svg, machine.txt).
 Loopback only; every load is bounded in count or time.
 """
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -66,6 +67,42 @@ class Proc:
                 os.killpg(self.p.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        return False
+
+
+AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
+
+
+class NoAutogroup:
+    """Turns the kernel's autogroup scheduling off for the run, when allowed.
+
+    With autogroups, CPU time is shared fairly between *sessions* first: psd
+    (one session with all its workers) would get the share of one, while
+    spawn-fcgi makes each pool process a session of its own and wins the
+    share of fifty. Per-task scheduling compares the servers, not their
+    session layout. The setting is put back afterwards."""
+
+    def __enter__(self):
+        self.before = AUTOGROUP.read_text().strip() if AUTOGROUP.exists() else None
+        self.state = "absent" if self.before is None else "on" if self.before == "1" else "off"
+        if self.before == "1":
+            try:
+                AUTOGROUP.write_text("0")
+                self.state = "off for the run"
+            except OSError:
+                print("warning: cannot turn autogroup scheduling off; ratios depend on session layout",
+                      file=sys.stderr)
+        return self
+
+    @staticmethod
+    def unchanged():
+        off = NoAutogroup()
+        off.before, off.state = None, "unchanged (smoke run)"
+        return off
+
+    def __exit__(self, *exc):
+        if self.before is not None and self.state == "off for the run":
+            AUTOGROUP.write_text(self.before)
         return False
 
 
@@ -362,7 +399,7 @@ http {{
         mem = next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
         nginx = subprocess.run(["/usr/sbin/nginx", "-v"], capture_output=True, text=True).stderr.strip()
         return (f"{os.cpu_count()} cores ({cpu}), {int(mem) // 1024 // 1024} GiB, {platform.system()} {platform.release()}; "
-                f"{nginx}; rounds={self.args.rounds}, seconds={self.args.seconds}")
+                f"{nginx}; autogroup scheduling {self.autogroup}; rounds={self.args.rounds}, seconds={self.args.seconds}")
 
     def report(self):
         lines = ["| row | metric | psd | peer | peer | result | target | met |",
@@ -427,8 +464,10 @@ def main():
         bench.build()
         rows = {"warm": bench.warm, "routed": bench.routed, "cgi": bench.cgi, "new": bench.new_sessions,
                 "scale": bench.scale}
-        for name in args.only.split(","):
-            rows[name]()
+        with (contextlib.nullcontext(NoAutogroup.unchanged()) if args.smoke else NoAutogroup()) as autogroup:
+            bench.autogroup = autogroup.state
+            for name in args.only.split(","):
+                rows[name]()
         bench.report()
     finally:
         shutil.rmtree(bench.work, ignore_errors=True)
