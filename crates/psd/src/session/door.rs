@@ -1,32 +1,36 @@
-//! The door into a running session: the fast path of every request.
+//! The door into a session: turns, and the fast path of every request.
 //!
-//! While a session has a worker and room for another request, the task of
-//! the connection that brought the request runs the exchange with the worker
-//! itself: no hand-off to the session's task and back, which on a loaded
-//! machine was a thread wake-up each way. Everything else — the first
-//! request (which starts the worker), requests that must wait their turn,
-//! and requests to a dormant session — goes through the session's queue to
-//! its task ([`super::lifecycle`]), which also admits its jobs through this
-//! door. The door keeps the one count of requests in flight, so
-//! `WorkerConcurrency` holds across both paths, and keeps them in arrival
-//! order: once one request waits in the queue, later ones queue behind it.
+//! A request first waits for its turn: `WorkerConcurrency` turns per
+//! session, handed out strictly in arrival order, so with the default of 1 a
+//! session's requests never overlap and keep their order. With its turn, a
+//! request to a running worker is served by the task of the connection that
+//! brought it — no hand-off to the session's task and back, which on a
+//! loaded machine was a thread wake-up each way. A request that finds no
+//! worker (the first one, or one to a dormant session) goes with its turn
+//! to the session's task ([`super::lifecycle`]), which starts the worker.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::Response;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::body::Body;
 use crate::error::Error;
 use crate::worker::{Job, Worker};
 
+/// Requests that may wait for their turn in one session before new ones get 503.
+const MAX_WAITING: usize = 256;
+
 pub(crate) struct Door {
-    state: Mutex<State>,
+    turns: Semaphore,
     concurrency: usize,
+    waiting: AtomicUsize,
+    state: Mutex<State>,
     /// Wakes the session's task when a request leaves.
     left: Notify,
 }
@@ -34,66 +38,55 @@ pub(crate) struct Door {
 struct State {
     /// The session's worker while it can take requests.
     worker: Option<Worker>,
-    in_flight: usize,
-    /// Jobs sent to the session's queue and not yet admitted.
-    queued: usize,
     /// When the last request left (or the session began).
     last_active: Instant,
 }
 
-/// A request inside the session; leaving (on drop) frees its place.
-pub(crate) struct Ticket(Arc<Door>);
+/// A request's turn in the session; given back on drop.
+pub(crate) struct Turn(Arc<Door>);
 
-impl Drop for Ticket {
+impl Drop for Turn {
     fn drop(&mut self) {
-        let mut state = self.0.state.lock().expect("door lock");
-        state.in_flight -= 1;
-        state.last_active = Instant::now();
-        drop(state);
+        self.0.state.lock().expect("door lock").last_active = Instant::now();
+        self.0.turns.add_permits(1);
         self.0.left.notify_one();
     }
+}
+
+/// A request that found no running worker, on its way to the session's
+/// task with its turn.
+pub(crate) struct Admitted {
+    pub job: Job,
+    pub turn: Turn,
 }
 
 impl Door {
     pub fn new(concurrency: usize) -> Arc<Door> {
         Arc::new(Door {
+            turns: Semaphore::new(concurrency),
+            concurrency,
+            waiting: AtomicUsize::new(0),
             state: Mutex::new(State {
                 worker: None,
-                in_flight: 0,
-                queued: 0,
                 last_active: Instant::now(),
             }),
-            concurrency,
             left: Notify::new(),
         })
     }
 
-    /// Serves `job` on the session's worker in the calling task if the
-    /// session has a worker, room, and nobody waiting before it; otherwise
-    /// puts it in the session's queue. Returns the answer either way.
+    /// Waits for the request's turn, then serves it on the running worker
+    /// in the calling task, or hands it to the session's task (`queue`)
+    /// when there is no worker. Returns the answer either way.
     pub async fn call(
         self: &Arc<Self>,
-        queue: &mpsc::Sender<Box<Job>>,
+        queue: &mpsc::Sender<Box<Admitted>>,
         job: Job,
         answer: oneshot::Receiver<Result<Response<Body>, Error>>,
     ) -> Result<Response<Body>, Error> {
-        let admitted = {
-            let mut state = self.state.lock().expect("door lock");
-            let room = state.in_flight < self.concurrency && state.queued == 0;
-            match state.worker.clone().filter(|_| room) {
-                Some(worker) => {
-                    state.in_flight += 1;
-                    Some(worker)
-                }
-                None => {
-                    state.queued += 1;
-                    None
-                }
-            }
-        };
-        let Some(worker) = admitted else {
-            if let Err(e) = queue.try_send(Box::new(job)) {
-                self.state.lock().expect("door lock").queued -= 1;
+        let turn = self.turn().await?;
+        let worker = self.state.lock().expect("door lock").worker.clone();
+        let Some(worker) = worker else {
+            if let Err(e) = queue.try_send(Box::new(Admitted { job, turn })) {
                 return Err(match e {
                     mpsc::error::TrySendError::Full(_) => Error::SessionBusy,
                     // The session ended between lookup and send; the client retries.
@@ -102,32 +95,26 @@ impl Door {
             }
             return unanswered(answer.await);
         };
-        let ticket = Ticket(self.clone());
         let serve = worker.serve(job);
         let exchange = Exchange {
             run: Some(Box::pin(async move {
                 serve.await;
-                drop(ticket);
+                drop(turn);
             })),
         };
         exchange.answer(answer).await
     }
 
-    /// For the session's task: a job from its queue enters once there is
-    /// room. Returns its ticket and the worker (if one is running).
-    pub async fn admit(self: &Arc<Self>) -> (Ticket, Option<Worker>) {
-        loop {
-            let left = self.left.notified();
-            {
-                let mut state = self.state.lock().expect("door lock");
-                if state.in_flight < self.concurrency {
-                    state.in_flight += 1;
-                    state.queued -= 1;
-                    return (Ticket(self.clone()), state.worker.clone());
-                }
-            }
-            left.await;
+    async fn turn(self: &Arc<Self>) -> Result<Turn, Error> {
+        if let Ok(permit) = self.turns.try_acquire() {
+            permit.forget();
+            return Ok(Turn(self.clone()));
         }
+        let _waiting = Waiting::enter(&self.waiting).ok_or(Error::SessionBusy)?;
+        // The semaphore is never closed.
+        let acquired = self.turns.acquire().await.expect("turns stay open");
+        acquired.forget();
+        Ok(Turn(self.clone()))
     }
 
     /// Opens the fast path to `worker`, or closes it (`None`).
@@ -135,11 +122,11 @@ impl Door {
         self.state.lock().expect("door lock").worker = worker;
     }
 
-    /// Takes the worker if no request has been in the session for `idle`;
-    /// the fast path is closed from then on.
+    /// Takes the worker if no request has been in the session for `idle`
+    /// and none is in it now; requests that come meanwhile find no worker.
     pub fn take_if_idle_for(&self, idle: Duration) -> Option<Worker> {
         let mut state = self.state.lock().expect("door lock");
-        let quiet = state.in_flight == 0 && state.queued == 0;
+        let quiet = self.turns.available_permits() == self.concurrency;
         if quiet && state.last_active + idle <= Instant::now() {
             state.worker.take()
         } else {
@@ -150,12 +137,32 @@ impl Door {
     /// When the session was last active, and whether a request is in it now.
     pub fn activity(&self) -> (Instant, bool) {
         let state = self.state.lock().expect("door lock");
-        (state.last_active, state.in_flight > 0)
+        let busy = self.turns.available_permits() < self.concurrency;
+        (state.last_active, busy)
     }
 
     /// Resolves when a request leaves the session.
     pub fn left(&self) -> impl Future<Output = ()> + '_ {
         self.left.notified()
+    }
+}
+
+/// Counts a request waiting for its turn, also when it is cancelled.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Option<Waiting<'a>> {
+        if count.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Waiting(count))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -170,7 +177,8 @@ type Run = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// An exchange run by the task that asked for it, until its answer is
 /// there. Whatever is left (a response body still streaming, or all of it
 /// when the asking task is cancelled because its client went away) goes on
-/// in a task of its own, so a worker is never cut off mid-request.
+/// in a task of its own, so a worker is never cut off mid-request and the
+/// session's next request still waits for it.
 struct Exchange {
     run: Option<Run>,
 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep_until, Instant};
 
-use super::door::{Door, Ticket};
+use super::door::{Admitted, Door, Turn};
 use super::{Registry, Slot};
 use crate::config::{Handler, LocationConfig};
 use crate::error::Error;
@@ -75,7 +75,7 @@ struct Life {
 impl Session {
     pub async fn run(
         mut self,
-        mut requests: mpsc::Receiver<Box<Job>>,
+        mut requests: mpsc::Receiver<Box<Admitted>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let in_process = matches!(self.location.handler, Some(Handler::InProcess(_)));
@@ -132,20 +132,9 @@ impl Session {
                 _ = self.door.left(), if life.awaiting_leave => life.awaiting_leave = false,
                 _ = sleep_until(idle_end), if never_used => break "never used within SessionTimeout",
                 job = requests.recv() => match job {
-                    Some(job) => {
-                        // Wait for room, still answering shutdown and reaping.
-                        let (ticket, _) = tokio::select! {
-                            admitted = self.door.admit() => admitted,
-                            _ = shutdown.changed() => {
-                                let _ = job.reply.send(Err(Error::ShuttingDown));
-                                break "psd is shutting down";
-                            }
-                            _ = self.stop.notified() => {
-                                let _ = job.reply.send(Err(Error::ShuttingDown));
-                                break "reaped by age (SessionLifetime or reap)";
-                            }
-                        };
-                        self.accept(&mut life, job, ticket).await;
+                    Some(admitted) => {
+                        let Admitted { job, turn } = *admitted;
+                        self.accept(&mut life, job, turn).await;
                     }
                     None => break "its queue closed",
                 },
@@ -157,8 +146,8 @@ impl Session {
         self.registry
             .remove(&self.location_key, &self.key, self.serial);
         requests.close();
-        while let Ok(job) = requests.try_recv() {
-            let _ = job.reply.send(Err(Error::ShuttingDown));
+        while let Ok(admitted) = requests.try_recv() {
+            let _ = admitted.job.reply.send(Err(Error::ShuttingDown));
         }
         if let Some(worker) = life.worker.take() {
             Box::pin(worker.stop(self.location.worker_stop_timeout)).await;
@@ -166,9 +155,9 @@ impl Session {
         tracing::info!(session = %self.id, "session ended: {reason}");
     }
 
-    /// Starts a worker if there is none, then serves the admitted job on it
-    /// in a task of its own (the ticket leaves with it).
-    async fn accept(&mut self, life: &mut Life, job: Box<Job>, ticket: Ticket) {
+    /// Starts a worker if there is none, then serves the job on it in a task
+    /// of its own (its turn ends with it).
+    async fn accept(&mut self, life: &mut Life, job: Job, turn: Turn) {
         if life.worker.is_none() {
             if self.slot.is_none() {
                 match self
@@ -210,10 +199,10 @@ impl Session {
                 }
             }
         }
-        let serve = life.worker.as_ref().expect("started above").serve(*job);
+        let serve = life.worker.as_ref().expect("started above").serve(job);
         tokio::spawn(async move {
             serve.await;
-            drop(ticket);
+            drop(turn);
         });
     }
 

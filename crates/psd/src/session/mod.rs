@@ -13,7 +13,7 @@
 mod door;
 mod lifecycle;
 
-pub(crate) use door::Door;
+pub(crate) use door::{Admitted, Door};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -28,9 +28,8 @@ use tokio::time::Instant;
 use crate::config::LocationConfig;
 use crate::error::Error;
 use crate::mapper::{Access, Assigned, Hit, IdBook, Ids, Mapper};
-use crate::worker::Job;
 
-/// Requests that may wait in one session's queue before new ones get 503.
+/// Requests that may wait, with their turns, for a session's worker to start.
 const SESSION_QUEUE_DEPTH: usize = 256;
 
 /// Every live session of the daemon.
@@ -52,7 +51,7 @@ pub(crate) struct Registry {
 struct Entry {
     serial: u64,
     id: Arc<str>,
-    queue: mpsc::Sender<Box<Job>>,
+    queue: mpsc::Sender<Box<Admitted>>,
     door: Arc<Door>,
     created: Instant,
     expires: Instant,
@@ -64,7 +63,7 @@ struct Entry {
 pub(crate) struct Target {
     /// Jobs are boxed: a channel allocates its first block of 32 slots
     /// at once, and an unboxed `Job` would make that block ~16 KiB a session.
-    pub queue: mpsc::Sender<Box<Job>>,
+    pub queue: mpsc::Sender<Box<Admitted>>,
     /// The fast path to a running worker.
     pub door: Arc<Door>,
     /// The id as the client holds it: a read-only id stays read-only.
