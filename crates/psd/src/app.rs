@@ -30,11 +30,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+
+use crate::worker::inproc::Inbox;
 
 pub use crate::mapper::Access;
 
-type SessionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type SessionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// An application whose sessions are tasks in this process.
 #[derive(Clone)]
@@ -69,11 +71,11 @@ impl App {
 pub struct Session {
     id: Arc<str>,
     resumed: bool,
-    requests: mpsc::Receiver<Box<Request>>,
+    requests: Arc<Inbox>,
 }
 
 impl Session {
-    pub(crate) fn new(id: Arc<str>, resumed: bool, requests: mpsc::Receiver<Box<Request>>) -> Self {
+    pub(crate) fn new(id: Arc<str>, resumed: bool, requests: Arc<Inbox>) -> Self {
         Self {
             id,
             resumed,
@@ -91,10 +93,12 @@ impl Session {
         self.resumed
     }
 
-    /// Waits for the next request routed to this session. `None` means psd
-    /// ended the session (timeout, lifetime, shutdown); the task should return.
+    /// Waits for the next request routed to this session. psd ends a
+    /// session (idle timeout, lifetime, reaping, shutdown) by dropping its
+    /// future, as a task is cancelled, so code waiting here simply stops;
+    /// `None` means the session has ended and the task should return.
     pub async fn next(&mut self) -> Option<Request> {
-        self.requests.recv().await.map(|request| *request)
+        self.requests.pop().await.map(|request| *request)
     }
 }
 

@@ -705,7 +705,7 @@ async fn respond(
     };
     trace.session = Some(target.token.clone());
     let asked = tokio::time::Instant::now();
-    let answer = target.door.call(&target.queue, job, answer).await;
+    let answer = target.door.call(target.queue.as_ref(), job, answer).await;
     trace.upstream = Some(asked.elapsed());
     let mut response = answer.unwrap_or_else(|e| e.to_response());
     if let Some(cookie) = target.assigned.as_ref().and_then(|a| a.cookie.as_deref()) {

@@ -79,13 +79,15 @@ impl Door {
     /// when there is no worker. Returns the answer either way.
     pub async fn call(
         self: &Arc<Self>,
-        queue: &mpsc::Sender<Box<Admitted>>,
+        queue: Option<&mpsc::Sender<Box<Admitted>>>,
         job: Job,
         answer: oneshot::Receiver<Result<Response<Body>, Error>>,
     ) -> Result<Response<Body>, Error> {
         let turn = self.turn().await?;
         let worker = self.state.lock().expect("door lock").worker.clone();
         let Some(worker) = worker else {
+            // An in-process session without its application has ended.
+            let queue = queue.ok_or(Error::ShuttingDown)?;
             if let Err(e) = queue.try_send(Box::new(Admitted { job, turn })) {
                 return Err(match e {
                     mpsc::error::TrySendError::Full(_) => Error::SessionBusy,
@@ -117,9 +119,10 @@ impl Door {
         Ok(Turn(self.clone()))
     }
 
-    /// Opens the fast path to `worker`, or closes it (`None`).
-    pub fn set_worker(&self, worker: Option<Worker>) {
-        self.state.lock().expect("door lock").worker = worker;
+    /// Opens the fast path to `worker`, or closes it (`None`); returns the
+    /// worker it replaces.
+    pub fn set_worker(&self, worker: Option<Worker>) -> Option<Worker> {
+        std::mem::replace(&mut self.state.lock().expect("door lock").worker, worker)
     }
 
     /// Takes the worker if no request has been in the session for `idle`

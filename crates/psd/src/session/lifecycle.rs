@@ -19,8 +19,9 @@
 //! a fresh worker with `PSD_RESUMED=1` on its next request; it holds no
 //! live-session slot while dormant. A session that never got a worker (a
 //! query-mode redirect nobody followed, a worker that failed to start) ends
-//! after `SessionTimeout`. In-process sessions cannot outlive their task, so
-//! for them an idle timeout ends the session.
+//! after `SessionTimeout`. An in-process session ([`InProcess`]) is one task
+//! that runs the application's future itself, and ends with it: on idle
+//! timeout, reaping, shutdown, or a request it did not answer in time.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -30,7 +31,8 @@ use tokio::time::{sleep_until, Instant};
 
 use super::door::{Admitted, Door, Turn};
 use super::{Registry, Slot};
-use crate::config::{Handler, LocationConfig};
+use crate::app::SessionFuture;
+use crate::config::LocationConfig;
 use crate::error::Error;
 use crate::worker::{Activity, Job, Spawn, Worker};
 
@@ -78,7 +80,6 @@ impl Session {
         mut requests: mpsc::Receiver<Box<Admitted>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let in_process = matches!(self.location.handler, Some(Handler::InProcess(_)));
         let timeout = self.location.session_timeout;
         let mut life = Life {
             state: State::Dormant,
@@ -102,9 +103,6 @@ impl Session {
                     self.door.set_worker(None);
                     life.worker = None;
                     self.slot = None;
-                    if in_process {
-                        break "the application's session task ended";
-                    }
                     self.transition(&mut life, State::Dormant);
                 }
                 _ = sleep_until(idle_end), if has_worker && !life.awaiting_leave => {
@@ -119,10 +117,6 @@ impl Session {
                         life.awaiting_leave = self.door.activity().1;
                         continue;
                     };
-                    if in_process {
-                        life.worker = Some(worker);
-                        break "SessionTimeout reached";
-                    }
                     tracing::info!(session = %self.id, "idle for {timeout:?}: stopping the worker");
                     life.worker = None;
                     Box::pin(worker.stop(self.location.worker_stop_timeout)).await;
@@ -216,6 +210,71 @@ impl Session {
     }
 }
 
+/// How often an in-process session past its idle time looks again while a
+/// request (a long poll, say) is still in it.
+const BUSY_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// An in-process session: the application's future, run by the session's
+/// one task with the session's timers around it. There is no worker to
+/// start or stop and no queue: requests reach the application through the
+/// door, and the session ends with the application's future.
+pub(super) struct InProcess {
+    pub id: Arc<str>,
+    pub key: String,
+    pub location_key: Arc<str>,
+    pub serial: u64,
+    pub location: Arc<LocationConfig>,
+    pub registry: Arc<Registry>,
+    pub door: Arc<Door>,
+    pub _slot: Slot,
+    /// Reaping, `SessionLifetime`, or a request the application did not
+    /// answer in time.
+    pub end: Arc<Notify>,
+    pub _alive: mpsc::Sender<()>,
+}
+
+impl InProcess {
+    /// Runs the application's future until it ends or the session is ended
+    /// (`end`: reaping, `SessionLifetime`, shutdown, a request not answered
+    /// in time) or idle for `SessionTimeout`. Every session holds this
+    /// future for its whole life, so it keeps little state across awaits.
+    pub async fn run(self, main: SessionFuture) {
+        use futures_util::FutureExt;
+        // A panic in the application ends its session, not this task's
+        // clean-up (the panic hook has reported it).
+        let mut main = std::panic::AssertUnwindSafe(main).catch_unwind();
+        let reason = loop {
+            let timeout = self.location.session_timeout;
+            let (last_active, busy) = self.door.activity();
+            // While a request is in the session, look again now and then.
+            let check = match busy {
+                false => last_active + timeout,
+                true => Instant::now() + timeout.min(BUSY_RECHECK),
+            };
+            tokio::select! {
+                ended = &mut main => break match ended {
+                    Ok(()) => "the application's session task ended",
+                    Err(_) => "the application's session task panicked",
+                },
+                () = self.end.notified() => break "ended (shutdown, reaped, SessionLifetime, or a request timed out)",
+                () = sleep_until(check) => {
+                    if let Some(Worker::InProcess(task)) = self.door.take_if_idle_for(timeout) {
+                        task.close();
+                        break "SessionTimeout reached";
+                    }
+                }
+            }
+        };
+        if let Some(Worker::InProcess(task)) = self.door.set_worker(None) {
+            task.close();
+        }
+        self.registry
+            .remove(&self.location_key, &self.key, self.serial);
+        drop(main);
+        tracing::info!(session = %self.id, "session ended: {reason}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Every session's task is as large as this future, for its whole life:
@@ -254,6 +313,53 @@ mod tests {
             let run = session.run(requests, tokio::sync::watch::channel(false).1);
             let size = size_of_future(&run);
             assert!(size <= 1600, "Session::run is {size} bytes");
+        });
+    }
+}
+#[cfg(test)]
+mod in_process_tests {
+    /// A million in-process sessions hold a million of these futures: a
+    /// regression test for their size (560 bytes when written).
+    #[test]
+    fn an_in_process_session_task_stays_small() {
+        fn size_of_future<F: std::future::Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let registry = crate::session::Registry::new(
+                crate::mapper::IdBook::new(crate::mapper::Signer::new("n", b"0123456789abcdef")),
+                10,
+                std::env::temp_dir(),
+            );
+            let slot = registry
+                .slots
+                .acquire("127.0.0.1".parse().unwrap(), 10)
+                .unwrap();
+            let (alive, _) = tokio::sync::mpsc::channel(1);
+            let app = crate::demo::counter();
+            let location =
+                std::sync::Arc::new(crate::config::LocationConfig::in_process("/", app.clone()));
+            let end = std::sync::Arc::new(tokio::sync::Notify::new());
+            let (_task, main) =
+                crate::worker::inproc::Task::new(&"x".into(), &location, &app, end.clone());
+            let session = super::InProcess {
+                id: "x".into(),
+                key: "k".into(),
+                location_key: "l".into(),
+                serial: 0,
+                location,
+                registry,
+                door: super::Door::new(1),
+                _slot: slot,
+                end,
+                _alive: alive,
+            };
+            let size = size_of_future(&session.run(main));
+            assert!(size <= 640, "InProcess::run is {size} bytes");
         });
     }
 }

@@ -25,9 +25,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::LocationConfig;
+use crate::config::{Handler, LocationConfig};
 use crate::error::Error;
 use crate::mapper::{Access, Assigned, Hit, IdBook, Ids, Mapper};
+use crate::worker::{inproc, Worker};
 
 /// Requests that may wait, with their turns, for a session's worker to start.
 const SESSION_QUEUE_DEPTH: usize = 256;
@@ -51,7 +52,8 @@ pub(crate) struct Registry {
 struct Entry {
     serial: u64,
     id: Arc<str>,
-    queue: mpsc::Sender<Box<Admitted>>,
+    /// The session task's queue (process sessions only).
+    queue: Option<mpsc::Sender<Box<Admitted>>>,
     door: Arc<Door>,
     created: Instant,
     expires: Instant,
@@ -63,7 +65,8 @@ struct Entry {
 pub(crate) struct Target {
     /// Jobs are boxed: a channel allocates its first block of 32 slots
     /// at once, and an unboxed `Job` would make that block ~16 KiB a session.
-    pub queue: mpsc::Sender<Box<Admitted>>,
+    /// To the session's task, for requests that find no worker.
+    pub queue: Option<mpsc::Sender<Box<Admitted>>>,
     /// The fast path to a running worker.
     pub door: Arc<Door>,
     /// The id as the client holds it: a read-only id stays read-only.
@@ -129,9 +132,21 @@ impl Registry {
             .slots
             .acquire(hit.client, location.max_sessions_per_client)?;
         let assigned = mapper.assign_session_id(hit, &Ids { book: &self.ids });
-        let (queue, requests) = mpsc::channel(SESSION_QUEUE_DEPTH);
         let stop = Arc::new(Notify::new());
         let door = Door::new(location.worker_concurrency);
+        // Process sessions have a task that starts their worker, fed by a
+        // queue; an in-process session's task is the application itself.
+        let (queue, requests, app) = match &location.handler {
+            Some(Handler::InProcess(app)) => {
+                let (task, main) = inproc::Task::new(&assigned.id, location, app, stop.clone());
+                door.set_worker(Some(Worker::InProcess(task)));
+                (None, None, Some(main))
+            }
+            _ => {
+                let (queue, requests) = mpsc::channel(SESSION_QUEUE_DEPTH);
+                (Some(queue), Some(requests), None)
+            }
+        };
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         {
@@ -161,22 +176,47 @@ impl Registry {
             );
             self.ids.acquire(&assigned.id);
         }
-        tokio::spawn(
-            lifecycle::Session {
-                id: assigned.id.clone(),
-                key: assigned.key.clone(),
-                location_key: location_key.clone(),
-                serial,
-                client: hit.client,
-                location: location.clone(),
-                registry: self.clone(),
-                door: door.clone(),
-                slot: Some(slot),
-                stop,
-                _alive: alive,
+        if *self.shutdown.borrow() {
+            stop.notify_one();
+        }
+        match (requests, app) {
+            (_, Some(main)) => {
+                tokio::spawn(
+                    lifecycle::InProcess {
+                        id: assigned.id.clone(),
+                        key: assigned.key.clone(),
+                        location_key: location_key.clone(),
+                        serial,
+                        location: location.clone(),
+                        registry: self.clone(),
+                        door: door.clone(),
+                        _slot: slot,
+                        end: stop,
+                        _alive: alive,
+                    }
+                    .run(main),
+                );
             }
-            .run(requests, self.shutdown.subscribe()),
-        );
+            (Some(requests), None) => {
+                tokio::spawn(
+                    lifecycle::Session {
+                        id: assigned.id.clone(),
+                        key: assigned.key.clone(),
+                        location_key: location_key.clone(),
+                        serial,
+                        client: hit.client,
+                        location: location.clone(),
+                        registry: self.clone(),
+                        door: door.clone(),
+                        slot: Some(slot),
+                        stop,
+                        _alive: alive,
+                    }
+                    .run(requests, self.shutdown.subscribe()),
+                );
+            }
+            (None, None) => unreachable!("every session has a queue or an application"),
+        }
         Ok(Target {
             queue,
             door,
@@ -238,6 +278,9 @@ impl Registry {
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
         drop(self.alive.lock().expect("registry lock").take());
+        // In-process sessions listen only to their `stop`; one created while
+        // this runs sees the flag set above instead.
+        self.stop_where(|_| true);
         let mut all_ended = self.all_ended.lock().await;
         while all_ended.recv().await.is_some() {}
     }

@@ -5,15 +5,16 @@
 //! (up to `MaxRequestBody`) before the application sees it, so parameters of
 //! urlencoded forms are there as in Continuity.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::AbortHandle;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::timeout;
 
-use super::{Job, Spawn};
-use crate::app::{decode_params, App, Request, Session};
+use super::Job;
+use crate::app::{decode_params, App, Request, Session, SessionFuture};
 use crate::body;
 use crate::config::LocationConfig;
 use crate::error::Error;
@@ -21,42 +22,86 @@ use crate::error::Error;
 /// Requests that may wait for the task to take them.
 const QUEUE_DEPTH: usize = 16;
 
-/// A running session task.
+/// Requests on their way to a session task: a plain queue and a wake-up.
+/// (A channel would allocate a block of 32 slots for every session.)
+pub(crate) struct Inbox {
+    queue: Mutex<VecDeque<Box<Request>>>,
+    ready: Notify,
+    closed: AtomicBool,
+}
+
+impl Inbox {
+    fn new() -> Arc<Inbox> {
+        Arc::new(Inbox {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn push(&self, request: Box<Request>) -> Result<(), Error> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Worker("the session's task has ended".into()));
+        }
+        let mut queue = self.queue.lock().expect("inbox lock");
+        if queue.len() >= QUEUE_DEPTH {
+            return Err(Error::SessionBusy);
+        }
+        queue.push_back(request);
+        drop(queue);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next request; `None` once the session has ended.
+    pub(crate) async fn pop(&self) -> Option<Box<Request>> {
+        loop {
+            let ready = self.ready.notified();
+            if let Some(request) = self.queue.lock().expect("inbox lock").pop_front() {
+                return Some(request);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            ready.await;
+        }
+    }
+
+    /// Ends the session for the application: `next()` gives `None`.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+}
+
+/// The way into a running session task.
 #[derive(Clone)]
 pub(crate) struct Task {
-    /// Boxed for the same reason as the session queue: a small first block.
-    requests: mpsc::Sender<Box<Request>>,
-    abort: AbortHandle,
-    done: watch::Receiver<bool>,
+    inbox: Arc<Inbox>,
+    /// Ends the session; its task then drops the application's future.
+    end: Arc<Notify>,
     session_id: Arc<str>,
     location: Arc<LocationConfig>,
 }
 
 impl Task {
-    pub fn start(spawn: &Spawn<'_>, app: &App) -> Task {
-        let (requests, rx) = mpsc::channel(QUEUE_DEPTH);
-        let session = Session::new(spawn.session_id.clone(), spawn.resumed, rx);
-        let (done_tx, done) = watch::channel(false);
-        let main = app.start(session);
-        // The task owns the sender: when it ends, returns, panics or is
-        // aborted, the sender goes and `done` tells the session so.
-        let handle = tokio::spawn(async move {
-            let _done = done_tx;
-            main.await;
-        });
-        let abort = handle.abort_handle();
-        let session_id = spawn.session_id.clone();
-        Task {
-            requests,
-            abort,
-            done,
-            session_id,
-            location: spawn.location.clone(),
-        }
-    }
-
-    pub fn done(&self) -> watch::Receiver<bool> {
-        self.done.clone()
+    /// A new session of `app`: the way in, and the application's future,
+    /// which the session's own task runs.
+    pub fn new(
+        session_id: &Arc<str>,
+        location: &Arc<LocationConfig>,
+        app: &App,
+        end: Arc<Notify>,
+    ) -> (Task, SessionFuture) {
+        let inbox = Inbox::new();
+        let main = app.start(Session::new(session_id.clone(), false, inbox.clone()));
+        let task = Task {
+            inbox,
+            end,
+            session_id: session_id.clone(),
+            location: location.clone(),
+        };
+        (task, main)
     }
 
     pub async fn serve(self, job: Job) {
@@ -92,25 +137,27 @@ impl Task {
             client: meta.client,
             reply,
         };
-        self.requests
-            .send(Box::new(request))
-            .await
-            .map_err(|_| Error::Worker("the session's task has ended".into()))?;
+        self.inbox.push(Box::new(request))?;
         match timeout(self.location.request_timeout, answer).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(_)) => Err(Error::Worker(
                 "the application dropped the request without answering".into(),
             )),
             Err(_) => {
-                // Like a hung process, a task that does not answer is replaced.
-                self.abort.abort();
+                // Like a hung process, a task that does not answer is ended.
+                self.end.notify_one();
                 Err(Error::Timeout(self.location.request_timeout))
             }
         }
     }
 
-    pub async fn stop(self) {
-        self.abort.abort();
-        super::wait_gone(self.done.clone()).await;
+    /// Ends the session.
+    pub fn stop(&self) {
+        self.end.notify_one();
+    }
+
+    /// Tells the application its session has ended.
+    pub fn close(&self) {
+        self.inbox.close();
     }
 }

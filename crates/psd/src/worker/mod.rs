@@ -150,7 +150,10 @@ impl Worker {
                     .await
                     .map(Worker::Stdio),
             },
-            Handler::InProcess(app) => Ok(Worker::InProcess(inproc::Task::start(&spawn, app))),
+            // The registry starts those with the session itself.
+            Handler::InProcess(_) => Err(Error::WorkerStart(
+                "in-process sessions start with their session".into(),
+            )),
         }
     }
 
@@ -168,14 +171,21 @@ impl Worker {
         }
     }
 
-    /// Resolves once the worker has exited (for any reason).
+    /// Resolves once the worker process has exited (for any reason); never
+    /// for an in-process task, whose end is its session's end.
     pub fn gone(&self) -> impl Future<Output = ()> + Send + 'static {
-        wait_gone(match self {
-            Worker::FastCgi(p) => p.done(),
-            Worker::Http(p) => p.done(),
-            Worker::Stdio(p) => p.done(),
-            Worker::InProcess(t) => t.done(),
-        })
+        let done = match self {
+            Worker::FastCgi(p) => Some(p.done()),
+            Worker::Http(p) => Some(p.done()),
+            Worker::Stdio(p) => Some(p.done()),
+            Worker::InProcess(_) => None,
+        };
+        async move {
+            match done {
+                Some(done) => wait_gone(done).await,
+                None => std::future::pending().await,
+            }
+        }
     }
 
     /// Stops the worker: SIGTERM, then SIGKILL after `grace` (processes), or
@@ -185,7 +195,7 @@ impl Worker {
             Worker::FastCgi(p) => p.stop(grace).await,
             Worker::Http(p) => p.stop(grace).await,
             Worker::Stdio(p) => p.stop(grace).await,
-            Worker::InProcess(t) => t.stop().await,
+            Worker::InProcess(t) => t.stop(),
         }
     }
 
