@@ -59,14 +59,14 @@ struct Conn {
 }
 
 /// Buffers that grew past this (a large response or request) are not kept.
-const KEPT_BUFFER: usize = 64 * 1024;
+const KEPT_BUFFER: usize = 16 * 1024;
 
 impl Conn {
     fn new(stream: UnixStream) -> Conn {
         Conn {
             stream,
-            input: BytesMut::with_capacity(8192),
-            output: BytesMut::with_capacity(2048),
+            input: BytesMut::with_capacity(4096),
+            output: BytesMut::with_capacity(1024),
         }
     }
 }

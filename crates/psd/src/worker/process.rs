@@ -19,6 +19,9 @@ use tokio::time::timeout;
 use super::Spawn;
 use crate::error::Error;
 
+/// The read buffer for a worker's stderr.
+const STDERR_BUFFER: usize = 512;
+
 /// A running child process; the handle does not own it (the exit watcher does).
 pub(crate) struct Proc {
     pid: u32,
@@ -106,7 +109,9 @@ pub(crate) fn launch(
     if let Some(stderr) = child.stderr.take() {
         let session = session.clone();
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
+            // A small buffer: every live worker has one, and longer lines
+            // are still read whole (they just take more reads).
+            let mut lines = BufReader::with_capacity(STDERR_BUFFER, stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 tracing::info!(session = %session, pid, "worker: {line}");
             }
