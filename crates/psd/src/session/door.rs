@@ -206,8 +206,10 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        if let Some(run) = self.run.take() {
-            tokio::spawn(run);
+        // Outside a runtime (it is being torn down) there is nothing to
+        // finish the exchange for.
+        if let (Some(run), Ok(runtime)) = (self.run.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(run);
         }
     }
 }

@@ -278,9 +278,9 @@ impl Registry {
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
         drop(self.alive.lock().expect("registry lock").take());
-        // In-process sessions listen only to their `stop`; one created while
-        // this runs sees the flag set above instead.
-        self.stop_where(|_| true);
+        // In-process sessions (those without a queue) listen only to their
+        // `stop`; one created while this runs sees the flag set above instead.
+        self.stop_where(|e| e.queue.is_none());
         let mut all_ended = self.all_ended.lock().await;
         while all_ended.recv().await.is_some() {}
     }
