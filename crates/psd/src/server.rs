@@ -507,9 +507,10 @@ fn routing(config: Config, listeners: &[SocketAddr]) -> anyhow::Result<Routing> 
     })
 }
 
-/// Descriptors psd holds per process session: the kept worker connection,
-/// the worker's stderr pipe, and the runtime's process handle.
-const FDS_PER_PROCESS_SESSION: u64 = 3;
+/// Descriptors psd must hold per live process session: the worker's stderr
+/// pipe. (Kept connections to workers use what the limit leaves; a session
+/// without one connects for each request.)
+const FDS_PER_PROCESS_SESSION: u64 = 1;
 
 /// Says so at start when `MaxSessions` worker processes cannot fit in the
 /// open-file limit: beyond it, new workers fail to start (502).

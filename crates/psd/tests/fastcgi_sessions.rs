@@ -120,6 +120,45 @@ fn workers_run_under_sched_batch_unless_configured_otherwise() {
     assert_eq!(policy(pid("/idle/")), SCHED_IDLE);
 }
 
+/// Each live worker costs psd one descriptor (its stderr pipe); kept
+/// connections get what the open-file limit leaves, and a session without
+/// one connects again. 300 sessions under a limit of 500 descriptors: with
+/// three per worker (pipe, pidfd, kept connection), or two, some would be
+/// refused.
+#[test]
+fn more_workers_than_three_descriptors_each_allow_all_keep_answering() {
+    let d = Daemon::start_with_file_limit(
+        &location(
+            "/",
+            &rust_counter(),
+            "MaxSessionsPerClient 1000\nSessionTimeout 5m\n",
+        ),
+        500,
+    );
+    let jars: Vec<Client> = (0..300)
+        .map(|i| Client::with_jar(&d.dir, &format!("j{i}")))
+        .collect();
+    let url = d.url("/");
+    let url = &url;
+    thread::scope(|s| {
+        for chunk in jars.chunks(50) {
+            s.spawn(move || {
+                for jar in chunk {
+                    let first = jar.get(url);
+                    assert_eq!(first.status, 200, "{first:?}");
+                }
+            });
+        }
+    });
+    let mut pids = std::collections::HashSet::new();
+    for jar in &jars {
+        let again = jar.get(url);
+        assert_eq!(again.count(), 2, "{again:?}");
+        pids.insert(again.pid());
+    }
+    assert_eq!(pids.len(), 300, "one worker per session");
+}
+
 #[test]
 fn cgi_variables_and_request_body_reach_the_worker() {
     let d = Daemon::start(&location("/app", &perl_counter(), ""));

@@ -174,6 +174,7 @@ impl Session {
                 location: &self.location,
                 resumed: life.resumed,
                 run_dir: &self.registry.run_dir,
+                workers: &self.registry.workers,
                 activity: &life.activity,
             }))
             .await;

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use crate::config::{Handler, LocationConfig};
 use crate::error::Error;
 use crate::mapper::{Access, Assigned, Hit, IdBook, Ids, Mapper};
-use crate::worker::{inproc, Worker};
+use crate::worker::{inproc, process, Worker};
 
 /// Requests that may wait, with their turns, for a session's worker to start.
 const SESSION_QUEUE_DEPTH: usize = 256;
@@ -41,6 +41,7 @@ pub(crate) struct Registry {
     pub(crate) ids: IdBook,
     slots: Slots,
     run_dir: PathBuf,
+    workers: Arc<process::Workers>,
     serial: AtomicU64,
     shutdown: watch::Sender<bool>,
     /// Each session task holds a clone of this sender; shutdown takes the
@@ -88,6 +89,7 @@ impl Registry {
                 per_client: Arc::new(Mutex::new(HashMap::new())),
             },
             run_dir,
+            workers: process::Workers::new(),
             serial: AtomicU64::new(0),
             shutdown: watch::channel(false).0,
             alive: Mutex::new(Some(alive)),

@@ -46,6 +46,15 @@ pub(crate) struct Process {
     location: Arc<LocationConfig>,
     /// Connections that finished a request with the worker keeping them open.
     idle: Mutex<Vec<Conn>>,
+    /// The budget kept connections count against.
+    workers: Arc<process::Workers>,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let kept = self.idle.get_mut().map_or(0, |idle| idle.len());
+        self.workers.release_connections(kept);
+    }
 }
 
 /// A connection to the worker, with the buffers it reuses request after
@@ -94,6 +103,7 @@ impl Process {
             session_id: spawn.session_id.clone(),
             location: location.clone(),
             idle: Mutex::new(vec![]),
+            workers: spawn.workers.clone(),
         });
         let probe = async {
             process
@@ -153,6 +163,9 @@ impl Process {
         if !fresh {
             loop {
                 let conn = self.idle.lock().expect("idle list lock").pop();
+                if conn.is_some() {
+                    self.workers.release_connections(1);
+                }
                 match conn {
                     Some(conn) if replayable || still_open(&conn.stream) => {
                         return Ok((conn, true))
@@ -166,7 +179,13 @@ impl Process {
         Ok((Conn::new(stream), false))
     }
 
+    /// Keeps `conn` for the next request, unless the descriptors kept
+    /// across all workers have reached their budget: then it is closed, and
+    /// the session's next request connects again.
     fn checkin(&self, mut conn: Conn) {
+        if !self.workers.keep_connection() {
+            return;
+        }
         if conn.input.capacity() > KEPT_BUFFER || conn.output.capacity() > KEPT_BUFFER {
             conn.input = BytesMut::new();
             conn.output = BytesMut::new();
@@ -401,7 +420,8 @@ impl Process {
 
     /// SIGTERM, then SIGKILL if the worker is still there after `grace`.
     pub async fn stop(&self, grace: Duration) {
-        self.idle.lock().expect("idle list lock").clear();
+        let closed = self.idle.lock().expect("idle list lock").drain(..).count();
+        self.workers.release_connections(closed);
         self.proc.stop(grace).await;
     }
 }

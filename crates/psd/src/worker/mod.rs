@@ -73,6 +73,7 @@ pub(crate) struct Spawn<'a> {
     pub location: &'a Arc<LocationConfig>,
     pub resumed: bool,
     pub run_dir: &'a PathBuf,
+    pub workers: &'a Arc<process::Workers>,
     pub activity: &'a Arc<Activity>,
 }
 

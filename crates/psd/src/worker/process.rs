@@ -4,20 +4,169 @@
 //! the whole group). The protocol modules decide what its stdin, stdout and
 //! extra descriptors are.
 
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Arc;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{ChildStdin, ChildStdout, Command};
-use tokio::sync::watch;
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{oneshot, watch};
 use tokio::time::timeout;
 
 use super::Spawn;
 use crate::error::Error;
+
+/// psd's worker processes as a whole: their exits, noticed without holding
+/// a descriptor for each, and the descriptors they do hold.
+///
+/// tokio would wait for each child through a pidfd, one more open file per
+/// live worker on top of its stderr pipe and its kept connection; with a
+/// 20,000-file limit that capped psd at 6,662 workers. Instead the children
+/// are kept in one table, and every `SIGCHLD` has each of them asked
+/// (`waitpid` with `WNOHANG`, by pid, so no other code's children are
+/// touched) whether it has exited.
+pub(crate) struct Workers {
+    children: Mutex<HashMap<u32, Watched>>,
+    reaping: AtomicBool,
+    /// The open-file limit psd runs under.
+    fd_limit: usize,
+    /// Live workers: each holds psd's end of its stderr pipe.
+    live: AtomicUsize,
+    /// Kept idle FastCGI connections, across all workers.
+    kept: AtomicUsize,
+}
+
+struct Watched {
+    child: Child,
+    exited: Option<oneshot::Sender<io::Result<ExitStatus>>>,
+}
+
+impl Watched {
+    fn exited(&mut self, status: io::Result<ExitStatus>) {
+        if let Some(exited) = self.exited.take() {
+            let _ = exited.send(status);
+        }
+    }
+}
+
+/// Descriptors left for clients, listeners, logs and connections in use
+/// when deciding whether another idle connection may be kept.
+const FD_RESERVE: usize = 512;
+
+impl Workers {
+    pub fn new() -> Arc<Workers> {
+        let fd_limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| {
+                usize::try_from(soft).unwrap_or(usize::MAX)
+            });
+        Arc::new(Workers {
+            children: Mutex::new(HashMap::new()),
+            reaping: AtomicBool::new(false),
+            fd_limit,
+            live: AtomicUsize::new(0),
+            kept: AtomicUsize::new(0),
+        })
+    }
+
+    /// Starts listening for `SIGCHLD` (once), before the first child exists.
+    fn reap_from_now(self: &Arc<Self>) -> io::Result<()> {
+        if self.reaping.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let mut sigchld = match signal(SignalKind::child()) {
+            Ok(stream) => stream,
+            Err(e) => {
+                self.reaping.store(false, Ordering::Release);
+                return Err(e);
+            }
+        };
+        let workers: Weak<Workers> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while sigchld.recv().await.is_some() {
+                let Some(workers) = workers.upgrade() else {
+                    break;
+                };
+                workers.reap();
+            }
+        });
+        Ok(())
+    }
+
+    /// Puts `child` in the table; the receiver gets its exit status.
+    fn watch(&self, child: Child) -> oneshot::Receiver<io::Result<ExitStatus>> {
+        let (exited, status) = oneshot::channel();
+        let pid = child.id();
+        let watched = Watched {
+            child,
+            exited: Some(exited),
+        };
+        self.children
+            .lock()
+            .expect("children lock")
+            .insert(pid, watched);
+        // It may have exited before it was in the table, its SIGCHLD seen
+        // with nothing to find.
+        self.reap();
+        status
+    }
+
+    /// Collects every exited child. `waitid(WNOWAIT)` names an exited
+    /// child without collecting it, so each exit costs one look; only a
+    /// child psd did not start (psd used as a library) makes it ask each of
+    /// its own in turn.
+    fn reap(&self) {
+        use nix::sys::wait::{waitid, Id, WaitPidFlag};
+        let mut children = self.children.lock().expect("children lock");
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        loop {
+            let Some(pid) = waitid(Id::All, flags).ok().and_then(|s| s.pid()) else {
+                return;
+            };
+            let Some(mut watched) = children.remove(&(pid.as_raw() as u32)) else {
+                break;
+            };
+            match watched.child.try_wait() {
+                Ok(None) => {
+                    children.insert(watched.child.id(), watched);
+                    break;
+                }
+                status => watched.exited(status.map(|s| s.expect("matched above"))),
+            }
+        }
+        children.retain(|_, watched| match watched.child.try_wait() {
+            Ok(None) => true,
+            status => {
+                watched.exited(status.map(|s| s.expect("matched above")));
+                false
+            }
+        });
+    }
+
+    /// Whether one more idle connection may be kept open: live workers'
+    /// pipes and kept connections stay clear of the open-file limit, so a
+    /// session that must connect again costs a connect, not a refusal.
+    pub fn keep_connection(&self) -> bool {
+        let held = self.live.load(Ordering::Relaxed) + self.kept.load(Ordering::Relaxed);
+        if held + FD_RESERVE >= self.fd_limit {
+            return false;
+        }
+        self.kept.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// An idle connection was taken for a request, or closed.
+    pub fn release_connections(&self, n: usize) {
+        self.kept.fetch_sub(n, Ordering::Relaxed);
+    }
+}
 
 /// The read buffer for a worker's stderr.
 const STDERR_BUFFER: usize = 512;
@@ -64,8 +213,7 @@ pub(crate) fn command(spawn: &Spawn<'_>, program: &Path, args: &[String]) -> Com
         .env("PSD_RESUMED", if spawn.resumed { "1" } else { "0" })
         // Its own process group: a terminal's ^C reaches psd only, and a
         // stop reaches the worker's own children too.
-        .process_group(0)
-        .kill_on_drop(true);
+        .process_group(0);
     if let Some(dir) = &location.working_directory {
         cmd.current_dir(dir);
     }
@@ -92,21 +240,34 @@ pub(crate) fn launch(
     cleanup: Option<PathBuf>,
 ) -> Result<Launched, Error> {
     let session = spawn.session_id;
-    let mut child = cmd.spawn().map_err(|e| {
+    let workers = spawn.workers;
+    let failed = |e: io::Error| {
         if let Some(path) = &cleanup {
             let _ = std::fs::remove_file(path);
         }
         Error::WorkerStart(format!("{}: {e}", program.display()))
-    })?;
-    let pid = child.id().unwrap_or_default();
+    };
+    workers.reap_from_now().map_err(&failed)?;
+    let mut child = cmd.spawn().map_err(&failed)?;
+    let pid = child.id();
     // Set from here rather than between fork and exec, which would cost the
     // spawn its posix_spawn fast path; the worker has barely started.
     if let Err(e) = super::sched::set_policy(pid, spawn.location.scheduling) {
         tracing::warn!(session = %session, pid, "setting the scheduling policy: {e}");
     }
-    let stdin = child.stdin.take();
-    let stdout = child.stdout.take();
-    if let Some(stderr) = child.stderr.take() {
+    let stdin = child.stdin.take().map(ChildStdin::from_std).transpose();
+    let stdout = child.stdout.take().map(ChildStdout::from_std).transpose();
+    let stderr = child.stderr.take().map(ChildStderr::from_std).transpose();
+    let exited = workers.watch(child);
+    let (stdin, stdout, stderr) = match (stdin, stdout, stderr) {
+        (Ok(stdin), Ok(stdout), Ok(stderr)) => (stdin, stdout, stderr),
+        (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => {
+            signal_group(pid, Signal::SIGKILL);
+            return Err(failed(e));
+        }
+    };
+    workers.live.fetch_add(1, Ordering::Relaxed);
+    if let Some(stderr) = stderr {
         let session = session.clone();
         tokio::spawn(async move {
             // A small buffer: every live worker has one, and longer lines
@@ -120,11 +281,16 @@ pub(crate) fn launch(
     let (done_tx, done) = watch::channel(false);
     {
         let session = session.clone();
+        let workers = workers.clone();
         tokio::spawn(async move {
-            match child.wait().await {
-                Ok(status) => tracing::info!(session = %session, pid, %status, "worker exited"),
-                Err(e) => tracing::warn!(session = %session, pid, "waiting for worker: {e}"),
+            match exited.await {
+                Ok(Ok(status)) => tracing::info!(session = %session, pid, %status, "worker exited"),
+                Ok(Err(e)) => tracing::warn!(session = %session, pid, "waiting for worker: {e}"),
+                Err(_) => {
+                    tracing::warn!(session = %session, pid, "psd stopped watching the worker")
+                }
             }
+            workers.live.fetch_sub(1, Ordering::Relaxed);
             if let Some(path) = cleanup {
                 let _ = std::fs::remove_file(path);
             }

@@ -79,6 +79,15 @@ impl Daemon {
 
     /// [`Daemon::start_raw`] with `RUST_LOG` set to `filter`.
     pub fn start_logging(body: &str, filter: &str) -> Daemon {
+        Daemon::start_with(body, filter, None)
+    }
+
+    /// [`Daemon::start`] under an open-file limit of `nofile` (soft and hard).
+    pub fn start_with_file_limit(body: &str, nofile: u32) -> Daemon {
+        Daemon::start_with(&format!("Listen 127.0.0.1:0\n{body}"), "info", Some(nofile))
+    }
+
+    fn start_with(body: &str, filter: &str, nofile: Option<u32>) -> Daemon {
         let dir = TempDir::new("d");
         let config = dir.join("psd.conf");
         std::fs::write(
@@ -86,7 +95,16 @@ impl Daemon {
             format!("DataDir {}\n{body}", dir.join("data").display()),
         )
         .unwrap();
-        let mut child = Command::new(PSD)
+        let mut command = match nofile {
+            None => Command::new(PSD),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")])
+                    .arg(PSD);
+                sh
+            }
+        };
+        let mut child = command
             .args(["serve", "-c"])
             .arg(&config)
             .env("RUST_LOG", filter)
