@@ -278,76 +278,71 @@ impl InProcess {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::sync::Arc;
+
+    use tokio::sync::{mpsc, Notify};
+
+    use crate::config::LocationConfig;
+    use crate::session::Registry;
+
+    /// The size of the future `make` returns, made inside a runtime with a
+    /// fresh registry (what the session structs need to exist).
+    fn future_size<F: Future>(make: impl FnOnce(Arc<Registry>) -> F) -> usize {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let registry = Registry::new(
+                crate::mapper::IdBook::new(crate::mapper::Signer::new("n", b"0123456789abcdef")),
+                10,
+                std::env::temp_dir(),
+            );
+            std::mem::size_of_val(&make(registry))
+        })
+    }
+
     /// Every session's task is as large as this future, for its whole life:
     /// a regression test that awaiting something big inline (worker start
     /// was one) does not come back. Measured 1,416 bytes in a debug build.
     #[test]
     fn a_session_task_stays_small() {
-        fn size_of_future<F: std::future::Future>(_: &F) -> usize {
-            std::mem::size_of::<F>()
-        }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let registry = crate::session::Registry::new(
-                crate::mapper::IdBook::new(crate::mapper::Signer::new("n", b"0123456789abcdef")),
-                10,
-                std::env::temp_dir(),
-            );
-            let (_queue, requests) = tokio::sync::mpsc::channel(1);
-            let (alive, _) = tokio::sync::mpsc::channel(1);
-            let session = super::Session {
+        let size = future_size(|registry| {
+            let (_queue, requests) = mpsc::channel(1);
+            super::Session {
                 id: "x".into(),
                 key: "k".into(),
                 location_key: "l".into(),
                 serial: 0,
                 client: "127.0.0.1".parse().unwrap(),
-                location: std::sync::Arc::new(crate::config::LocationConfig::new("/")),
+                location: Arc::new(LocationConfig::new("/")),
                 registry,
                 door: super::Door::new(1),
                 slot: None,
-                stop: std::sync::Arc::new(tokio::sync::Notify::new()),
-                _alive: alive,
-            };
-            let run = session.run(requests, tokio::sync::watch::channel(false).1);
-            let size = size_of_future(&run);
-            assert!(size <= 1600, "Session::run is {size} bytes");
+                stop: Arc::new(Notify::new()),
+                _alive: mpsc::channel(1).0,
+            }
+            .run(requests, tokio::sync::watch::channel(false).1)
         });
+        assert!(size <= 1600, "Session::run is {size} bytes");
     }
-}
-#[cfg(test)]
-mod in_process_tests {
+
     /// A million in-process sessions hold a million of these futures: a
     /// regression test for their size (560 bytes when written).
     #[test]
     fn an_in_process_session_task_stays_small() {
-        fn size_of_future<F: std::future::Future>(_: &F) -> usize {
-            std::mem::size_of::<F>()
-        }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let registry = crate::session::Registry::new(
-                crate::mapper::IdBook::new(crate::mapper::Signer::new("n", b"0123456789abcdef")),
-                10,
-                std::env::temp_dir(),
-            );
+        let size = future_size(|registry| {
             let slot = registry
                 .slots
                 .acquire("127.0.0.1".parse().unwrap(), 10)
                 .unwrap();
-            let (alive, _) = tokio::sync::mpsc::channel(1);
             let app = crate::demo::counter();
-            let location =
-                std::sync::Arc::new(crate::config::LocationConfig::in_process("/", app.clone()));
-            let end = std::sync::Arc::new(tokio::sync::Notify::new());
+            let location = Arc::new(LocationConfig::in_process("/", app.clone()));
+            let end = Arc::new(Notify::new());
             let (_task, main) =
                 crate::worker::inproc::Task::new(&"x".into(), &location, &app, end.clone());
-            let session = super::InProcess {
+            super::InProcess {
                 id: "x".into(),
                 key: "k".into(),
                 location_key: "l".into(),
@@ -357,10 +352,10 @@ mod in_process_tests {
                 door: super::Door::new(1),
                 _slot: slot,
                 end,
-                _alive: alive,
-            };
-            let size = size_of_future(&session.run(main));
-            assert!(size <= 640, "InProcess::run is {size} bytes");
+                _alive: mpsc::channel(1).0,
+            }
+            .run(main)
         });
+        assert!(size <= 640, "InProcess::run is {size} bytes");
     }
 }
