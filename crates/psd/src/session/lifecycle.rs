@@ -257,7 +257,10 @@ impl InProcess {
                     Ok(()) => "the application's session task ended",
                     Err(_) => "the application's session task panicked",
                 },
-                () = self.end.notified() => break "ended (shutdown, reaped, SessionLifetime, or a request timed out)",
+                () = self.end.notified() => break match *self.registry.shutdown.borrow() {
+                    true => "psd is shutting down",
+                    false => "ended (reaped, SessionLifetime, or a request timed out)",
+                },
                 () = sleep_until(check) => {
                     if let Some(Worker::InProcess(task)) = self.door.take_if_idle_for(timeout) {
                         task.close();

@@ -278,7 +278,8 @@ impl Registry {
 
     /// Stops every session (and so every worker) and waits until all are gone.
     pub async fn shutdown(&self) {
-        let _ = self.shutdown.send(true);
+        // `send_replace`: the flag must be set even with no receiver.
+        self.shutdown.send_replace(true);
         drop(self.alive.lock().expect("registry lock").take());
         // In-process sessions (those without a queue) listen only to their
         // `stop`; one created while this runs sees the flag set above instead.
