@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::Response;
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use crate::body::Body;
@@ -26,13 +26,15 @@ use crate::worker::{Job, Worker};
 /// Requests that may wait for their turn in one session before new ones get 503.
 const MAX_WAITING: usize = 256;
 
+/// How often a session past its idle time looks again while a request is
+/// still in it.
+const BUSY_RECHECK: Duration = Duration::from_secs(1);
+
 pub(crate) struct Door {
     turns: Semaphore,
     concurrency: usize,
     waiting: AtomicUsize,
     state: Mutex<State>,
-    /// Wakes the session's task when a request leaves.
-    left: Notify,
 }
 
 struct State {
@@ -49,7 +51,6 @@ impl Drop for Turn {
     fn drop(&mut self) {
         self.0.state.lock().expect("door lock").last_active = Instant::now();
         self.0.turns.add_permits(1);
-        self.0.left.notify_one();
     }
 }
 
@@ -70,7 +71,6 @@ impl Door {
                 worker: None,
                 last_active: Instant::now(),
             }),
-            left: Notify::new(),
         })
     }
 
@@ -137,16 +137,17 @@ impl Door {
         }
     }
 
-    /// When the session was last active, and whether a request is in it now.
-    pub fn activity(&self) -> (Instant, bool) {
+    /// When the session's task should next look whether it has been idle
+    /// for `idle`: that long after its last activity (or `also_active`,
+    /// activity the door does not see), or, while a request (a long poll,
+    /// say) is in the session, again in a while.
+    pub fn idle_check(&self, idle: Duration, also_active: Instant) -> Instant {
         let state = self.state.lock().expect("door lock");
-        let busy = self.turns.available_permits() < self.concurrency;
-        (state.last_active, busy)
-    }
-
-    /// Resolves when a request leaves the session.
-    pub fn left(&self) -> impl Future<Output = ()> + '_ {
-        self.left.notified()
+        if self.turns.available_permits() < self.concurrency {
+            Instant::now() + idle.min(BUSY_RECHECK)
+        } else {
+            state.last_active.max(also_active) + idle
+        }
     }
 }
 

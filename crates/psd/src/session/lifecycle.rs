@@ -68,8 +68,6 @@ struct Life {
     worker: Option<Worker>,
     /// When a WebSocket tunnel was last seen active.
     tunnel_active: Instant,
-    /// The idle timer found a request in flight: wait for it to leave.
-    awaiting_leave: bool,
     /// Whether a worker has run for this session before.
     resumed: bool,
 }
@@ -86,7 +84,6 @@ impl Session {
             activity: Activity::new(),
             worker: None,
             tunnel_active: Instant::now(),
-            awaiting_leave: false,
             resumed: false,
         };
         tracing::debug!(session = %self.id, app = %self.location.prefix, "session created");
@@ -94,7 +91,7 @@ impl Session {
         let reason = loop {
             let has_worker = life.worker.is_some();
             let gone = life.worker.as_ref().map(Worker::gone);
-            let idle_end = self.door.activity().0.max(life.tunnel_active) + timeout;
+            let idle_end = self.door.idle_check(timeout, life.tunnel_active);
             let never_used = !has_worker && !life.resumed;
             tokio::select! {
                 _ = shutdown.changed() => break "psd is shutting down",
@@ -105,7 +102,7 @@ impl Session {
                     self.slot = None;
                     self.transition(&mut life, State::Dormant);
                 }
-                _ = sleep_until(idle_end), if has_worker && !life.awaiting_leave => {
+                _ = sleep_until(idle_end), if has_worker => {
                     // An open WebSocket, or traffic on one, is activity too.
                     let tunnel = life.activity.last();
                     if tunnel > life.tunnel_active {
@@ -114,7 +111,6 @@ impl Session {
                     }
                     let Some(worker) = self.door.take_if_idle_for(timeout) else {
                         // A request is in flight, or one came meanwhile.
-                        life.awaiting_leave = self.door.activity().1;
                         continue;
                     };
                     tracing::info!(session = %self.id, "idle for {timeout:?}: stopping the worker");
@@ -123,7 +119,6 @@ impl Session {
                     self.slot = None;
                     self.transition(&mut life, State::Dormant);
                 }
-                _ = self.door.left(), if life.awaiting_leave => life.awaiting_leave = false,
                 _ = sleep_until(idle_end), if never_used => break "never used within SessionTimeout",
                 job = requests.recv() => match job {
                     Some(admitted) => {
@@ -211,10 +206,6 @@ impl Session {
     }
 }
 
-/// How often an in-process session past its idle time looks again while a
-/// request (a long poll, say) is still in it.
-const BUSY_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// An in-process session: the application's future, run by the session's
 /// one task with the session's timers around it. There is no worker to
 /// start or stop and no queue: requests reach the application through the
@@ -244,14 +235,10 @@ impl InProcess {
         // A panic in the application ends its session, not this task's
         // clean-up (the panic hook has reported it).
         let mut main = std::panic::AssertUnwindSafe(main).catch_unwind();
+        let began = Instant::now();
         let reason = loop {
             let timeout = self.location.session_timeout;
-            let (last_active, busy) = self.door.activity();
-            // While a request is in the session, look again now and then.
-            let check = match busy {
-                false => last_active + timeout,
-                true => Instant::now() + timeout.min(BUSY_RECHECK),
-            };
+            let check = self.door.idle_check(timeout, began);
             tokio::select! {
                 ended = &mut main => break match ended {
                     Ok(()) => "the application's session task ended",
