@@ -83,3 +83,150 @@ impl http_body::Body for ChannelBody {
         SizeHint::default()
     }
 }
+
+/// Frames a worker's response before it reaches the client: psd, not the
+/// worker, decides where a response ends, so a worker's bytes can never
+/// become the start of the next response on a kept-alive connection
+/// (response splitting).
+///
+/// - A status a client cannot be sent (outside 200–599, or 1xx) is the
+///   worker's error: 502.
+/// - With `Content-Length`, the client gets exactly that many bytes: a
+///   surplus is cut off (and logged), a short body ends the response with
+///   an error, which closes the connection, as nginx does.
+/// - A response to HEAD, and 204/304, carries no body whatever the worker
+///   wrote (CGI scripts write one for HEAD; HTTP/2 refuses it).
+pub(crate) fn frame(
+    response: http::Response<Body>,
+    head_request: bool,
+    session: &std::sync::Arc<str>,
+) -> Result<http::Response<Body>, crate::Error> {
+    use http::StatusCode;
+    let status = response.status();
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(response);
+    }
+    if !(200..=599).contains(&status.as_u16()) {
+        return Err(crate::Error::BadResponse(format!(
+            "invalid status {status}"
+        )));
+    }
+    let declared = content_length(response.headers())?;
+    let (mut parts, body) = response.into_parts();
+    if status == StatusCode::NO_CONTENT {
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(http::Response::from_parts(parts, full(Bytes::new())));
+    }
+    let Some(declared) = declared else {
+        return Ok(http::Response::from_parts(parts, body));
+    };
+    if http_body::Body::size_hint(&body).exact() == Some(declared) {
+        return Ok(http::Response::from_parts(parts, body));
+    }
+    let framed = Framed {
+        inner: Some(body),
+        left: declared,
+        session: session.clone(),
+    };
+    Ok(http::Response::from_parts(parts, framed.boxed()))
+}
+
+/// The one `Content-Length` of a response: repeated values must agree
+/// (RFC 9110 §8.6), anything else is the worker's error.
+fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, crate::Error> {
+    let mut found = None;
+    for value in headers.get_all(http::header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            let n = std::str::from_utf8(part)
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    crate::Error::BadResponse(format!(
+                        "invalid Content-Length {:?}",
+                        String::from_utf8_lossy(value.as_bytes())
+                    ))
+                })?;
+            if found.is_some_and(|f| f != n) {
+                return Err(crate::Error::BadResponse(
+                    "conflicting Content-Length".into(),
+                ));
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
+
+/// A body held to its declared length.
+struct Framed {
+    /// Dropped once the declared length is sent: the worker's producer
+    /// sees the client gone, and stops.
+    inner: Option<Body>,
+    left: u64,
+    session: std::sync::Arc<str>,
+}
+
+impl http_body::Body for Framed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = std::task::ready!(Pin::new(inner).poll_frame(cx));
+        match frame {
+            Some(Ok(frame)) => {
+                let Ok(mut data) = frame.into_data() else {
+                    // Trailers have no place after a Content-Length body.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                };
+                let len = data.len() as u64;
+                if len > self.left {
+                    tracing::warn!(
+                        session = %self.session,
+                        "worker wrote more than its Content-Length; the surplus is dropped"
+                    );
+                    data.truncate(self.left as usize);
+                }
+                self.left -= data.len() as u64;
+                if self.left == 0 {
+                    self.inner = None;
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Some(Err(e)) => {
+                self.inner = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                self.inner = None;
+                if self.left == 0 {
+                    return Poll::Ready(None);
+                }
+                tracing::warn!(
+                    session = %self.session,
+                    missing = self.left,
+                    "worker's response ended before its Content-Length; closing the connection"
+                );
+                Poll::Ready(Some(Err("response shorter than its Content-Length".into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}

@@ -35,6 +35,10 @@ pub enum Error {
     WorkerStart(String),
     #[error("worker failed: {0}")]
     Worker(String),
+    /// The worker is sound but this one answer cannot be sent (an invalid
+    /// status or header): 502, and the worker stays.
+    #[error("worker sent an invalid response: {0}")]
+    BadResponse(String),
     #[error("worker did not answer within {0:?}")]
     Timeout(Duration),
 }
@@ -53,7 +57,9 @@ impl Error {
             | Error::TooManySessionsForClient(_)
             | Error::SessionBusy
             | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            Error::WorkerStart(_) | Error::Worker(_) => StatusCode::BAD_GATEWAY,
+            Error::WorkerStart(_) | Error::Worker(_) | Error::BadResponse(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -82,7 +88,9 @@ impl Error {
             }
             Error::ShuttingDown => "Service Unavailable: server is shutting down\n",
             Error::WorkerStart(_) => "Bad Gateway: the session's worker failed to start\n",
-            Error::Worker(_) => "Bad Gateway: the session's worker failed\n",
+            Error::Worker(_) | Error::BadResponse(_) => {
+                "Bad Gateway: the session's worker failed\n"
+            }
             Error::Timeout(_) => "Gateway Timeout: the session's worker did not answer in time\n",
         };
         let mut response = Response::new(body::full(Bytes::from_static(message.as_bytes())));

@@ -683,6 +683,7 @@ async fn respond(
         return redirect;
     }
 
+    let parts_method = parts.method.clone();
     let (reply, answer) = oneshot::channel();
     let job = Job {
         request: Request::from_parts(parts, body),
@@ -706,9 +707,16 @@ async fn respond(
     };
     trace.session = Some(target.token.clone());
     let asked = tokio::time::Instant::now();
+    let head_request = parts_method == Method::HEAD;
     let answer = target.door.call(target.queue.as_ref(), job, answer).await;
     trace.upstream = Some(asked.elapsed());
-    let mut response = answer.unwrap_or_else(|e| e.to_response());
+    let framed = answer.and_then(|r| body::frame(r, head_request, &target.token));
+    let mut response = framed.unwrap_or_else(|e| {
+        if let Error::BadResponse(_) = e {
+            tracing::warn!(session = %target.token, "{e}");
+        }
+        e.to_response()
+    });
     if let Some(cookie) = target.assigned.as_ref().and_then(|a| a.cookie.as_deref()) {
         set_cookie(&mut response, cookie, &target.token, &view);
     }

@@ -173,9 +173,16 @@ pub fn parse_head(head: &[u8]) -> Result<Head, String> {
             .map_err(|_| format!("invalid value for header {name}"))?;
         match name.as_str() {
             "status" => {
-                let code = value.as_bytes().get(..3).unwrap_or_default();
-                let code = StatusCode::from_bytes(code)
-                    .map_err(|_| format!("invalid Status: {:?}", value))?;
+                // `Status: 404 Not Found`: three digits, then a space or nothing;
+                // only codes a client can be sent as a final answer.
+                let text = value.as_bytes();
+                let code = text
+                    .split(|&b| b == b' ')
+                    .next()
+                    .filter(|c| c.len() == 3)
+                    .and_then(|c| StatusCode::from_bytes(c).ok())
+                    .filter(|c| (200..=599).contains(&c.as_u16()))
+                    .ok_or_else(|| format!("invalid Status: {:?}", value))?;
                 status = Some(code);
             }
             "connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "te" | "trailer" => {}
@@ -213,7 +220,12 @@ mod tests {
         let redirect = parse_head(b"Location: http://x/").unwrap();
         assert_eq!(redirect.status, StatusCode::FOUND);
         assert!(parse_head(b"garbage").is_err());
-        assert!(parse_head(b"Status: abc").is_err());
+        for bad in ["abc", "999", "2000 OK", "100 Continue", "42"] {
+            assert!(
+                parse_head(format!("Status: {bad}").as_bytes()).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

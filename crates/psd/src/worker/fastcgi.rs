@@ -445,7 +445,7 @@ fn parse_head(head: &mut BytesMut) -> Result<Option<Phase>, Error> {
         return Ok(None);
     };
     let parsed = cgi::parse_head(&head[..head_len])
-        .map_err(|e| Error::Worker(format!("invalid CGI response: {e}")))?;
+        .map_err(|e| Error::BadResponse(format!("invalid CGI response: {e}")))?;
     let rest = head.split_off(body_start);
     Ok(Some(Phase::Held(parsed, rest)))
 }

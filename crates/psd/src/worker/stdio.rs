@@ -436,7 +436,7 @@ async fn route(line: &[u8], state: &Mutex<State>, session: &str) {
         None => garbage(format!("an answer to unknown request {id}")),
         Some(Pending::Head { reply, done }) => match head(&object) {
             Err(why) => {
-                let _ = reply.send(Err(Error::Worker(why.clone())));
+                let _ = reply.send(Err(Error::BadResponse(why.clone())));
                 tracing::warn!(session = %session, "worker answered request {id} with {why}");
             }
             Ok((response, false)) => {
@@ -488,6 +488,7 @@ fn head(object: &Map<String, Value>) -> Result<(Response<Bytes>, bool), String> 
             .as_u64()
             .and_then(|n| u16::try_from(n).ok())
             .and_then(|n| StatusCode::from_u16(n).ok())
+            .filter(|s| (200..=599).contains(&s.as_u16()))
             .ok_or_else(|| format!("invalid status {v}"))?,
     };
     let mut response = Response::new(chunk(object)?);
@@ -568,6 +569,8 @@ mod tests {
         assert!(head(&object(json!({"id": 1, "stream": true}))).unwrap().1);
         for bad in [
             json!({"status": 99}),
+            json!({"status": 999}),
+            json!({"status": 101}),
             json!({"status": "x"}),
             json!({"headers": [["bad name", "v"]]}),
             json!({"body": 5}),

@@ -1,0 +1,190 @@
+//! Regression tests for what a hostile test of psd found: workers that lie
+//! about their responses, clients that break off or stall, floods, and
+//! paths and ids crafted to reach what they should not. Each test is named
+//! after the defect it guards against.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn liar() -> PathBuf {
+    test_worker("liar.pl")
+}
+
+/// One HTTP/1.1 response read off a raw connection, framed by its own
+/// `Content-Length` the way a client (or a front proxy reusing the
+/// connection) frames it.
+#[derive(Debug)]
+struct Raw {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A kept-alive connection to psd.
+struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn open(port: u16) -> Conn {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Conn {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    fn send(&mut self, raw: &str) {
+        self.reader.get_mut().write_all(raw.as_bytes()).unwrap();
+    }
+
+    fn get(&mut self, path: &str) -> Option<Raw> {
+        self.send(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        self.read(false)
+    }
+
+    /// The next response; `None` when the connection closed first.
+    fn read(&mut self, head_only: bool) -> Option<Raw> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let status = line.split_whitespace().nth(1)?.parse().ok()?;
+        let mut headers = vec![];
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h).ok()?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':')?;
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let mut raw = Raw {
+            status,
+            headers,
+            body: vec![],
+        };
+        if head_only {
+            return Some(raw);
+        }
+        if let Some(len) = raw.header("content-length") {
+            let mut body = vec![0; len.parse().unwrap()];
+            self.reader.read_exact(&mut body).ok()?;
+            raw.body = body;
+        } else if raw.header("transfer-encoding").is_some() {
+            loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size).ok()?;
+                let size = usize::from_str_radix(size.trim(), 16).ok()?;
+                let mut chunk = vec![0; size + 2];
+                self.reader.read_exact(&mut chunk).ok()?;
+                if size == 0 {
+                    break;
+                }
+                raw.body.extend_from_slice(&chunk[..size]);
+            }
+        }
+        Some(raw)
+    }
+
+    /// Whether the peer has closed the connection (within `limit`).
+    fn closed_within(&mut self, limit: Duration) -> bool {
+        self.reader.get_ref().set_read_timeout(Some(limit)).unwrap();
+        let mut byte = [0u8; 1];
+        matches!(self.reader.read(&mut byte), Ok(0) | Err(_))
+    }
+}
+
+fn liar_daemon(extra: &str) -> Daemon {
+    Daemon::start(&location("/c", &liar(), &format!("SessionKey ip\n{extra}")))
+}
+
+/// Response splitting: a worker that wrote more than its `Content-Length`
+/// got the surplus onto the client's kept-alive connection, where it was
+/// read as the answer to the next request.
+#[test]
+fn response_splitting_surplus_bytes_never_reach_the_next_response() {
+    let d = liar_daemon("");
+    let mut conn = Conn::open(d.port);
+    let first = conn.get("/c/long").expect("an answer");
+    assert_eq!((first.status, &first.body[..]), (200, &b"hello"[..]));
+    let next = conn.get("/c/").expect("the connection still works");
+    assert_eq!(next.status, 200, "{next:?}");
+    let body = String::from_utf8_lossy(&next.body);
+    assert!(
+        body.starts_with("pid="),
+        "the next answer is its own: {body:?}"
+    );
+    assert!(d.log_text().contains("more than its Content-Length"));
+}
+
+/// A body shorter than its `Content-Length` must not leave the client
+/// waiting on a kept-alive connection for bytes that never come: the
+/// connection is closed.
+#[test]
+fn response_splitting_short_body_closes_the_connection() {
+    let d = liar_daemon("");
+    let mut conn = Conn::open(d.port);
+    // hyper may send the head and the 3 bytes, or nothing at all; either
+    // way the connection ends and no byte of another response follows.
+    if let Some(head) = conn.get_head_of("/c/short") {
+        assert_eq!(head.header("content-length"), Some("100"));
+        let mut rest = vec![];
+        let _ = conn.reader.read_to_end(&mut rest);
+        assert!(rest.len() < 100, "{rest:?}");
+    }
+    assert!(conn.closed_within(Duration::from_secs(5)));
+    let fresh = Conn::open(d.port).get("/c/").unwrap();
+    assert_eq!(fresh.status, 200, "the session goes on");
+}
+
+/// `Status: 999` is not a status a client can be sent: 502.
+#[test]
+fn response_splitting_invalid_status_is_bad_gateway() {
+    let d = liar_daemon("");
+    let mut conn = Conn::open(d.port);
+    assert_eq!(conn.get("/c/status").unwrap().status, 502);
+    assert_eq!(conn.get("/c/").unwrap().status, 200);
+}
+
+/// HEAD over HTTP/2 reset the stream when a FastCGI worker wrote a body
+/// with its HEAD answer, as every CGI script does.
+#[test]
+fn head_over_http2_drops_the_workers_body() {
+    let d = Daemon::start(&location(
+        "/counter",
+        &repo().join("examples/counter-perl/counter.pl"),
+        "",
+    ));
+    for version in ["--http2-prior-knowledge", "--http1.1"] {
+        let reply = Client::anonymous().request(&d.url("/counter/"), &["-I", version]);
+        assert_eq!(reply.status, 200, "{version}: {reply:?}");
+        assert!(reply.body.is_empty());
+    }
+}
+
+impl Conn {
+    fn get_head_of(&mut self, path: &str) -> Option<Raw> {
+        self.send(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        self.read(true)
+    }
+}
