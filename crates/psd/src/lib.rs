@@ -20,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod mapper;
+mod path;
 mod server;
 mod session;
 pub mod tls;

@@ -579,8 +579,13 @@ async fn respond(
     conn: Conn,
     trace: &mut Trace,
 ) -> Response<Body> {
-    // HTTP/2 carries the host as :authority; workers want a Host header.
-    if !request.headers().contains_key(HOST) {
+    if let Err(e) = strict(&request) {
+        return Error::BadRequest(e.into()).to_response();
+    }
+    // HTTP/2 carries the host as :authority, HTTP/1.1's absolute-form in the
+    // request target, which then wins over Host (RFC 9112 §3.2.2); workers
+    // want a Host header either way.
+    if request.version() != http::Version::HTTP_2 || !request.headers().contains_key(HOST) {
         if let Some(v) = request
             .uri()
             .authority()
@@ -602,7 +607,11 @@ async fn respond(
     let vhost = routing
         .config
         .select_host(conn.local, host_header.as_deref().map(config::strip_port));
-    let path = request.uri().path();
+    let normal = match crate::path::normalize(request.uri().path()) {
+        Ok(normal) => normal,
+        Err(e) => return Error::BadRequest(e.to_string()).to_response(),
+    };
+    let path = &*normal.decoded;
     let in_vhost = vhost.and_then(|v| {
         config::longest_match(
             &routing.config.locations,
@@ -621,6 +630,17 @@ async fn respond(
         "" => "/".to_string(),
         under => under.to_string(),
     };
+    // Workers see the normalised path, encoded one canonical way.
+    if let std::borrow::Cow::Owned(encoded) = normal.encoded {
+        let target = match request.uri().query() {
+            Some(q) => format!("{encoded}?{q}"),
+            None => encoded,
+        };
+        match target.parse() {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(_) => return Error::BadRequest("unparsable path".into()).to_response(),
+        }
+    }
     let view = View {
         https: forwarded.https.unwrap_or(conn.https),
         host: forwarded.host.or(host_header).map(Arc::from),
@@ -721,6 +741,26 @@ async fn respond(
         set_cookie(&mut response, cookie, &target.token, &view);
     }
     response
+}
+
+/// The longest method name psd accepts; the registered ones are at most 17.
+const MAX_METHOD_LEN: usize = 32;
+
+/// What RFC 9112 §3.2 requires of a request before it is routed: one
+/// `Host` (and in HTTP/1.1, at least one), and a method of sane length.
+fn strict<B>(request: &Request<B>) -> Result<(), &'static str> {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err("more than one Host header"),
+        (None, None) if request.version() == http::Version::HTTP_11 => {
+            return Err("HTTP/1.1 request without Host")
+        }
+        _ => {}
+    }
+    if request.method().as_str().len() > MAX_METHOD_LEN {
+        return Err("method name too long");
+    }
+    Ok(())
 }
 
 /// Query mode: a new session is announced by `303 See Other` to the same URL

@@ -123,11 +123,26 @@ fn pair_of(host: &Host) -> Result<Option<Arc<CertifiedKey>>, String> {
     }
 }
 
+/// How long a development certificate is valid: a year, as browsers accept
+/// for certificates at most 398 days long.
+const CERT_VALIDITY_DAYS: i64 = 365;
+
+/// A certificate for `names`, valid from a day ago (clocks differ) for
+/// [`CERT_VALIDITY_DAYS`].
+fn self_signed(names: &[String]) -> Result<rcgen::CertifiedKey<rcgen::KeyPair>, rcgen::Error> {
+    let signing_key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(CERT_VALIDITY_DAYS);
+    let cert = params.self_signed(&signing_key)?;
+    Ok(rcgen::CertifiedKey { cert, signing_key })
+}
+
 /// Writes a self-signed certificate for `names` (DNS names or IP addresses)
 /// as `cert.pem` and `key.pem` (mode 0600) in `out`.
 pub fn write_self_signed(names: &[String], out: &Path) -> Result<(), String> {
-    let generated = rcgen::generate_simple_self_signed(names.to_vec())
-        .map_err(|e| format!("generating the certificate: {e}"))?;
+    let generated = self_signed(names).map_err(|e| format!("generating the certificate: {e}"))?;
     fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
     let cert_path = out.join("cert.pem");
     let key_path = out.join("key.pem");

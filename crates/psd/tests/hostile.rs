@@ -8,7 +8,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -187,4 +187,64 @@ impl Conn {
         self.send(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
         self.read(true)
     }
+}
+
+/// Paths were not normalised: `%2e%2e` climbed out of the location, `%00`
+/// cut the path short, and `%2e%70%73%64` reached the application as
+/// psd's own `/.psd/`.
+#[test]
+fn paths_are_normalised_before_routing() {
+    let d = liar_daemon("");
+    let mut conn = Conn::open(d.port);
+    for (path, status) in [
+        ("/c/%2e%2e/%2e%2e/etc/passwd", 400),
+        ("/c/../../etc/passwd", 400),
+        ("/c/a%00b", 400),
+        ("/c/x/%2E%2E/", 200),
+        ("/c/%2e%70%73%64/join?id=forged", 404),
+        ("/c/x/../.psd/share", 403),
+        ("/c%2F..%2Fother", 404),
+    ] {
+        let reply = conn
+            .get(path)
+            .unwrap_or_else(|| panic!("{path}: no answer"));
+        assert_eq!(reply.status, status, "{path}: {reply:?}");
+        if status != 200 {
+            let body = String::from_utf8_lossy(&reply.body);
+            assert!(!body.contains("pid="), "{path} reached the worker: {body}");
+        }
+    }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request needs exactly one Host; an
+/// absolute-form target's authority is the host.
+#[test]
+fn http_strictness_host_and_method() {
+    let d = liar_daemon("");
+    let ask = |raw: &str| {
+        let mut conn = Conn::open(d.port);
+        conn.send(raw);
+        conn.read(false).map(|r| r.status)
+    };
+    assert_eq!(ask("GET /c/ HTTP/1.1\r\n\r\n"), Some(400), "no Host");
+    assert_eq!(
+        ask("GET /c/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        Some(400),
+        "two Hosts"
+    );
+    assert_eq!(
+        ask("GET /c/ HTTP/1.0\r\n\r\n"),
+        Some(200),
+        "HTTP/1.0 may omit it"
+    );
+    let long = "X".repeat(100);
+    assert_eq!(
+        ask(&format!("{long} /c/ HTTP/1.1\r\nHost: a\r\n\r\n")),
+        Some(400),
+        "an unbounded method"
+    );
+    assert_eq!(
+        ask("GET http://t/c/ HTTP/1.1\r\nHost: elsewhere\r\n\r\n"),
+        Some(200)
+    );
 }
