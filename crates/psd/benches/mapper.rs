@@ -23,8 +23,8 @@ fn key(words: &str) -> SessionKey {
 
 fn bench(c: &mut Criterion) {
     let book = IdBook::new(Signer::new("node-1", b"0123456789abcdef0123456789abcdef"));
-    let ids = Ids::new(&book);
-    let id = book.issue();
+    let ids = Ids::new(&book, "main /");
+    let id = book.issue("main /");
     let mut headers = HeaderMap::new();
     headers.insert(
         "cookie",

@@ -844,10 +844,10 @@ fn psd_url(
             // Sharing is of the id: with `path` parts, the read-only id
             // reaches every path's session of it, as the read-write id does.
             let presented = mapper
-                .get_session_id_from_hit(&hit, &Ids::new(&shared.registry.ids))
+                .get_session_id_from_hit(&hit, &Ids::new(&shared.registry.ids, &mount.key))
                 .and_then(|mapped| mapped.presented)
                 .filter(|p| p.access == Access::ReadWrite)
-                .and_then(|p| shared.registry.ids.share(&p.id));
+                .and_then(|p| shared.registry.ids.share(&mount.key, &p.id));
             let Some(read_only) = presented else {
                 return Error::ReadOnly.to_response();
             };
@@ -870,7 +870,7 @@ fn psd_url(
                 .iter()
                 .find(|(k, _)| k == "id")
                 .map(|(_, v)| v.as_str());
-            let valid = token.and_then(|t| shared.registry.ids.verify(t));
+            let valid = token.and_then(|t| shared.registry.ids.verify(&mount.key, t));
             match (valid, mapper.cookie_name()) {
                 (Some(p), Some(cookie)) if p.access == Access::ReadOnly => {
                     let mut response = redirect(&base);

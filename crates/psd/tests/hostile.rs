@@ -248,3 +248,24 @@ fn http_strictness_host_and_method() {
         Some(200)
     );
 }
+
+/// An id issued by one `<Location>` was adopted by another, whose worker
+/// then saw the other application's id.
+#[test]
+fn an_id_is_not_adopted_across_applications() {
+    let counter = repo().join("examples/counter-perl/counter.pl");
+    let d = Daemon::start(&format!(
+        "{}{}",
+        location("/one", &counter, ""),
+        location("/two", &counter, "")
+    ));
+    let one = Client::with_jar(&d.dir, "one").get(&d.url("/one/"));
+    let id = one.field("session").unwrap();
+    let cookie = format!("Cookie: psd_sid={id}");
+    let two = Client::anonymous().request(&d.url("/two/"), &["-H", &cookie]);
+    assert_eq!(two.status, 200);
+    assert_ne!(two.field("session").unwrap(), id, "/two issued its own id");
+    assert!(two.header("set-cookie").is_some());
+    let again = Client::anonymous().request(&d.url("/one/"), &["-H", &cookie]);
+    assert_eq!(again.count(), 2, "the id still works where it was issued");
+}

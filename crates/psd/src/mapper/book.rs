@@ -36,12 +36,14 @@ impl IdBook {
         }
     }
 
-    pub fn issue(&self) -> Arc<str> {
-        self.signer.issue().into()
+    pub fn issue(&self, app: &str) -> Arc<str> {
+        self.signer.issue(app).into()
     }
 
-    pub fn verify(&self, token: &str) -> Option<Presented> {
-        if self.signer.verify(token) {
+    /// The session `token` names in application `app`, if it is one of
+    /// app's ids: a read-write id, or a live read-only id.
+    pub fn verify(&self, app: &str, token: &str) -> Option<Presented> {
+        if self.signer.verify(app, token) {
             let id: Arc<str> = token.into();
             return Some(Presented {
                 token: id.clone(),
@@ -49,7 +51,7 @@ impl IdBook {
                 access: Access::ReadWrite,
             });
         }
-        if self.read_only.verify(token) {
+        if self.read_only.verify(app, token) {
             let state = self.state.lock().expect("id book lock");
             let (token, id) = state.rw_of.get_key_value(token)?;
             return Some(Presented {
@@ -69,15 +71,16 @@ impl IdBook {
             .contains_key(id)
     }
 
-    /// The read-only id for a live read-write id (the same one each time).
-    pub fn share(&self, id: &str) -> Option<Arc<str>> {
+    /// The read-only id for a live read-write id of `app` (the same one
+    /// each time).
+    pub fn share(&self, app: &str, id: &str) -> Option<Arc<str>> {
         let mut state = self.state.lock().expect("id book lock");
         let (id, _) = state.uses.get_key_value(id)?;
         let id = id.clone();
         if let Some(ro) = state.ro_of.get(&id) {
             return Some(ro.clone());
         }
-        let ro: Arc<str> = self.read_only.issue().into();
+        let ro: Arc<str> = self.read_only.issue(app).into();
         state.ro_of.insert(id.clone(), ro.clone());
         state.rw_of.insert(ro.clone(), id);
         Some(ro)
@@ -115,22 +118,35 @@ mod tests {
     #[test]
     fn read_only_ids_live_and_die_with_their_session() {
         let book = IdBook::new(Signer::new("n", b"0123456789abcdef0123456789abcdef"));
-        let id = book.issue();
-        assert!(book.share(&id).is_none(), "only live ids can be shared");
+        let id = book.issue("a");
+        assert!(
+            book.share("a", &id).is_none(),
+            "only live ids can be shared"
+        );
         book.acquire(&id);
         book.acquire(&id);
-        let ro = book.share(&id).unwrap();
-        assert_eq!(book.share(&id).unwrap(), ro, "one read-only id per session");
-        let seen = book.verify(&ro).unwrap();
+        let ro = book.share("a", &id).unwrap();
+        assert_eq!(
+            book.share("a", &id).unwrap(),
+            ro,
+            "one read-only id per session"
+        );
+        let seen = book.verify("a", &ro).unwrap();
         assert_eq!(
             (seen.access, &*seen.id, &*seen.token),
             (Access::ReadOnly, &*id, &*ro)
         );
-        assert_eq!(book.verify(&id).unwrap().access, Access::ReadWrite);
+        assert_eq!(book.verify("a", &id).unwrap().access, Access::ReadWrite);
         book.release(&id);
-        assert!(book.verify(&ro).is_some(), "still one session on the id");
+        assert!(
+            book.verify("a", &ro).is_some(),
+            "still one session on the id"
+        );
         book.release(&id);
-        assert!(book.verify(&ro).is_none(), "gone with the last session");
+        assert!(
+            book.verify("a", &ro).is_none(),
+            "gone with the last session"
+        );
         assert!(!book.in_use(&id));
     }
 }

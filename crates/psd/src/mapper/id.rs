@@ -2,7 +2,9 @@
 //!
 //! A session id is `NODE.RANDOM.MAC`: the node name, 128 bits from the OS
 //! CSPRNG (base64url), and HMAC-SHA256 over both with the session secret,
-//! truncated to 128 bits. Only psd issues ids; a client can present one but
+//! truncated to 128 bits. The MAC also covers the application (the
+//! `<Location>`'s identity) that issued the id, so an id is valid only
+//! there: presented to another application it is unknown. Only psd issues ids; a client can present one but
 //! never choose one. This module owns the secret, issuing, verifying (in
 //! constant time). Read-only ids have the same shape but are signed with a
 //! key derived from the secret for that purpose alone, so neither kind of id
@@ -70,17 +72,17 @@ impl Signer {
         Ok(Self::new(node, secret))
     }
 
-    /// A new id, never issued before (128 random bits).
-    pub fn issue(&self) -> String {
+    /// A new id for application `app`, never issued before (128 random bits).
+    pub fn issue(&self, app: &str) -> String {
         let mut random = [0u8; RANDOM_BYTES];
         getrandom::fill(&mut random).expect("the OS random number generator failed");
         let body = format!("{}.{}", self.node, URL_SAFE_NO_PAD.encode(random));
-        let tag = self.tag(body.as_bytes());
+        let tag = self.tag(app, body.as_bytes());
         format!("{body}.{}", URL_SAFE_NO_PAD.encode(tag))
     }
 
-    /// Whether `id` is well-formed and was issued with this secret.
-    pub fn verify(&self, id: &str) -> bool {
+    /// Whether `id` is well-formed and was issued for `app` with this secret.
+    pub fn verify(&self, app: &str, id: &str) -> bool {
         let Some((body, tag)) = id.rsplit_once('.') else {
             return false;
         };
@@ -96,13 +98,22 @@ impl Signer {
         if !well_formed || tag.len() != MAC_BYTES {
             return false;
         }
-        let mut mac = self.mac.clone();
+        let mut mac = self.keyed(app);
         mac.update(body.as_bytes());
         mac.verify_truncated_left(&tag).is_ok()
     }
 
-    fn tag(&self, body: &[u8]) -> [u8; MAC_BYTES] {
+    /// The MAC with the application already in it; a NUL ends the name
+    /// (no location prefix holds one).
+    fn keyed(&self, app: &str) -> HmacSha256 {
         let mut mac = self.mac.clone();
+        mac.update(app.as_bytes());
+        mac.update(&[0]);
+        mac
+    }
+
+    fn tag(&self, app: &str, body: &[u8]) -> [u8; MAC_BYTES] {
+        let mut mac = self.keyed(app);
         mac.update(body);
         let full = mac.finalize().into_bytes();
         let mut tag = [0u8; MAC_BYTES];
@@ -147,10 +158,10 @@ mod tests {
     #[test]
     fn issued_ids_verify_and_differ() {
         let s = signer();
-        let a = s.issue();
-        let b = s.issue();
+        let a = s.issue("a");
+        let b = s.issue("a");
         assert_ne!(a, b);
-        assert!(s.verify(&a) && s.verify(&b));
+        assert!(s.verify("a", &a) && s.verify("a", &b));
         assert!(a.starts_with("node-1."));
         assert_eq!(a.split('.').count(), 3);
     }
@@ -158,18 +169,18 @@ mod tests {
     #[test]
     fn forged_tampered_and_foreign_ids_fail() {
         let s = signer();
-        let id = s.issue();
-        let other = Signer::new("node-1", b"another secret, another server!!").issue();
-        assert!(!s.verify(&other), "foreign secret");
+        let id = s.issue("a");
+        let other = Signer::new("node-1", b"another secret, another server!!").issue("a");
+        assert!(!s.verify("a", &other), "foreign secret");
         let mut tampered = id.clone().into_bytes();
         let i = id.find('.').unwrap() + 3;
         tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
         assert!(
-            !s.verify(std::str::from_utf8(&tampered).unwrap()),
+            !s.verify("a", std::str::from_utf8(&tampered).unwrap()),
             "tampered random part"
         );
         let renamed = id.replacen("node-1", "node-2", 1);
-        assert!(!s.verify(&renamed), "node name is covered by the MAC");
+        assert!(!s.verify("a", &renamed), "node name is covered by the MAC");
         for junk in [
             "",
             ".",
@@ -179,17 +190,27 @@ mod tests {
             &format!("{id}x"),
             &id[..id.len() - 1],
         ] {
-            assert!(!s.verify(junk), "{junk:?}");
+            assert!(!s.verify("a", junk), "{junk:?}");
         }
+    }
+
+    /// An id issued by one `<Location>` was adopted by another.
+    #[test]
+    fn an_id_is_bound_to_its_application() {
+        let s = signer();
+        let id = s.issue("main /one");
+        assert!(s.verify("main /one", &id));
+        assert!(!s.verify("main /two", &id));
+        assert!(!s.verify("main /one\0", &id));
     }
 
     #[test]
     fn read_only_and_read_write_ids_never_verify_as_each_other() {
         let rw = signer();
         let ro = rw.read_only();
-        let (a, b) = (rw.issue(), ro.issue());
-        assert!(rw.verify(&a) && ro.verify(&b));
-        assert!(!ro.verify(&a) && !rw.verify(&b));
+        let (a, b) = (rw.issue("a"), ro.issue("a"));
+        assert!(rw.verify("a", &a) && ro.verify("a", &b));
+        assert!(!ro.verify("a", &a) && !rw.verify("a", &b));
     }
 
     #[test]
@@ -201,7 +222,7 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let b = Signer::load_or_create(&path, "n").unwrap();
-        assert!(b.verify(&a.issue()), "same secret after reload");
+        assert!(b.verify("a", &a.issue("a")), "same secret after reload");
         fs::write(&path, "short").unwrap();
         assert!(Signer::load_or_create(&path, "n").is_err());
         fs::remove_dir_all(&dir).unwrap();

@@ -87,20 +87,23 @@ pub struct Assigned {
     pub query: Option<String>,
 }
 
-/// Issues and verifies ids for a mapper; backed by the registry.
+/// Issues and verifies the ids of one application for a mapper; backed
+/// by the registry.
 pub struct Ids<'a> {
     pub(crate) book: &'a IdBook,
+    /// The application's identity: its ids are valid here only.
+    pub(crate) app: &'a str,
 }
 
 impl<'a> Ids<'a> {
-    pub fn new(book: &'a IdBook) -> Self {
-        Ids { book }
+    pub fn new(book: &'a IdBook, app: &'a str) -> Self {
+        Ids { book, app }
     }
 
     /// Verifies a presented id: a read-write id names itself; a read-only id
     /// names the read-write id it was handed out for, while that lives.
     pub fn verify(&self, token: &str) -> Option<Presented> {
-        self.book.verify(token)
+        self.book.verify(self.app, token)
     }
 
     /// Whether a live session uses this read-write id.
@@ -110,7 +113,7 @@ impl<'a> Ids<'a> {
 
     /// A new, signed, never-issued id.
     pub fn issue(&self) -> Arc<str> {
-        self.book.issue()
+        self.book.issue(self.app)
     }
 }
 

@@ -99,7 +99,8 @@ impl Registry {
 
     /// The live session this request names, if any.
     fn find(&self, location: &str, mapper: &dyn Mapper, hit: &Hit<'_>) -> Option<Target> {
-        let mapped = mapper.get_session_id_from_hit(hit, &Ids { book: &self.ids })?;
+        let ids = Ids::new(&self.ids, location);
+        let mapped = mapper.get_session_id_from_hit(hit, &ids)?;
         let sessions = self.sessions.lock().expect("registry lock");
         let entry = sessions.get(location)?.get(&mapped.key)?;
         let (token, access) = match mapped.presented {
@@ -133,7 +134,7 @@ impl Registry {
         let slot = self
             .slots
             .acquire(hit.client, location.max_sessions_per_client)?;
-        let assigned = mapper.assign_session_id(hit, &Ids { book: &self.ids });
+        let assigned = mapper.assign_session_id(hit, &Ids::new(&self.ids, location_key));
         let stop = Arc::new(Notify::new());
         let door = Door::new(location.worker_concurrency);
         // Process sessions have a task that starts their worker, fed by a
