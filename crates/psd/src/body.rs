@@ -48,6 +48,159 @@ pub(crate) async fn read_all(mut body: RequestBody, limit: u64) -> Result<Bytes,
     Ok(out.freeze())
 }
 
+/// Request bodies up to this size are received in memory; larger ones go
+/// to a temp file (nginx's `client_body_buffer_size` is 8–16K; psd's
+/// sessions see more form posts than file uploads).
+pub(crate) const MEMORY_BODY: usize = 64 * 1024;
+
+/// A request body received whole before its request goes to a session.
+pub(crate) enum Received {
+    Memory(Bytes),
+    /// Spooled to an unlinked temp file, rewound.
+    File(tokio::fs::File, u64),
+}
+
+impl Received {
+    pub fn len(&self) -> u64 {
+        match self {
+            Received::Memory(bytes) => bytes.len() as u64,
+            Received::File(_, len) => *len,
+        }
+    }
+
+    pub fn into_body(self) -> RequestBody {
+        match self {
+            Received::Memory(bytes) => buffered(bytes),
+            Received::File(file, left) => FileBody { file, left }.boxed_unsync(),
+        }
+    }
+}
+
+/// Receives a request body whole (`RequestBuffering on`): in memory up to
+/// [`MEMORY_BODY`], then in a temp file in `spool`. A client that sends
+/// nothing for `idle` gets 408, one that breaks off its body 400, one that
+/// sends more than `limit` 413; none of it reaches a session.
+pub(crate) async fn receive(
+    mut body: RequestBody,
+    limit: u64,
+    spool: &std::path::Path,
+    idle: std::time::Duration,
+) -> Result<Received, crate::Error> {
+    use tokio::io::AsyncWriteExt;
+    let mut memory = bytes::BytesMut::new();
+    let mut file: Option<tokio::fs::File> = None;
+    let mut len: u64 = 0;
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(crate::Error::ClientTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(crate::Error::BadRequest(format!(
+                    "reading request body: {e}"
+                )))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len += data.len() as u64;
+        if len > limit {
+            return Err(crate::Error::BodyTooLarge { limit });
+        }
+        let spool_io = |e: std::io::Error| {
+            crate::Error::Internal(format!(
+                "spooling a request body to {}: {e}",
+                spool.display()
+            ))
+        };
+        if file.is_none() && memory.len() + data.len() > MEMORY_BODY {
+            let mut spooled = tokio::fs::File::from_std(temp_file(spool).map_err(spool_io)?);
+            spooled.write_all(&memory).await.map_err(spool_io)?;
+            memory = bytes::BytesMut::new();
+            file = Some(spooled);
+        }
+        match file.as_mut() {
+            Some(f) => f.write_all(&data).await.map_err(spool_io)?,
+            None => memory.extend_from_slice(&data),
+        }
+    }
+    match file {
+        None => Ok(Received::Memory(memory.freeze())),
+        Some(mut f) => {
+            use tokio::io::AsyncSeekExt;
+            let rewound = async {
+                f.flush().await?;
+                f.seek(std::io::SeekFrom::Start(0)).await
+            };
+            rewound.await.map_err(|e| {
+                crate::Error::Internal(format!("rewinding a spooled request body: {e}"))
+            })?;
+            Ok(Received::File(f, len))
+        }
+    }
+}
+
+/// A new file in `dir`, open for reading and writing, with no name left
+/// (removed at once): nothing stays behind, whatever happens to psd.
+fn temp_file(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let name: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(format!("body-{name}.tmp"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
+}
+
+/// A spooled request body, read back as the worker takes it.
+struct FileBody {
+    file: tokio::fs::File,
+    left: u64,
+}
+
+impl http_body::Body for FileBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let mut chunk = vec![0u8; self.left.min(MEMORY_BODY as u64) as usize];
+        let mut buf = tokio::io::ReadBuf::new(&mut chunk);
+        std::task::ready!(tokio::io::AsyncRead::poll_read(
+            Pin::new(&mut self.file),
+            cx,
+            &mut buf
+        ))?;
+        let n = buf.filled().len();
+        if n == 0 {
+            return Poll::Ready(Some(Err("spooled request body ended early".into())));
+        }
+        chunk.truncate(n);
+        self.left -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}
+
 /// A body that is all there at once.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())

@@ -21,6 +21,11 @@ pub enum Error {
     BodyTooLarge { limit: u64 },
     #[error("client sent a bad request: {0}")]
     BadRequest(String),
+    #[error("client sent nothing for too long")]
+    ClientTimeout,
+    /// psd itself failed (a temp file could not be written, say).
+    #[error("psd failed: {0}")]
+    Internal(String),
     #[error("MaxSessions ({0}) reached")]
     TooManySessions(usize),
     #[error("MaxSessionsPerClient ({0}) reached")]
@@ -52,6 +57,8 @@ impl Error {
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::ReadOnly => StatusCode::FORBIDDEN,
             Error::TooManySessions(_)
             | Error::TooManySessionsForClient(_)
@@ -76,6 +83,8 @@ impl Error {
             Error::NotFound => "Not Found: no application is mounted at this path\n",
             Error::BodyTooLarge { .. } => "Payload Too Large\n",
             Error::BadRequest(_) => "Bad Request\n",
+            Error::ClientTimeout => "Request Timeout\n",
+            Error::Internal(_) => "Internal Server Error\n",
             Error::TooManySessions(_) => {
                 "Service Unavailable: too many sessions, try again later\n"
             }

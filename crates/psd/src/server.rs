@@ -58,6 +58,8 @@ struct Mount {
 /// What lives as long as the daemon: the sessions, and the current routing.
 struct Shared {
     registry: Arc<Registry>,
+    /// Where request bodies too large for memory are received.
+    spool: std::path::PathBuf,
     routing: std::sync::RwLock<Arc<Routing>>,
     /// The local address of each listener, by position (for TLS on reload).
     listeners: std::sync::Mutex<Vec<SocketAddr>>,
@@ -437,9 +439,10 @@ fn prepare(config: Config) -> anyhow::Result<Shared> {
         .unwrap_or_else(|| config.data_dir.join("secret"));
     let signer = Signer::load_or_create(&secret, &config.node_name)
         .with_context(|| format!("session secret {}", secret.display()))?;
-    let registry = Registry::new(IdBook::new(signer), config.max_sessions, run_dir);
+    let registry = Registry::new(IdBook::new(signer), config.max_sessions, run_dir.clone());
     Ok(Shared {
         registry,
+        spool: run_dir,
         routing: std::sync::RwLock::new(Arc::new(routing(config, &[])?)),
         listeners: std::sync::Mutex::new(vec![]),
     })
@@ -668,15 +671,38 @@ async fn respond(
         .to_response();
     }
 
-    let (parts, incoming) = request.into_parts();
+    let (mut parts, incoming) = request.into_parts();
     let mut params = query_params(&parts.uri);
     let body = if location.mapper.reads_form_fields() && is_form(&parts) {
         match body::read_all(body::streamed(incoming), location.max_request_body).await {
             Ok(bytes) => {
                 params.extend(form_urlencoded::parse(&bytes).into_owned());
+                set_length(&mut parts.headers, bytes.len() as u64);
                 body::buffered(bytes)
             }
             Err(e) => return e.to_response(),
+        }
+    } else if location.request_buffering && !http_body::Body::is_end_stream(&incoming) {
+        // Received before the request takes the session's turn: a slow or
+        // broken upload holds up nobody but its own client.
+        let received = body::receive(
+            body::streamed(incoming),
+            location.max_request_body,
+            &shared.spool,
+            location.request_timeout,
+        )
+        .await;
+        match received {
+            Ok(received) => {
+                set_length(&mut parts.headers, received.len());
+                received.into_body()
+            }
+            Err(e) => {
+                if let Error::Internal(_) = e {
+                    tracing::error!("{e}");
+                }
+                return e.to_response();
+            }
         }
     } else {
         body::streamed(incoming)
@@ -799,6 +825,13 @@ fn set_cookie(response: &mut Response<Body>, name: &str, id: &str, view: &View) 
     )) {
         response.headers_mut().append(SET_COOKIE, value);
     }
+}
+
+/// A received body's length replaces however the client framed it, so
+/// workers get `CONTENT_LENGTH` also for chunked uploads.
+fn set_length(headers: &mut http::HeaderMap, len: u64) {
+    headers.remove(http::header::TRANSFER_ENCODING);
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
 }
 
 fn query_params(uri: &http::Uri) -> Vec<(String, String)> {

@@ -269,3 +269,125 @@ fn an_id_is_not_adopted_across_applications() {
     let again = Client::anonymous().request(&d.url("/one/"), &["-H", &cookie]);
     assert_eq!(again.count(), 2, "the id still works where it was issued");
 }
+
+fn http_python() -> PathBuf {
+    repo().join("examples/http-python/app.py")
+}
+
+/// Sends a POST that declares `declared` bytes, sends `sent` of them, and
+/// closes.
+fn aborted_post(port: u16, path: &str, declared: usize, sent: usize) {
+    let mut conn = Conn::open(port);
+    conn.send(&format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {declared}\r\n\r\n{}",
+        "x".repeat(sent)
+    ));
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+/// One client could break a session others use: an aborted request body
+/// made psd kill the http worker and lose the session's state (20 of 20
+/// tries), with request buffering and without it.
+#[test]
+fn one_client_aborting_its_body_leaves_the_session_alone() {
+    for buffering in ["on", "off"] {
+        let d = Daemon::start(&location_proto(
+            "/h",
+            "http",
+            &http_python(),
+            &format!("SessionKey ip\nRequestBuffering {buffering}"),
+        ));
+        let first = Client::anonymous().get(&d.url("/h/"));
+        assert_eq!(first.count(), 1, "{first:?}");
+        for _ in 0..5 {
+            aborted_post(d.port, "/h/", 100_000, 1_000);
+        }
+        let after = Client::anonymous().get(&d.url("/h/"));
+        assert_eq!(
+            (after.pid(), after.count()),
+            (first.pid(), 2),
+            "RequestBuffering {buffering}: the worker and its state survive\n{}",
+            d.log_text()
+        );
+    }
+}
+
+/// A body trickled at a byte a second held the session's turn: the owner
+/// waited 29 s. Bodies are received before the request takes its turn.
+#[test]
+fn one_client_trickling_its_body_does_not_hold_the_session() {
+    let d = liar_daemon("");
+    assert_eq!(Client::anonymous().get(&d.url("/c/")).status, 200);
+    let mut trickles: Vec<Conn> = (0..5)
+        .map(|_| {
+            let mut c = Conn::open(d.port);
+            c.send("POST /c/ HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nx");
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let owner = Client::anonymous().get(&d.url("/c/"));
+    assert_eq!(owner.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the owner waited {:?}",
+        started.elapsed()
+    );
+    for c in &mut trickles {
+        c.send("y");
+    }
+}
+
+/// A client that left an endless streamed response kept the worker busy
+/// and the session blocked; now the worker's request is aborted.
+#[test]
+fn a_client_leaving_an_endless_stream_frees_the_session() {
+    let d = liar_daemon("RequestTimeout 30s");
+    let mut conn = Conn::open(d.port);
+    let head = conn.get_head_of("/c/stream").unwrap();
+    assert_eq!(head.status, 200);
+    let mut line = String::new();
+    conn.reader.read_line(&mut line).unwrap();
+    drop(conn);
+    let started = std::time::Instant::now();
+    let next = Client::anonymous().get(&d.url("/c/"));
+    assert_eq!(next.status, 200, "{next:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the session was held {:?}",
+        started.elapsed()
+    );
+    assert_eq!(next.count(), 2, "the same worker goes on");
+}
+
+/// Bodies above the in-memory threshold are spooled and still arrive
+/// whole, with a length, also when the client sent them chunked.
+#[test]
+fn large_and_chunked_bodies_arrive_whole_with_a_length() {
+    let d = Daemon::start(&location(
+        "/counter",
+        &repo().join("examples/counter-perl/counter.pl"),
+        "SessionKey ip",
+    ));
+    let big = d.dir.join("big");
+    std::fs::write(&big, vec![b'z'; 300_000]).unwrap();
+    let at = format!("@{}", big.display());
+    let plain = Client::anonymous().request(&d.url("/counter/"), &["--data-binary", &at]);
+    assert_eq!(plain.field("body").as_deref(), Some("300000"), "{plain:?}");
+    let chunked = Client::anonymous().request(
+        &d.url("/counter/"),
+        &["--data-binary", &at, "-H", "Transfer-Encoding: chunked"],
+    );
+    assert_eq!(
+        chunked.field("body").as_deref(),
+        Some("300000"),
+        "{chunked:?}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(d.dir.join("data/run"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("body-"))
+        .collect();
+    assert!(leftovers.is_empty(), "spooled bodies leave no files");
+}

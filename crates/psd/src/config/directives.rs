@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use psd_conf::{Error, Location, Node};
 
-use super::values::{duration, env_name, listen_addr, one, positive, size};
+use super::values::{duration, env_name, listen_addr, on_off, one, positive, size};
 use super::{
     Config, Handler, Host, Listen, LocationConfig, Protocol, SchedulingPolicy, VirtualHost,
     WorkerCommand,
@@ -128,11 +128,7 @@ pub const DIRECTIVES: &[Directive] = &[
         default: "as the listener",
         help: "Says whether the host is reached over TLS; checked against its Listen.",
         apply: Apply::Host(|h, a, _| {
-            h.ssl_engine = Some(match one(a)?.to_ascii_lowercase().as_str() {
-                "on" => true,
-                "off" => false,
-                other => return Err(format!("'{other}': expected on or off")),
-            });
+            h.ssl_engine = Some(on_off(one(a)?)?);
             Ok(())
         }),
     },
@@ -444,6 +440,17 @@ pub const DIRECTIVES: &[Directive] = &[
         help: "Larger request bodies get 413.",
         apply: Apply::Location(|l, a| {
             l.max_request_body = size(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "RequestBuffering",
+        scope: Scope::Location,
+        syntax: "RequestBuffering on|off",
+        default: "on",
+        help: "on: psd receives the whole request body (in memory up to 64K, then in an unlinked temp file under DataDir) before the request takes the session's turn, as nginx's proxy_request_buffering; a slow or broken upload then costs only its own client (408 or 400), and workers get CONTENT_LENGTH even for chunked uploads. off: the body streams to the worker as it arrives (streaming uploads); a client that breaks off its body fails its own request with 400 and the worker stays.",
+        apply: Apply::Location(|l, a| {
+            l.request_buffering = on_off(one(a)?)?;
             Ok(())
         }),
     },

@@ -98,6 +98,9 @@ pub struct LocationConfig {
     pub worker_concurrency: usize,
     pub scheduling: SchedulingPolicy,
     pub max_request_body: u64,
+    /// `RequestBuffering`: receive the whole body before the request takes
+    /// the session's turn.
+    pub request_buffering: bool,
     pub set_env: Vec<(String, String)>,
     pub pass_env: Vec<String>,
     pub working_directory: Option<PathBuf>,
@@ -183,6 +186,7 @@ impl LocationConfig {
             worker_concurrency: 1,
             scheduling: SchedulingPolicy::Batch,
             max_request_body: 10 << 20,
+            request_buffering: true,
             set_env: vec![],
             pass_env: vec![],
             working_directory: None,

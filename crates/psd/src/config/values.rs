@@ -40,6 +40,15 @@ pub fn duration(value: &str) -> Result<Duration, String> {
 }
 
 /// `512`, `64K`, `8M`, `1G` (powers of 1024).
+/// `on` or `off`, in any case.
+pub fn on_off(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("'{other}': expected on or off")),
+    }
+}
+
 pub fn size(value: &str) -> Result<u64, String> {
     let bad = || format!("'{value}' is not a size (use 512, 64K, 8M or 1G)");
     let (number, shift) = match value.as_bytes().last().map(u8::to_ascii_uppercase) {

@@ -284,7 +284,7 @@ impl Process {
                             Ok(()) => written = true,
                             Err(e) => break Err(e),
                         },
-                        r = &mut read => break r.map(|()| written),
+                        r = &mut read => break r.map(|complete| written && complete),
                     }
                 }
             };
@@ -296,7 +296,8 @@ impl Process {
             }
         };
         // A worker that answered before reading the whole body leaves the
-        // connection in an unknown state: it is not reused.
+        // connection in an unknown state, and one whose client went away
+        // was cut off: neither is reused.
         Ok(written.then_some(conn))
     }
 
@@ -307,11 +308,10 @@ impl Process {
         reply: &mut Reply,
         started: Instant,
         received: &mut bool,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let timeout_after = self.location.request_timeout;
         let head_deadline = started + timeout_after;
         let mut phase = Phase::Head(BytesMut::new());
-        let mut client_gone = false;
         loop {
             while let Some(record) = fcgi::decode(buf)
                 .map_err(|e| Error::Worker(format!("FastCGI protocol error: {e}")))?
@@ -335,12 +335,15 @@ impl Process {
                         }
                         Phase::Held(_, body) => body.extend_from_slice(&record.content),
                         Phase::Streaming(tx) => {
-                            if !client_gone
-                                && !record.content.is_empty()
+                            if !record.content.is_empty()
                                 && tx.send(Ok(record.content)).await.is_err()
                             {
-                                // Keep reading to the end so the connection stays usable.
-                                client_gone = true;
+                                // The client went away: the request is aborted by
+                                // closing its connection (nginx does the same), so
+                                // a worker streaming without end stops at its next
+                                // write instead of holding the session's turn.
+                                tracing::debug!(session = %self.session_id, "client gone mid-response; aborting the request");
+                                return Ok(false);
                             }
                         }
                     },
@@ -358,9 +361,9 @@ impl Process {
                             // body, no channel, no streaming.
                             Phase::Held(head, body) => {
                                 send_head(reply, head, body::full(body.freeze()));
-                                Ok(())
+                                Ok(true)
                             }
-                            Phase::Streaming(_) => Ok(()),
+                            Phase::Streaming(_) => Ok(true),
                             Phase::Head(head) => Err(Error::Worker(match end.protocol_status {
                                 EndRequest::OVERLOADED => "worker is overloaded".into(),
                                 EndRequest::CANT_MPX_CONN => "worker refused the connection".into(),

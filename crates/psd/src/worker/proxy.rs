@@ -125,7 +125,12 @@ impl Process {
         .await;
         let response = match result {
             Err(_) => Err(Error::Timeout(self.location.request_timeout)),
-            Ok(Err(e)) if is_too_large(&e) => Err(Error::BodyTooLarge { limit }),
+            Ok(Err(e)) if caused_by::<TooLarge>(&e) => Err(Error::BodyTooLarge { limit }),
+            // The client broke off its body (`RequestBuffering off`): its
+            // request fails, the worker is fine.
+            Ok(Err(e)) if caused_by::<ClientBody>(&e) => {
+                Err(Error::BadRequest(format!("request body: {e}")))
+            }
             Ok(Err(e)) => Err(Error::Worker(format!("proxying to worker: {e}"))),
             Ok(Ok(response)) => Ok(response),
         };
@@ -440,10 +445,23 @@ impl std::fmt::Display for TooLarge {
 
 impl std::error::Error for TooLarge {}
 
-fn is_too_large(e: &BoxError) -> bool {
+/// The marker error of a request body the client broke off.
+#[derive(Debug)]
+struct ClientBody(BoxError);
+
+impl std::fmt::Display for ClientBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client's request body failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBody {}
+
+/// Whether `e` or any error under it is a `T`.
+fn caused_by<T: std::error::Error + 'static>(e: &BoxError) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
     while let Some(err) = source {
-        if err.is::<TooLarge>() {
+        if err.is::<T>() {
             return true;
         }
         source = err.source();
@@ -466,6 +484,7 @@ impl http_body::Body for LimitedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let frame = frame.map(|f| f.map_err(|e| Box::new(ClientBody(e)) as BoxError));
         if let Some(Ok(frame)) = &frame {
             if let Some(data) = frame.data_ref() {
                 let len = data.len() as u64;

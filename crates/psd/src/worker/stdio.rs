@@ -78,10 +78,22 @@ struct State {
 impl State {
     /// Fails every waiting request with 502: what the worker wrote cannot
     /// be matched to one of them.
+    /// Remembers that request `id` has ended: the worker's late lines for
+    /// it are dropped quietly.
+    fn forget(&mut self, id: u64) {
+        self.failed.insert(id);
+        self.failed_order.push_back(id);
+        while self.failed_order.len() > FORGET_AFTER {
+            if let Some(old) = self.failed_order.pop_front() {
+                self.failed.remove(&old);
+            }
+        }
+    }
+
     fn fail_all(&mut self, why: &str) {
-        for (id, pending) in self.pending.drain() {
-            self.failed.insert(id);
-            self.failed_order.push_back(id);
+        let pending: Vec<_> = self.pending.drain().collect();
+        for (id, pending) in pending {
+            self.forget(id);
             match pending {
                 Pending::Head { reply, .. } => {
                     let _ = reply.send(Err(Error::Worker(why.to_string())));
@@ -89,11 +101,6 @@ impl State {
                 Pending::Streaming { body, .. } => {
                     let _ = body.try_send(Err(why.to_string().into()));
                 }
-            }
-        }
-        while self.failed_order.len() > FORGET_AFTER {
-            if let Some(old) = self.failed_order.pop_front() {
-                self.failed.remove(&old);
             }
         }
     }
@@ -464,13 +471,18 @@ async fn route(line: &[u8], state: &Mutex<State>, session: &str) {
             }
             match chunk(&object) {
                 Ok(bytes) => {
-                    // A client that went away only ends its own stream.
-                    let _ = body.send(Ok(bytes)).await;
-                    state
-                        .lock()
-                        .expect("stdio state lock")
-                        .pending
-                        .insert(id, Pending::Streaming { body, done });
+                    let mut state = match body.send(Ok(bytes)).await {
+                        Ok(()) => state.lock().expect("stdio state lock"),
+                        Err(_) => {
+                            // The client went away: its request ends here and
+                            // gives the session its turn back; what the worker
+                            // still writes for it is dropped.
+                            drop(done);
+                            state.lock().expect("stdio state lock").forget(id);
+                            return;
+                        }
+                    };
+                    state.pending.insert(id, Pending::Streaming { body, done });
                 }
                 Err(why) => {
                     let _ = body.send(Err(why.into())).await;

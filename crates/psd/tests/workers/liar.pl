@@ -12,7 +12,10 @@ use Time::HiRes qw(sleep);
 
 my $count   = 0;
 my $request = FCGI::Request();
-$SIG{PIPE} = 'IGNORE';
+# psd closing the connection is how a FastCGI worker learns that its
+# client went away: the next write raises SIGPIPE.
+my $gone = 0;
+$SIG{PIPE} = sub { $gone = 1 };
 
 while ($request->Accept() >= 0) {
     my $path = $ENV{PATH_INFO} // '';
@@ -27,9 +30,11 @@ while ($request->Accept() >= 0) {
     } elsif ($path eq '/stream') {
         print "Content-Type: text/plain\r\n\r\n";
         $request->Flush();
+        $gone = 0;
         for my $i (1 .. 100_000) {
-            last unless print "line $i\n";
+            print "line $i\n";
             $request->Flush();
+            last if $gone;
             sleep 0.01;
         }
     } else {
