@@ -17,6 +17,7 @@ mod access_log;
 pub mod app;
 pub mod body;
 pub mod config;
+mod connection;
 pub mod demo;
 pub mod error;
 pub mod mapper;

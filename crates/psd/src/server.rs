@@ -168,6 +168,11 @@ impl Reloader {
                 "RequestHeaderTimeout",
                 old.request_header_timeout != config.request_header_timeout,
             ),
+            (
+                "KeepAliveTimeout",
+                old.keep_alive_timeout != config.keep_alive_timeout,
+            ),
+            ("MaxSpawnRate", old.max_spawn_rate != config.max_spawn_rate),
             ("AccessLog", old.access_log != config.access_log),
             ("ErrorLog", old.error_log != config.error_log),
             ("LogLevel", old.log_level != config.log_level),
@@ -254,6 +259,11 @@ impl Server {
         drop(conn_tx);
         background.spawn(sweep(shared.clone()));
 
+        let census = crate::connection::Census::new();
+        let limits = Limits {
+            first: routing.config.request_header_timeout,
+            between: routing.config.keep_alive_timeout,
+        };
         let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
@@ -270,6 +280,13 @@ impl Server {
                 _ = &mut shutdown => break,
                 conn = conns.recv() => {
                     let Some((stream, remote, local, https)) = conn else { break };
+                    let accepted = tokio::time::Instant::now();
+                    let config = &shared.routing().config;
+                    let trusted = config.trusted_proxies.iter().any(|c| c.contains(remote.ip()));
+                    let per_peer = (!trusted).then_some(config.max_connections_per_client);
+                    let Ok(counted) = census.admit(remote.ip(), config.max_connections, per_peer) else {
+                        continue;
+                    };
                     // The current acceptor: a reload may have changed certificates.
                     let tls = https.and_then(|i| shared.routing().tls.get(i).cloned().flatten());
                     if https.is_some() && tls.is_none() {
@@ -288,15 +305,23 @@ impl Server {
                     let mut drain = drain.clone();
                     let open = open.clone();
                     tokio::spawn(async move {
+                        let _counted = counted;
+                        let idle = crate::connection::Idle::new(accepted);
+                        let watch = idle.clone();
                         let service = service_fn(move |request| {
                             let shared = shared.clone();
                             let log = log.clone();
-                            async move { Ok::<_, std::convert::Infallible>(handle(&shared, log.as_ref(), request, conn).await) }
+                            let in_flight = idle.enter();
+                            async move {
+                                let response = handle(&shared, log.as_ref(), request, conn).await;
+                                Ok::<_, std::convert::Infallible>(response.map(|b| crate::connection::hold(b, in_flight)))
+                            }
                         });
+                        let idle = watch.expired(limits.first, limits.between);
                         let result = match tls {
-                            None => serve(&http, TokioIo::new(stream), service, &mut drain).await,
+                            None => serve(&http, TokioIo::new(stream), service, &mut drain, idle).await,
                             Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                                Ok(Ok(stream)) => serve(&http, TokioIo::new(stream), service, &mut drain).await,
+                                Ok(Ok(stream)) => serve(&http, TokioIo::new(stream), service, &mut drain, idle).await,
                                 Ok(Err(e)) => Err(format!("TLS handshake: {e}").into()),
                                 Err(_) => Err("TLS handshake timed out".into()),
                             },
@@ -334,15 +359,22 @@ impl Server {
     }
 }
 
+/// Back-off after a failed accept (out of file descriptors, say).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// An accepted connection: stream, peer, local address, and the index of
 /// its listener if that is an https one.
 type Accepted = (TcpStream, SocketAddr, SocketAddr, Option<usize>);
 
 async fn accept(listener: TcpListener, https: Option<usize>, conns: mpsc::Sender<Accepted>) {
     let local = listener.local_addr().ok();
+    let failures = crate::connection::Throttle::new(Duration::from_secs(10));
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
                 let Some(local) = stream.local_addr().ok().or(local) else {
                     continue;
                 };
@@ -350,22 +382,43 @@ async fn accept(listener: TcpListener, https: Option<usize>, conns: mpsc::Sender
                     return;
                 }
             }
-            // EMFILE and friends: back off instead of spinning.
+            // EMFILE and friends: back off instead of spinning, longer while
+            // it lasts, and say so once in a while rather than every time.
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                if let Some(more) = failures.allow() {
+                    tracing::warn!(
+                        "accept failed: {e}; backing off {backoff:?} ({more} more failures not logged)"
+                    );
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }
 }
 
+/// How long a connection may hold its place with no request in flight.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// `RequestHeaderTimeout`, from accept.
+    first: Duration,
+    /// `KeepAliveTimeout`, from the last response.
+    between: Duration,
+}
+
+/// How long an idle connection gets to close gracefully (HTTP/2 GOAWAY)
+/// before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Serves one connection (HTTP/1.1 or HTTP/2) until it ends; once draining
-/// starts, finishes the requests in progress and closes.
+/// starts, or once `idle` resolves (no request for too long), finishes the
+/// requests in progress and closes.
 async fn serve<I, S>(
     http: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
     io: I,
     service: S,
     drain: &mut watch::Receiver<bool>,
+    idle: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -380,6 +433,13 @@ where
         _ = async { drop(drain.wait_for(|&d| d).await) } => {
             connection.as_mut().graceful_shutdown();
             connection.await
+        }
+        () = idle => {
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await {
+                Ok(result) => result,
+                Err(_) => Err("idle connection closed".into()),
+            }
         }
     }
 }

@@ -108,9 +108,22 @@ impl Conn {
 
     /// Whether the peer has closed the connection (within `limit`).
     fn closed_within(&mut self, limit: Duration) -> bool {
-        self.reader.get_ref().set_read_timeout(Some(limit)).unwrap();
-        let mut byte = [0u8; 1];
-        matches!(self.reader.read(&mut byte), Ok(0) | Err(_))
+        let deadline = std::time::Instant::now() + limit;
+        let mut buf = [0u8; 1024];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.reader.get_ref().set_read_timeout(Some(left)).unwrap();
+            match self.reader.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+                Err(_) => return true,
+            }
+        }
     }
 }
 
@@ -390,4 +403,116 @@ fn large_and_chunked_bodies_arrive_whole_with_a_length() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("body-"))
         .collect();
     assert!(leftovers.is_empty(), "spooled bodies leave no files");
+}
+
+/// Connections that never sent a byte were held forever (over 180 s), and
+/// about 20,000 of them exhausted psd's file descriptors. Plain, h2c (a
+/// preface and nothing more) and TLS after its handshake are closed after
+/// `RequestHeaderTimeout`; an idle kept-alive connection after
+/// `KeepAliveTimeout`; a request that takes longer than both is not cut.
+#[test]
+fn silent_connections_are_closed_and_busy_ones_are_not() {
+    let dir = TempDir::new("silent");
+    let status = std::process::Command::new(PSD)
+        .args(["cert", "--host", "127.0.0.1", "--out"])
+        .arg(&dir.0)
+        .output()
+        .unwrap()
+        .status;
+    assert!(status.success());
+    let tls_port = free_port();
+    let d = Daemon::start(&format!(
+        "Listen 127.0.0.1:{tls_port} https\nSSLCertificateFile {}\nSSLCertificateKeyFile {}\n\
+         RequestHeaderTimeout 1s\nKeepAliveTimeout 1s\n{}",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display(),
+        location(
+            "/m",
+            &test_worker("misbehave.pl"),
+            "SessionKey ip\nRequestTimeout 10s"
+        ),
+    ));
+    let limit = Duration::from_secs(4);
+
+    let mut silent = Conn::open(d.port);
+    let mut h2c = Conn::open(d.port);
+    h2c.send("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    let mut kept = Conn::open(d.port);
+    assert_eq!(kept.get("/m/").unwrap().status, 200);
+    let started = std::time::Instant::now();
+    assert!(silent.closed_within(limit), "a silent connection");
+    assert!(h2c.closed_within(limit), "an h2c preface and nothing more");
+    assert!(kept.closed_within(limit), "an idle keep-alive connection");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+
+    // TLS: handshake with openssl, then say nothing.
+    let mut tls = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect"])
+        .arg(format!("127.0.0.1:{tls_port}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let closed = eventually(limit, || tls.try_wait().unwrap().is_some());
+    let _ = tls.kill();
+    assert!(closed, "a TLS connection silent after its handshake");
+
+    let mut slow = Conn::open(d.port);
+    let reply = slow
+        .get("/m/slow?ms=2500")
+        .expect("a slow answer is waited for");
+    assert_eq!(reply.status, 200);
+}
+
+/// `MaxConnectionsPerClient`: one address cannot hold every connection.
+#[test]
+fn connections_per_client_are_bounded() {
+    let d = liar_daemon("");
+    let d = {
+        drop(d);
+        Daemon::start(&format!(
+            "MaxConnectionsPerClient 3\n{}",
+            location("/c", &liar(), "SessionKey ip")
+        ))
+    };
+    let mut held: Vec<Conn> = (0..3).map(|_| Conn::open(d.port)).collect();
+    let mut extra = Conn::open(d.port);
+    assert!(
+        extra.closed_within(Duration::from_secs(2)),
+        "the fourth is refused"
+    );
+    assert_eq!(held[0].get("/c/").unwrap().status, 200, "the others work");
+    held.pop();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(Conn::open(d.port).get("/c/").unwrap().status, 200);
+    assert!(d.log_text().contains("MaxConnectionsPerClient (3)"));
+}
+
+/// Out of file descriptors, psd logged `accept failed` 1,720 times: it
+/// now backs off and says so once in a while, and serves again once
+/// connections close.
+#[test]
+fn out_of_descriptors_accept_backs_off_quietly() {
+    let d = Daemon::start_with_file_limit(&location("/c", &liar(), "SessionKey ip"), 64);
+    let held: Vec<TcpStream> = (0..150)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", d.port)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let failures = d
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    assert!(
+        (1..=3).contains(&failures),
+        "{failures} accept failures logged"
+    );
+    drop(held);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            Client::anonymous().get(&d.url("/c/")).status == 200
+        }),
+        "psd serves again"
+    );
 }

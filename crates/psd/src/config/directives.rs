@@ -231,9 +231,53 @@ pub const DIRECTIVES: &[Directive] = &[
         scope: Scope::Server,
         syntax: "RequestHeaderTimeout DURATION",
         default: "20s",
-        help: "A client must send a whole request head within this time, or its connection is closed (nginx's client_header_timeout).",
+        help: "From accept until a connection's first request head is in (TLS handshake included), and from its first byte for any later one; a connection that sends nothing, or too slowly, is closed (nginx's client_header_timeout).",
         apply: Apply::Server(|c, a, _| {
             c.request_header_timeout = duration(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "KeepAliveTimeout",
+        scope: Scope::Server,
+        syntax: "KeepAliveTimeout DURATION",
+        default: "15s",
+        help: "How long a kept-alive HTTP/1.1 connection, or an HTTP/2 connection with no stream open, may sit idle after its last response before it is closed (Apache's KeepAliveTimeout). Its next request head must be in within this time too.",
+        apply: Apply::Server(|c, a, _| {
+            c.keep_alive_timeout = duration(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "MaxConnections",
+        scope: Scope::Server,
+        syntax: "MaxConnections N",
+        default: "10000",
+        help: "Open client connections psd holds at once; beyond it new connections are closed at accept. Keep it below the open-file limit, with room for workers.",
+        apply: Apply::Server(|c, a, _| {
+            c.max_connections = positive(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "MaxConnectionsPerClient",
+        scope: Scope::Server,
+        syntax: "MaxConnectionsPerClient N",
+        default: "256",
+        help: "Open connections from one peer address (nginx's limit_conn); beyond it that peer's new connections are closed at accept. TrustedProxy peers are exempt.",
+        apply: Apply::Server(|c, a, _| {
+            c.max_connections_per_client = positive(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "MaxSpawnRate",
+        scope: Scope::Server,
+        syntax: "MaxSpawnRate N",
+        default: "64",
+        help: "New worker processes started per second, across all applications (php-fpm's pm.max_spawn_rate), with a burst of up to N at once. A new session beyond it waits up to 2 s for its turn, then gets 503 with Retry-After.",
+        apply: Apply::Server(|c, a, _| {
+            c.max_spawn_rate = u32::try_from(positive(one(a)?)?).map_err(|_| "too large".to_string())?;
             Ok(())
         }),
     },

@@ -38,6 +38,11 @@ pub struct Config {
     pub session_secret: Option<PathBuf>,
     pub max_sessions: usize,
     pub request_header_timeout: Duration,
+    pub keep_alive_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    /// `MaxSpawnRate`: new workers per second.
+    pub max_spawn_rate: u32,
     pub trusted_proxies: Vec<Cidr>,
     pub error_log: Option<PathBuf>,
     /// `None`: no access log; `Some(None)`: stderr; `Some(Some(path))`: a file.
@@ -157,6 +162,10 @@ impl Default for Config {
             session_secret: None,
             max_sessions: 1000,
             request_header_timeout: Duration::from_secs(20),
+            keep_alive_timeout: Duration::from_secs(15),
+            max_connections: 10_000,
+            max_connections_per_client: 256,
+            max_spawn_rate: 64,
             trusted_proxies: vec![],
             error_log: None,
             access_log: None,

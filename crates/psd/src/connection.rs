@@ -1,0 +1,306 @@
+//! Client connections as a resource: how many psd holds, from whom, and
+//! how long one may hold a place while it asks for nothing.
+//!
+//! [`Census`] counts open connections overall (`MaxConnections`) and per
+//! peer address (`MaxConnectionsPerClient`) and refuses new ones beyond
+//! them at accept. [`Idle`] tracks one connection's requests in flight: a
+//! connection with none is closed `RequestHeaderTimeout` after accept
+//! (a client that never sends a byte, over plain HTTP, h2c or TLS) or
+//! `KeepAliveTimeout` after its last response (an idle keep-alive or
+//! HTTP/2 connection). hyper's own header timer bounds a request head once
+//! its first byte is in. This module never reads or writes a byte of HTTP.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tokio::time::Instant;
+
+use crate::body::{Body, BoxError};
+
+/// Open connections, overall and per peer.
+pub(crate) struct Census {
+    open: AtomicUsize,
+    per_peer: Mutex<HashMap<IpAddr, usize>>,
+    refusals: Throttle,
+}
+
+/// Why a connection was refused at accept.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Total(usize),
+    Peer(usize),
+}
+
+/// A counted connection; uncounted on drop.
+pub(crate) struct Counted {
+    census: Arc<Census>,
+    peer: Option<IpAddr>,
+}
+
+impl Census {
+    pub fn new() -> Arc<Census> {
+        Arc::new(Census {
+            open: AtomicUsize::new(0),
+            per_peer: Mutex::new(HashMap::new()),
+            refusals: Throttle::new(Duration::from_secs(10)),
+        })
+    }
+
+    /// Counts a new connection from `peer`, unless a limit is reached;
+    /// `per_peer_max` is `None` for peers exempt from it (trusted proxies).
+    pub fn admit(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        max: usize,
+        per_peer_max: Option<usize>,
+    ) -> Result<Counted, Refused> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(self.refused(Refused::Total(max), peer));
+        }
+        let mut counted = Counted {
+            census: self.clone(),
+            peer: None,
+        };
+        if let Some(limit) = per_peer_max {
+            let mut per_peer = self.per_peer.lock().expect("census lock");
+            let n = per_peer.entry(peer).or_default();
+            if *n >= limit {
+                drop(per_peer);
+                drop(counted);
+                return Err(self.refused(Refused::Peer(limit), peer));
+            }
+            *n += 1;
+            counted.peer = Some(peer);
+        }
+        Ok(counted)
+    }
+
+    fn refused(&self, why: Refused, peer: IpAddr) -> Refused {
+        if let Some(more) = self.refusals.allow() {
+            let what = match why {
+                Refused::Total(n) => format!("MaxConnections ({n})"),
+                Refused::Peer(n) => format!("MaxConnectionsPerClient ({n}) for {peer}"),
+            };
+            tracing::warn!("connection refused: {what} reached ({more} more refusals not logged)");
+        }
+        why
+    }
+
+    #[cfg(test)]
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.census.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(peer) = self.peer {
+            let mut per_peer = self.census.per_peer.lock().expect("census lock");
+            if let Some(n) = per_peer.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    per_peer.remove(&peer);
+                }
+            }
+        }
+    }
+}
+
+/// One connection's requests in flight, and since when it has had none.
+pub(crate) struct Idle {
+    in_flight: AtomicUsize,
+    /// Milliseconds from `start` to when the last request ended.
+    idle_since: AtomicU64,
+    served: AtomicUsize,
+    start: Instant,
+}
+
+impl Idle {
+    pub fn new(accepted: Instant) -> Arc<Idle> {
+        Arc::new(Idle {
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            served: AtomicUsize::new(0),
+            start: accepted,
+        })
+    }
+
+    /// A request arrived; it is in flight until the guard drops (with its
+    /// response body, once sent).
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Resolves when the connection has had no request in flight for its
+    /// limit: `first` before any request, `between` after one.
+    pub async fn expired(&self, first: Duration, between: Duration) {
+        loop {
+            if self.in_flight.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(between.max(Duration::from_millis(100))).await;
+                continue;
+            }
+            let since = self.start + Duration::from_millis(self.idle_since.load(Ordering::Relaxed));
+            let limit = if self.served.load(Ordering::Relaxed) == 0 {
+                first
+            } else {
+                between
+            };
+            let deadline = since + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+            // A request may have come and gone meanwhile: look again.
+            if self.in_flight.load(Ordering::Relaxed) == 0
+                && self.start + Duration::from_millis(self.idle_since.load(Ordering::Relaxed))
+                    == since
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// A request in flight on its connection.
+pub(crate) struct InFlight(Arc<Idle>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let idle = &self.0;
+        let ms = idle.start.elapsed().as_millis() as u64;
+        idle.idle_since.store(ms, Ordering::Relaxed);
+        idle.served.fetch_add(1, Ordering::Relaxed);
+        idle.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request in flight until it is sent or
+/// dropped.
+pub(crate) fn hold(body: Body, in_flight: InFlight) -> Body {
+    use http_body_util::BodyExt;
+    Held {
+        inner: body,
+        _in_flight: in_flight,
+    }
+    .boxed()
+}
+
+struct Held {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Lets a repeated log line through once per `every`, counting the rest.
+pub(crate) struct Throttle {
+    every: Duration,
+    last: Mutex<Option<std::time::Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl Throttle {
+    pub fn new(every: Duration) -> Throttle {
+        Throttle {
+            every,
+            last: Mutex::new(None),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when a line may be logged now, `n` being how many were
+    /// held back since the last one.
+    pub fn allow(&self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().expect("throttle lock");
+        match *last {
+            Some(at) if now.duration_since(at) < self.every => {
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            _ => {
+                *last = Some(now);
+                Some(self.suppressed.swap(0, Ordering::Relaxed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_count_overall_and_per_peer() {
+        let census = Census::new();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = census.admit(a, 3, Some(2)).unwrap();
+        let _a2 = census.admit(a, 3, Some(2)).unwrap();
+        assert_eq!(census.admit(a, 3, Some(2)).err(), Some(Refused::Peer(2)));
+        let _b1 = census.admit(b, 3, Some(2)).unwrap();
+        assert_eq!(census.admit(b, 3, None).err(), Some(Refused::Total(3)));
+        drop(a1);
+        assert_eq!(census.open(), 2);
+        assert!(census.admit(a, 3, Some(2)).is_ok(), "a place came free");
+    }
+
+    #[test]
+    fn throttle_lets_one_line_through_per_period() {
+        let t = Throttle::new(Duration::from_secs(60));
+        assert_eq!(t.allow(), Some(0));
+        assert_eq!(t.allow(), None);
+        assert_eq!(t.allow(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_expire_and_busy_ones_do_not() {
+        let idle = Idle::new(Instant::now());
+        let first = Duration::from_secs(20);
+        let between = Duration::from_secs(15);
+        let began = Instant::now();
+        idle.expired(first, between).await;
+        assert_eq!(began.elapsed(), first, "silent from accept");
+
+        let idle = Idle::new(Instant::now());
+        let request = idle.enter();
+        let watch = tokio::spawn({
+            let idle = idle.clone();
+            async move { idle.expired(first, between).await }
+        });
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert!(!watch.is_finished(), "a long request keeps its connection");
+        drop(request);
+        let ended = Instant::now();
+        watch.await.unwrap();
+        assert!(ended.elapsed() >= between, "then the keep-alive timeout");
+    }
+}
