@@ -516,3 +516,66 @@ fn out_of_descriptors_accept_backs_off_quietly() {
         "psd serves again"
     );
 }
+
+fn worker_pids(d: &Daemon) -> Vec<u32> {
+    d.log_text()
+        .lines()
+        .filter(|l| l.contains("worker started"))
+        .filter_map(|l| {
+            l.split("pid=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// After kill -9 of psd every worker lived on as an orphan, and a
+/// restarted psd started new ones beside them. The reaper kills their
+/// process groups (the workers' own children included) when psd dies.
+#[test]
+fn no_worker_outlives_psd_killed_with_sigkill() {
+    let mut d = Daemon::start(&location("/c", &liar(), ""));
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            Client::with_jar(&d.dir, name).get(&d.url("/c/")).status,
+            200
+        );
+    }
+    let pids = worker_pids(&d);
+    assert_eq!(pids.len(), 3, "{}", d.log_text());
+    assert!(pids.iter().all(|&p| alive(p)));
+    d.signal("KILL");
+    d.wait_exit(Duration::from_secs(5));
+    assert!(
+        eventually(Duration::from_secs(5), || pids.iter().all(|&p| !alive(p))),
+        "workers outlived psd: {:?}",
+        pids.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
+    );
+}
+
+/// After kill -9 of a worker, 3–5 % of the next requests got 502: they
+/// were sent to the dead worker's socket. They now go to its successor.
+#[test]
+fn requests_after_a_worker_is_killed_go_to_a_new_one() {
+    let d = liar_daemon("");
+    let mut last = Client::anonymous().get(&d.url("/c/")).pid();
+    for _ in 0..5 {
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &last.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let mut conn = Conn::open(d.port);
+        let reply = conn.get("/c/").unwrap();
+        assert_eq!(reply.status, 200, "{reply:?}\n{}", d.log_text());
+        let pid: u32 = String::from_utf8_lossy(&reply.body)
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("pid=")?.parse().ok())
+            .unwrap();
+        assert_ne!(pid, last);
+        last = pid;
+    }
+}

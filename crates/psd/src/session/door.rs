@@ -98,10 +98,28 @@ impl Door {
             return unanswered(answer.await);
         };
         let serve = worker.serve(job);
+        let queue = queue.cloned();
+        let door = self.clone();
         let exchange = Exchange {
             run: Some(Box::pin(async move {
-                serve.await;
-                drop(turn);
+                let Some(job) = serve.await else {
+                    drop(turn);
+                    return;
+                };
+                // The worker was dead before the request reached it: the
+                // session's task starts a fresh one for it.
+                door.forget_worker(&worker);
+                let refused = match queue {
+                    Some(queue) => queue.try_send(Box::new(Admitted { job, turn })).err(),
+                    None => return,
+                };
+                if let Some(refused) = refused {
+                    let admitted = refused.into_inner();
+                    let _ = admitted
+                        .job
+                        .reply
+                        .send(Err(Error::Worker("the worker died".into())));
+                }
             })),
         };
         exchange.answer(answer).await
@@ -123,6 +141,14 @@ impl Door {
     /// worker it replaces.
     pub fn set_worker(&self, worker: Option<Worker>) -> Option<Worker> {
         std::mem::replace(&mut self.state.lock().expect("door lock").worker, worker)
+    }
+
+    /// Closes the fast path to `dead`, if it is still the session's worker.
+    fn forget_worker(&self, dead: &Worker) {
+        let mut state = self.state.lock().expect("door lock");
+        if state.worker.as_ref().and_then(Worker::pid) == dead.pid() {
+            state.worker = None;
+        }
     }
 
     /// Takes the worker if no request has been in the session for `idle`

@@ -147,6 +147,12 @@ impl Session {
     /// Starts a worker if there is none, then serves the job on it in a task
     /// of its own (its turn ends with it).
     async fn accept(&mut self, life: &mut Life, job: Job, turn: Turn) {
+        // A request that found the worker dead may come before its exit is
+        // handled above; it gets a new worker (the slot stays held).
+        if life.worker.as_ref().is_some_and(Worker::has_exited) {
+            self.door.set_worker(None);
+            life.worker = None;
+        }
         if life.worker.is_none() {
             if self.slot.is_none() {
                 match self
@@ -191,7 +197,11 @@ impl Session {
         }
         let serve = life.worker.as_ref().expect("started above").serve(job);
         tokio::spawn(async move {
-            serve.await;
+            if let Some(job) = serve.await {
+                let _ = job.reply.send(Err(Error::Worker(
+                    "the new worker died before the request reached it".into(),
+                )));
+            }
             drop(turn);
         });
     }

@@ -197,8 +197,21 @@ impl Process {
 
     /// Serves one request and answers through `job.reply`. A worker that
     /// breaks the protocol, closes mid-request or misses a deadline is killed
-    /// here, so the session starts a fresh one for its next request.
-    pub async fn serve(self: Arc<Self>, job: Job) {
+    /// here, so the session starts a fresh one for its next request. A
+    /// worker found dead before anything was sent gives the job back.
+    pub async fn serve(self: Arc<Self>, job: Job) -> Option<Job> {
+        if self.idle.lock().expect("idle list lock").is_empty() {
+            // No kept connection: connect first, so that a dead worker is
+            // found out with the job still whole.
+            match UnixStream::connect(&self.socket).await {
+                Ok(stream) => self.checkin(Conn::new(stream)),
+                Err(e) if super::exits_soon(self.done()).await => {
+                    tracing::debug!(session = %self.session_id, pid = self.pid(), "worker is gone ({e}); the request goes to a new one");
+                    return Some(job);
+                }
+                Err(_) => {}
+            }
+        }
         let Job {
             request,
             meta,
@@ -219,6 +232,19 @@ impl Process {
                 .await
             {
                 Err(Failure::Stale(e)) if replayable && !fresh => {
+                    if super::exits_soon(self.done()).await {
+                        // Killed while its connection was kept: nothing
+                        // reached it, so the request goes to a new worker.
+                        tracing::debug!(session = %self.session_id, pid = self.pid(), "worker is gone ({e}); the request goes to a new one");
+                        let reply = reply.take()?;
+                        let request =
+                            http::Request::from_parts(parts, body::buffered(Bytes::new()));
+                        return Some(Job {
+                            request,
+                            meta,
+                            reply,
+                        });
+                    }
                     tracing::debug!(session = %self.session_id, "kept connection was closed ({e}); retrying on a new one");
                     fresh = true;
                     body = crate::body::buffered(Bytes::new());
@@ -242,6 +268,7 @@ impl Process {
                 }
             }
         }
+        None
     }
 
     /// Runs one request on one connection. Returns the connection if it can

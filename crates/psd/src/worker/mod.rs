@@ -159,16 +159,35 @@ impl Worker {
     }
 
     /// The future that serves one request to completion (including streaming
-    /// the response body), answering through `job.reply`.
-    pub fn serve(&self, job: Job) -> impl Future<Output = ()> + Send + 'static {
+    /// the response body), answering through `job.reply`. It gives the job
+    /// back untouched when the worker turned out to be dead before any of
+    /// it was sent (killed, say): the session then starts a fresh worker
+    /// for it instead of answering 502.
+    pub fn serve(&self, job: Job) -> impl Future<Output = Option<Job>> + Send + 'static {
         let worker = self.clone();
         async move {
             match worker {
                 Worker::FastCgi(p) => p.serve(job).await,
                 Worker::Http(p) => p.serve(job).await,
-                Worker::Stdio(p) => p.serve(job).await,
-                Worker::InProcess(t) => t.serve(job).await,
+                Worker::Stdio(p) => {
+                    p.serve(job).await;
+                    None
+                }
+                Worker::InProcess(t) => {
+                    t.serve(job).await;
+                    None
+                }
             }
+        }
+    }
+
+    /// Whether the worker process is known to have exited.
+    pub fn has_exited(&self) -> bool {
+        match self {
+            Worker::FastCgi(p) => *p.done().borrow(),
+            Worker::Http(p) => *p.done().borrow(),
+            Worker::Stdio(p) => *p.done().borrow(),
+            Worker::InProcess(_) => false,
         }
     }
 
@@ -216,6 +235,17 @@ pub(crate) fn is_websocket(headers: &http::HeaderMap) -> bool {
         .get(http::header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// How long a worker that refuses connections is given to be seen exiting:
+/// its socket closes a moment before psd hears of its exit.
+pub(crate) const DEATH_NOTICE: Duration = Duration::from_secs(1);
+
+/// Whether the worker behind `done` exits within [`DEATH_NOTICE`].
+pub(crate) async fn exits_soon(done: watch::Receiver<bool>) -> bool {
+    tokio::time::timeout(DEATH_NOTICE, wait_gone(done))
+        .await
+        .is_ok()
 }
 
 async fn wait_gone(mut done: watch::Receiver<bool>) {

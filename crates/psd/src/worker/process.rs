@@ -42,7 +42,27 @@ pub(crate) struct Workers {
     live: AtomicUsize,
     /// Kept idle FastCGI connections, across all workers.
     kept: AtomicUsize,
+    /// The pipe to the reaper, a helper that outlives psd only to kill the
+    /// process groups of workers psd leaves behind.
+    reaper: Mutex<Option<std::process::ChildStdin>>,
 }
+
+/// The reaper: a Perl one-liner (perl-base is essential on Debian) that
+/// keeps the set of live worker process groups psd tells it about (`+ PGID`,
+/// `- PGID` a line), and when its input ends — psd exited, however it died,
+/// SIGKILL included — kills the groups still in it. `PR_SET_PDEATHSIG`
+/// would not do: it fires when the thread that spawned a child exits, and
+/// it costs the spawn its `posix_spawn` fast path.
+const REAPER: &str = r#"
+$SIG{$_} = "IGNORE" for qw(INT TERM HUP PIPE);
+my %live;
+while (<STDIN>) {
+    my ($sign, $pgid) = split;
+    next unless defined $pgid && $pgid =~ /^[1-9][0-9]*$/;
+    if ($sign eq "+") { $live{$pgid} = 1 } else { delete $live{$pgid} }
+}
+kill "KILL", map { -$_ } keys %live;
+"#;
 
 struct Watched {
     child: Child,
@@ -73,7 +93,45 @@ impl Workers {
             fd_limit,
             live: AtomicUsize::new(0),
             kept: AtomicUsize::new(0),
+            reaper: Mutex::new(None),
         })
+    }
+
+    /// Starts the reaper, in a process group of its own (a terminal's ^C
+    /// must not take it down with psd, before psd has stopped its workers).
+    fn start_reaper(&self) {
+        let started = Command::new("perl")
+            .args(["-e", REAPER])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn();
+        match started {
+            Ok(mut child) => {
+                *self.reaper.lock().expect("reaper lock") = child.stdin.take();
+                // It exits when psd does; nobody waits for it but init.
+                std::mem::forget(child);
+            }
+            Err(e) => tracing::warn!(
+                "cannot start the worker reaper (perl): {e}; if psd is killed, its workers live on"
+            ),
+        }
+    }
+
+    /// Tells the reaper that process group `pgid` is live (`+`) or gone (`-`).
+    fn tell_reaper(&self, sign: char, pgid: u32) {
+        use std::io::Write;
+        let mut reaper = self.reaper.lock().expect("reaper lock");
+        if let Some(pipe) = reaper.as_mut() {
+            if pipe
+                .write_all(format!("{sign} {pgid}\n").as_bytes())
+                .is_err()
+            {
+                tracing::warn!("the worker reaper is gone; if psd is killed, its workers live on");
+                *reaper = None;
+            }
+        }
     }
 
     /// Starts listening for `SIGCHLD` (once), before the first child exists.
@@ -81,6 +139,7 @@ impl Workers {
         if self.reaping.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        self.start_reaper();
         let mut sigchld = match signal(SignalKind::child()) {
             Ok(stream) => stream,
             Err(e) => {
@@ -259,6 +318,7 @@ pub(crate) fn launch(
     let stdout = child.stdout.take().map(ChildStdout::from_std).transpose();
     let stderr = child.stderr.take().map(ChildStderr::from_std).transpose();
     let exited = workers.watch(child);
+    workers.tell_reaper('+', pid);
     let (stdin, stdout, stderr) = match (stdin, stdout, stderr) {
         (Ok(stdin), Ok(stdout), Ok(stderr)) => (stdin, stdout, stderr),
         (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => {
@@ -290,6 +350,9 @@ pub(crate) fn launch(
                     tracing::warn!(session = %session, pid, "psd stopped watching the worker")
                 }
             }
+            // Whatever the worker left in its group (its children) goes with it.
+            signal_group(pid, Signal::SIGKILL);
+            workers.tell_reaper('-', pid);
             workers.live.fetch_sub(1, Ordering::Relaxed);
             if let Some(path) = cleanup {
                 let _ = std::fs::remove_file(path);

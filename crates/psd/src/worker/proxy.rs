@@ -107,22 +107,37 @@ impl Process {
     }
 
     /// Proxies one request; the future ends when the response body has been
-    /// sent (or abandoned), so a session's requests never overlap.
-    pub async fn serve(self: Arc<Self>, job: Job) {
+    /// sent (or abandoned), so a session's requests never overlap. A worker
+    /// found dead before the request was sent gives the job back.
+    pub async fn serve(self: Arc<Self>, job: Job) -> Option<Job> {
+        let websocket = is_websocket(job.request.headers());
+        // The connection first, so that a dead worker is found out with the
+        // job still whole.
+        let sender = match (websocket, self.checkout()) {
+            (false, Some(sender)) => Ok(sender),
+            _ => self.connect(websocket).await,
+        };
+        let sender = match sender {
+            Err(e) if super::exits_soon(self.done()).await => {
+                tracing::debug!(session = %self.session_id, pid = self.pid(), "worker is gone ({e}); the request goes to a new one");
+                return Some(job);
+            }
+            other => other,
+        };
         let Job {
             mut request,
             meta,
             reply,
         } = job;
-        let websocket = is_websocket(request.headers());
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
         let limit = self.location.max_request_body;
         let outgoing = self.outgoing(request, &meta, websocket, limit);
-        let result = timeout(
-            self.location.request_timeout,
-            self.send(outgoing, websocket),
-        )
-        .await;
+        let result = match sender {
+            Ok(sender) => {
+                timeout(self.location.request_timeout, Self::send(sender, outgoing)).await
+            }
+            Err(e) => Ok(Err(e)),
+        };
         let response = match result {
             Err(_) => Err(Error::Timeout(self.location.request_timeout)),
             Ok(Err(e)) if caused_by::<TooLarge>(&e) => Err(Error::BodyTooLarge { limit }),
@@ -142,14 +157,14 @@ impl Process {
                     self.proc.kill();
                 }
                 let _ = reply.send(Err(e));
-                return;
+                return None;
             }
         };
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let (Some(client), true) = (client_upgrade, websocket) else {
                 let _ = reply.send(Err(Error::Worker("unexpected 101 from worker".into())));
-                return;
+                return None;
             };
             let worker = hyper::upgrade::on(&mut response);
             let (parts, _) = response.into_parts();
@@ -164,7 +179,7 @@ impl Process {
                 self.session_id.clone(),
             )
             .await;
-            return;
+            return None;
         }
 
         let (mut parts, body) = response.into_parts();
@@ -184,6 +199,7 @@ impl Process {
         if idle.len() < self.location.worker_concurrency {
             idle.push(sender);
         }
+        None
     }
 
     /// The request as the worker gets it: path under the prefix, hop-by-hop
@@ -255,17 +271,12 @@ impl Process {
         )
     }
 
-    /// Sends the request on an idle connection or a new one (always a new
-    /// one for an upgrade); returns the response head and the connection.
+    /// Sends the request on `sender`; returns the response head and the
+    /// connection.
     async fn send(
-        &self,
+        mut sender: SendRequest<LimitedBody>,
         request: Request<LimitedBody>,
-        websocket: bool,
     ) -> Result<(Response<hyper::body::Incoming>, SendRequest<LimitedBody>), BoxError> {
-        let mut sender = match (websocket, self.checkout()) {
-            (false, Some(sender)) => sender,
-            _ => self.connect(websocket).await?,
-        };
         let response = sender.send_request(request).await?;
         Ok((response, sender))
     }
