@@ -32,6 +32,8 @@ pub enum Error {
     TooManySessionsForClient(usize),
     #[error("a read-only session id allows only GET and HEAD")]
     ReadOnly,
+    #[error("MaxSpawnRate reached: too many new workers at once")]
+    SpawnRateExceeded,
     #[error("too many requests queued for one session")]
     SessionBusy,
     #[error("psd is shutting down")]
@@ -63,6 +65,7 @@ impl Error {
             Error::TooManySessions(_)
             | Error::TooManySessionsForClient(_)
             | Error::SessionBusy
+            | Error::SpawnRateExceeded
             | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::WorkerStart(_) | Error::Worker(_) | Error::BadResponse(_) => {
                 StatusCode::BAD_GATEWAY
@@ -96,6 +99,9 @@ impl Error {
                 "Service Unavailable: too many requests queued for this session\n"
             }
             Error::ShuttingDown => "Service Unavailable: server is shutting down\n",
+            Error::SpawnRateExceeded => {
+                "Service Unavailable: too many new sessions at once, try again shortly\n"
+            }
             Error::WorkerStart(_) => "Bad Gateway: the session's worker failed to start\n",
             Error::Worker(_) | Error::BadResponse(_) => {
                 "Bad Gateway: the session's worker failed\n"

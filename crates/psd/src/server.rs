@@ -499,7 +499,12 @@ fn prepare(config: Config) -> anyhow::Result<Shared> {
         .unwrap_or_else(|| config.data_dir.join("secret"));
     let signer = Signer::load_or_create(&secret, &config.node_name)
         .with_context(|| format!("session secret {}", secret.display()))?;
-    let registry = Registry::new(IdBook::new(signer), config.max_sessions, run_dir.clone());
+    let registry = Registry::new(
+        IdBook::new(signer),
+        config.max_sessions,
+        config.max_spawn_rate,
+        run_dir.clone(),
+    );
     Ok(Shared {
         registry,
         spool: run_dir,

@@ -579,3 +579,114 @@ fn requests_after_a_worker_is_killed_go_to_a_new_one() {
         last = pid;
     }
 }
+
+/// A new session from address `ip` (through a trusted proxy): its status.
+fn new_session_from(port: u16, ip: &str) -> u16 {
+    let mut conn = Conn::open(port);
+    conn.send(&format!(
+        "GET /c/ HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: {ip}\r\nConnection: close\r\n\r\n"
+    ));
+    conn.read(false).map_or(0, |r| r.status)
+}
+
+/// A spawn flood from many addresses (a trusted proxy's X-Forwarded-For)
+/// started 500 workers in 1.3 s, and then every new client got 503 until
+/// `SessionTimeout`. Now one-request sessions idle for a moment give
+/// their places to new users, and sessions in real use keep theirs.
+#[test]
+fn a_spawn_flood_does_not_lock_new_users_out() {
+    let d = Daemon::start(&format!(
+        "TrustedProxy 127.0.0.1\nMaxSessions 20\nMaxSpawnRate 200\n{}",
+        location("/c", &liar(), "")
+    ));
+    // A user in real use before the flood: two requests, one cookie jar.
+    let regular = Client::with_jar(&d.dir, "regular");
+    let first = regular.get(&d.url("/c/"));
+    assert_eq!(regular.get(&d.url("/c/")).count(), 2);
+    let flood = |from: usize, n: usize| -> Vec<u16> {
+        let port = d.port;
+        let threads: Vec<_> = (from..from + n)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    new_session_from(port, &format!("10.1.{}.{}", i / 250, i % 250 + 1))
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    };
+    let burst = flood(0, 60);
+    assert!(burst.contains(&503), "MaxSessions holds: {burst:?}");
+    std::thread::sleep(Duration::from_millis(2500));
+    // The flood goes on, slower than places are reclaimed (20 places every
+    // 2 s), while new users arrive.
+    let flooder = {
+        let port = d.port;
+        std::thread::spawn(move || {
+            (100..115)
+                .map(|i| {
+                    std::thread::sleep(Duration::from_millis(200));
+                    new_session_from(port, &format!("10.2.0.{}", i))
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let mut admitted = 0;
+    for i in 0..10 {
+        let user = Client::with_jar(&d.dir, &format!("user{i}"));
+        let url = d.url("/c/");
+        let a = user.request(
+            &url,
+            &["-H", &format!("X-Forwarded-For: 192.0.2.{}", i + 1)],
+        );
+        if a.status == 200 {
+            admitted += 1;
+            let b = user.request(
+                &url,
+                &["-H", &format!("X-Forwarded-For: 192.0.2.{}", i + 1)],
+            );
+            assert_eq!(
+                (b.status, b.pid()),
+                (200, a.pid()),
+                "the user keeps the worker"
+            );
+        }
+    }
+    flooder.join().unwrap();
+    assert_eq!(
+        admitted,
+        10,
+        "new users got in during the flood\n{}",
+        d.log_text()
+    );
+    let again = regular.get(&d.url("/c/"));
+    assert_eq!(
+        (again.pid(), again.count()),
+        (first.pid(), 3),
+        "a session in real use is never evicted"
+    );
+}
+
+/// `MaxSpawnRate`: a burst of new sessions beyond the rate waits briefly,
+/// then gets 503 with Retry-After; the rest start.
+#[test]
+fn max_spawn_rate_paces_new_workers() {
+    let d = Daemon::start(&format!(
+        "TrustedProxy 127.0.0.1\nMaxSpawnRate 5\n{}",
+        location("/c", &liar(), "")
+    ));
+    let port = d.port;
+    let started = std::time::Instant::now();
+    let threads: Vec<_> = (0..40)
+        .map(|i| std::thread::spawn(move || new_session_from(port, &format!("10.3.0.{}", i + 1))))
+        .collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    let refused = statuses.iter().filter(|&&s| s == 503).count();
+    assert_eq!(ok + refused, 40, "{statuses:?}");
+    assert!(
+        (6..=25).contains(&ok),
+        "{ok} started within {:?}",
+        started.elapsed()
+    );
+    assert!(d.log_text().contains("MaxSpawnRate reached"));
+}

@@ -204,7 +204,7 @@ pub const DIRECTIVES: &[Directive] = &[
         scope: Scope::Server,
         syntax: "MaxSessions N",
         default: "1000",
-        help: "Live sessions across all applications; new sessions beyond it get 503 with Retry-After.",
+        help: "Sessions with a live worker or task, across all applications. When they are all taken, a new session takes the place of a process session that served only one request and has been idle 2 s (its worker stops; its id stays valid and resumes it), so a flood of one-request sessions cannot lock new users out; with no such session, new sessions get 503 with Retry-After.",
         apply: Apply::Server(|c, a, _| {
             c.max_sessions = positive(one(a)?)?;
             Ok(())
@@ -395,7 +395,7 @@ pub const DIRECTIVES: &[Directive] = &[
         scope: Scope::Location,
         syntax: "SessionTimeout DURATION",
         default: "15m",
-        help: "Idle time after which the worker is stopped; the session resumes with a new worker on its next request.",
+        help: "Idle time after which the worker is stopped; the session resumes with a new worker on its next request. A session that has served only one request is stopped after at most 60 s idle.",
         apply: Apply::Location(|l, a| {
             l.session_timeout = duration(one(a)?)?;
             Ok(())

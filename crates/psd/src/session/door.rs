@@ -42,6 +42,10 @@ struct State {
     worker: Option<Worker>,
     /// When the last request left (or the session began).
     last_active: Instant,
+    /// Requests the session has served.
+    served: u64,
+    /// Chosen to give its worker's place to a new session.
+    evicting: bool,
 }
 
 /// A request's turn in the session; given back on drop.
@@ -49,7 +53,11 @@ pub(crate) struct Turn(Arc<Door>);
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        self.0.state.lock().expect("door lock").last_active = Instant::now();
+        {
+            let mut state = self.0.state.lock().expect("door lock");
+            state.last_active = Instant::now();
+            state.served += 1;
+        }
         self.0.turns.add_permits(1);
     }
 }
@@ -70,6 +78,8 @@ impl Door {
             state: Mutex::new(State {
                 worker: None,
                 last_active: Instant::now(),
+                served: 0,
+                evicting: false,
             }),
         })
     }
@@ -140,7 +150,35 @@ impl Door {
     /// Opens the fast path to `worker`, or closes it (`None`); returns the
     /// worker it replaces.
     pub fn set_worker(&self, worker: Option<Worker>) -> Option<Worker> {
-        std::mem::replace(&mut self.state.lock().expect("door lock").worker, worker)
+        let mut state = self.state.lock().expect("door lock");
+        state.evicting = false;
+        std::mem::replace(&mut state.worker, worker)
+    }
+
+    /// Requests the session has served so far.
+    pub fn served(&self) -> u64 {
+        self.state.lock().expect("door lock").served
+    }
+
+    /// How long the session has been idle, if it may give its worker's
+    /// place to a new session: it has a worker, no request in it, has
+    /// served at most `max_served` requests, has been idle at least
+    /// `min_idle`, and is not already chosen.
+    pub fn evictable(&self, min_idle: Duration, max_served: u64) -> Option<Duration> {
+        let state = self.state.lock().expect("door lock");
+        let idle = state.last_active.elapsed();
+        let quiet = self.turns.available_permits() == self.concurrency;
+        (state.worker.is_some()
+            && !state.evicting
+            && quiet
+            && state.served <= max_served
+            && idle >= min_idle)
+            .then_some(idle)
+    }
+
+    /// Marks the session as chosen for eviction.
+    pub fn choose_for_eviction(&self) {
+        self.state.lock().expect("door lock").evicting = true;
     }
 
     /// Closes the fast path to `dead`, if it is still the session's worker.

@@ -25,6 +25,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep_until, Instant};
@@ -58,9 +59,17 @@ pub(super) struct Session {
     /// Held while a worker runs.
     pub slot: Option<Slot>,
     pub stop: Arc<Notify>,
+    /// The registry's request to stop the worker for a new session.
+    pub evict: Arc<Notify>,
     /// Dropped when this task ends; the registry waits for all of them.
     pub _alive: mpsc::Sender<()>,
 }
+
+/// A session that has served one request and no second is stopped this
+/// soon (unless `SessionTimeout` is shorter): most are visits that never
+/// come back, and a flood of them must not hold workers for the whole
+/// `SessionTimeout`. Its id stays valid; a second request resumes it.
+const FIRST_VISIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Life {
     state: State,
@@ -78,7 +87,7 @@ impl Session {
         mut requests: mpsc::Receiver<Box<Admitted>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let timeout = self.location.session_timeout;
+        let session_timeout = self.location.session_timeout;
         let mut life = Life {
             state: State::Dormant,
             activity: Activity::new(),
@@ -89,6 +98,11 @@ impl Session {
         tracing::debug!(session = %self.id, app = %self.location.prefix, "session created");
 
         let reason = loop {
+            let timeout = if self.door.served() <= 1 {
+                session_timeout.min(FIRST_VISIT_TIMEOUT)
+            } else {
+                session_timeout
+            };
             let has_worker = life.worker.is_some();
             let gone = life.worker.as_ref().map(Worker::gone);
             let idle_end = self.door.idle_check(timeout, life.tunnel_active);
@@ -120,6 +134,15 @@ impl Session {
                     self.transition(&mut life, State::Dormant);
                 }
                 _ = sleep_until(idle_end), if never_used => break "never used within SessionTimeout",
+                () = self.evict.notified(), if has_worker => {
+                    let Some(worker) = self.door.take_if_idle_for(super::EVICT_MIN_IDLE) else {
+                        continue;
+                    };
+                    life.worker = None;
+                    Box::pin(worker.stop(self.location.worker_stop_timeout)).await;
+                    self.slot = None;
+                    self.transition(&mut life, State::Dormant);
+                }
                 job = requests.recv() => match job {
                     Some(admitted) => {
                         let Admitted { job, turn } = *admitted;
@@ -155,17 +178,26 @@ impl Session {
         }
         if life.worker.is_none() {
             if self.slot.is_none() {
-                match self
-                    .registry
-                    .slots
-                    .acquire(self.client, self.location.max_sessions_per_client)
-                {
+                // Boxed, as the start below.
+                let acquired = Box::pin(self.registry.slots.acquire_waiting(
+                    self.client,
+                    self.location.max_sessions_per_client,
+                    super::PLACE_WAIT + self.location.worker_stop_timeout,
+                ))
+                .await;
+                match acquired {
                     Ok(slot) => self.slot = Some(slot),
                     Err(e) => {
                         let _ = job.reply.send(Err(e));
                         return;
                     }
                 }
+            }
+            if let Err(e) = Box::pin(self.registry.spawn_turn()).await {
+                tracing::info!(session = %self.id, "{e}");
+                self.slot = None;
+                let _ = job.reply.send(Err(e));
+                return;
             }
             self.transition(life, State::Starting);
             // Boxed: starting is rare, and awaiting it inline would size every
@@ -297,6 +329,7 @@ mod tests {
             let registry = Registry::new(
                 crate::mapper::IdBook::new(crate::mapper::Signer::new("n", b"0123456789abcdef")),
                 10,
+                64,
                 std::env::temp_dir(),
             );
             std::mem::size_of_val(&make(registry))
@@ -321,6 +354,7 @@ mod tests {
                 door: super::Door::new(1),
                 slot: None,
                 stop: Arc::new(Notify::new()),
+                evict: Arc::new(Notify::new()),
                 _alive: mpsc::channel(1).0,
             }
             .run(requests, tokio::sync::watch::channel(false).1)

@@ -33,6 +33,18 @@ use crate::worker::{inproc, process, Worker};
 /// Requests that may wait, with their turns, for a session's worker to start.
 const SESSION_QUEUE_DEPTH: usize = 256;
 
+/// Under `MaxSessions` pressure, a session that has served at most this
+/// many requests and been idle this long gives its worker's place to a new
+/// session: its worker stops, the session stays (dormant) and resumes on
+/// its next request. A flood of one-request sessions cannot lock new users
+/// out, and no session in real use is touched.
+const EVICT_MAX_SERVED: u64 = 1;
+const EVICT_MIN_IDLE: Duration = Duration::from_secs(2);
+
+/// How long a new session may wait for a place freed by eviction, or for
+/// its turn under `MaxSpawnRate`.
+const PLACE_WAIT: Duration = Duration::from_secs(2);
+
 /// Every live session of the daemon.
 pub(crate) struct Registry {
     /// One map per `<Location>`, by its identity (virtual host and prefix),
@@ -43,6 +55,7 @@ pub(crate) struct Registry {
     run_dir: PathBuf,
     workers: Arc<process::Workers>,
     serial: AtomicU64,
+    spawns: SpawnRate,
     shutdown: watch::Sender<bool>,
     /// Each session task holds a clone of this sender; shutdown takes the
     /// registry's own, so the receiver ends exactly when the last session has.
@@ -60,6 +73,8 @@ struct Entry {
     expires: Instant,
     /// Tells the session task to end (reaped, or past its lifetime).
     stop: Arc<Notify>,
+    /// Tells the session task to stop its worker for a new session.
+    evict: Arc<Notify>,
 }
 
 /// Where a request goes.
@@ -78,7 +93,12 @@ pub(crate) struct Target {
 }
 
 impl Registry {
-    pub fn new(ids: IdBook, max_sessions: usize, run_dir: PathBuf) -> Arc<Registry> {
+    pub fn new(
+        ids: IdBook,
+        max_sessions: usize,
+        max_spawn_rate: u32,
+        run_dir: PathBuf,
+    ) -> Arc<Registry> {
         let (alive, all_ended) = mpsc::channel(1);
         Arc::new(Registry {
             sessions: Mutex::new(HashMap::new()),
@@ -91,6 +111,7 @@ impl Registry {
             run_dir,
             workers: process::Workers::new(),
             serial: AtomicU64::new(0),
+            spawns: SpawnRate::new(max_spawn_rate),
             shutdown: watch::channel(false).0,
             alive: Mutex::new(Some(alive)),
             all_ended: tokio::sync::Mutex::new(all_ended),
@@ -131,11 +152,20 @@ impl Registry {
         let Some(alive) = self.alive.lock().expect("registry lock").clone() else {
             return Err(Error::ShuttingDown);
         };
-        let slot = self
+        let in_process = matches!(location.handler, Some(Handler::InProcess(_)));
+        let slot = match self
             .slots
-            .acquire(hit.client, location.max_sessions_per_client)?;
+            .acquire(hit.client, location.max_sessions_per_client)
+        {
+            Ok(slot) => Some(slot),
+            // A process session may take the place of an idle one-request
+            // session; its task waits for the place to come free.
+            Err(Error::TooManySessions(_)) if !in_process && self.evict_one() => None,
+            Err(e) => return Err(e),
+        };
         let assigned = mapper.assign_session_id(hit, &Ids::new(&self.ids, location_key));
         let stop = Arc::new(Notify::new());
+        let evict = Arc::new(Notify::new());
         let door = Door::new(location.worker_concurrency);
         // Process sessions have a task that starts their worker, fed by a
         // queue; an in-process session's task is the application itself.
@@ -175,6 +205,7 @@ impl Registry {
                     created: now,
                     expires: now + location.session_lifetime,
                     stop: stop.clone(),
+                    evict: evict.clone(),
                 },
             );
             self.ids.acquire(&assigned.id);
@@ -193,7 +224,7 @@ impl Registry {
                         location: location.clone(),
                         registry: self.clone(),
                         door: door.clone(),
-                        _slot: slot,
+                        _slot: slot.expect("in-process sessions never wait for a place"),
                         end: stop,
                         _alive: alive,
                     }
@@ -211,8 +242,9 @@ impl Registry {
                         location: location.clone(),
                         registry: self.clone(),
                         door: door.clone(),
-                        slot: Some(slot),
+                        slot,
                         stop,
+                        evict,
                         _alive: alive,
                     }
                     .run(requests, self.shutdown.subscribe()),
@@ -227,6 +259,30 @@ impl Registry {
             access: Access::ReadWrite,
             assigned: Some(assigned),
         })
+    }
+
+    /// Under `MaxSessions` pressure: tells the longest-idle session that
+    /// may be evicted to stop its worker. Returns whether there was one.
+    fn evict_one(&self) -> bool {
+        let sessions = self.sessions.lock().expect("registry lock");
+        let victim = sessions
+            .values()
+            .flat_map(HashMap::values)
+            .filter(|e| e.queue.is_some())
+            .filter_map(|e| Some((e.door.evictable(EVICT_MIN_IDLE, EVICT_MAX_SERVED)?, e)))
+            .max_by_key(|(idle, _)| *idle);
+        let Some((idle, entry)) = victim else {
+            return false;
+        };
+        entry.door.choose_for_eviction();
+        entry.evict.notify_one();
+        tracing::info!(session = %entry.id, "MaxSessions reached: stopping a one-request session idle for {idle:?} to admit a new one");
+        true
+    }
+
+    /// Waits until a worker may be started under `MaxSpawnRate`.
+    pub(crate) async fn spawn_turn(&self) -> Result<(), Error> {
+        self.spawns.turn().await
     }
 
     /// Removes a session's entry, if it is still this session's.
@@ -306,6 +362,28 @@ pub(crate) struct Slot {
 }
 
 impl Slots {
+    /// A slot, waiting up to `wait` for one to come free (an evicted
+    /// session's worker stopping).
+    async fn acquire_waiting(
+        &self,
+        client: IpAddr,
+        per_client_max: usize,
+        wait: Duration,
+    ) -> Result<Slot, Error> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.acquire(client, per_client_max) {
+                Err(Error::TooManySessions(_)) if Instant::now() < deadline => {
+                    let permit =
+                        tokio::time::timeout_at(deadline, self.live.clone().acquire_owned()).await;
+                    // Given back at once: `acquire` takes it with the per-client count.
+                    drop(permit);
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn acquire(&self, client: IpAddr, per_client_max: usize) -> Result<Slot, Error> {
         let mut counts = self.per_client.lock().expect("slot lock");
         let held = counts.get(&client).copied().unwrap_or(0);
@@ -335,5 +413,76 @@ impl Drop for Slot {
                 counts.remove(&self.client);
             }
         }
+    }
+}
+
+/// `MaxSpawnRate`: worker starts paced to a rate, with a burst of one
+/// second's worth, by a theoretical arrival time (GCRA). A start that would
+/// wait longer than [`PLACE_WAIT`] is refused with 503 instead.
+struct SpawnRate {
+    interval: Duration,
+    burst: Duration,
+    next: Mutex<Instant>,
+}
+
+impl SpawnRate {
+    fn new(per_second: u32) -> SpawnRate {
+        SpawnRate {
+            interval: Duration::from_secs(1) / per_second.max(1),
+            burst: Duration::from_secs(1),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn turn(&self) -> Result<(), Error> {
+        let ready_at = {
+            let mut next = self.next.lock().expect("spawn rate lock");
+            let now = Instant::now();
+            let due = (*next).max(now);
+            let ready_at = due.checked_sub(self.burst).unwrap_or(now).max(now);
+            if ready_at > now + PLACE_WAIT {
+                return Err(Error::SpawnRateExceeded);
+            }
+            *next = due + self.interval;
+            ready_at
+        };
+        tokio::time::sleep_until(ready_at).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn spawns_are_paced_after_a_burst_and_refused_past_the_wait() {
+        let rate = SpawnRate::new(10);
+        let began = Instant::now();
+        for _ in 0..10 {
+            rate.turn().await.unwrap();
+        }
+        assert!(
+            began.elapsed() < Duration::from_millis(200),
+            "a burst goes at once"
+        );
+        for _ in 0..20 {
+            rate.turn().await.unwrap();
+        }
+        assert!(
+            began.elapsed() >= Duration::from_secs(1),
+            "then 10 a second"
+        );
+        // Starts that only reserve their turn (their sleep cut short) fill
+        // the bounded wait; beyond it, starts are refused.
+        let mut refused = 0;
+        for _ in 0..40 {
+            if let Ok(Err(Error::SpawnRateExceeded)) =
+                tokio::time::timeout(Duration::ZERO, rate.turn()).await
+            {
+                refused += 1;
+            }
+        }
+        assert!((15..=25).contains(&refused), "{refused} refused");
     }
 }
