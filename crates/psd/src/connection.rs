@@ -220,37 +220,45 @@ impl http_body::Body for Held {
     }
 }
 
-/// Lets a repeated log line through once per `every`, counting the rest.
+/// Lets a repeated log line through a few times per period, counting the
+/// rest: a flood of them costs a counter, not the disk.
 pub(crate) struct Throttle {
     every: Duration,
-    last: Mutex<Option<std::time::Instant>>,
+    burst: u32,
+    /// When the current period began, and the lines let through in it.
+    window: Mutex<Option<(std::time::Instant, u32)>>,
     suppressed: AtomicU64,
 }
+
+/// Lines let through per period.
+const THROTTLE_BURST: u32 = 5;
 
 impl Throttle {
     pub fn new(every: Duration) -> Throttle {
         Throttle {
             every,
-            last: Mutex::new(None),
+            burst: THROTTLE_BURST,
+            window: Mutex::new(None),
             suppressed: AtomicU64::new(0),
         }
     }
 
     /// `Some(n)` when a line may be logged now, `n` being how many were
-    /// held back since the last one.
+    /// held back before it.
     pub fn allow(&self) -> Option<u64> {
         let now = std::time::Instant::now();
-        let mut last = self.last.lock().expect("throttle lock");
-        match *last {
-            Some(at) if now.duration_since(at) < self.every => {
-                self.suppressed.fetch_add(1, Ordering::Relaxed);
-                None
+        let mut window = self.window.lock().expect("throttle lock");
+        match &mut *window {
+            Some((began, n)) if now.duration_since(*began) < self.every => {
+                if *n >= self.burst {
+                    self.suppressed.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                *n += 1;
             }
-            _ => {
-                *last = Some(now);
-                Some(self.suppressed.swap(0, Ordering::Relaxed))
-            }
+            _ => *window = Some((now, 1)),
         }
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
     }
 }
 
@@ -274,9 +282,11 @@ mod tests {
     }
 
     #[test]
-    fn throttle_lets_one_line_through_per_period() {
+    fn throttle_lets_a_few_lines_through_per_period() {
         let t = Throttle::new(Duration::from_secs(60));
-        assert_eq!(t.allow(), Some(0));
+        for _ in 0..THROTTLE_BURST {
+            assert_eq!(t.allow(), Some(0));
+        }
         assert_eq!(t.allow(), None);
         assert_eq!(t.allow(), None);
     }

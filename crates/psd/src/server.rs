@@ -385,7 +385,7 @@ async fn accept(listener: TcpListener, https: Option<usize>, conns: mpsc::Sender
             // EMFILE and friends: back off instead of spinning, longer while
             // it lasts, and say so once in a while rather than every time.
             Err(e) => {
-                if let Some(more) = failures.allow() {
+                if let Some(more) = failures.allow().filter(|_| backoff == ACCEPT_BACKOFF_MIN) {
                     tracing::warn!(
                         "accept failed: {e}; backing off {backoff:?} ({more} more failures not logged)"
                     );

@@ -690,3 +690,164 @@ fn max_spawn_rate_paces_new_workers() {
     );
     assert!(d.log_text().contains("MaxSpawnRate reached"));
 }
+
+fn stdio_daemon(extra: &str) -> Daemon {
+    Daemon::start(&location_proto(
+        "/s",
+        "stdio",
+        &test_worker("stdio-test.py"),
+        &format!("SessionKey ip\n{extra}"),
+    ))
+}
+
+/// A stdio worker that closed its stdout but kept running failed one
+/// request and was kept, so the next waited the whole RequestTimeout.
+#[test]
+fn a_stdio_worker_closing_stdout_is_ended() {
+    let d = stdio_daemon("RequestTimeout 20s");
+    let first = Client::anonymous().get(&d.url("/s/"));
+    assert_eq!(Client::anonymous().get(&d.url("/s/mute")).status, 502);
+    assert!(eventually(Duration::from_secs(5), || !alive(first.pid())));
+    let started = std::time::Instant::now();
+    let next = Client::anonymous().get(&d.url("/s/"));
+    assert_eq!(next.status, 200);
+    assert_ne!(next.pid(), first.pid());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// A million lines for unknown ids wrote a WARN each (375 MB of log in
+/// seconds); and a line over the limit cost ~200 MB and kept the worker.
+#[test]
+fn a_stdio_workers_chatter_and_huge_lines_are_bounded() {
+    let d = stdio_daemon("");
+    let reply = Client::anonymous().get(&d.url("/s/chatter?n=20000"));
+    let _ = reply;
+    std::thread::sleep(Duration::from_millis(500));
+    let warnings = d
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("unknown request"))
+        .count();
+    assert!((1..=10).contains(&warnings), "{warnings} warnings logged");
+    let before = Client::anonymous().get(&d.url("/s/")).pid();
+    assert_eq!(Client::anonymous().get(&d.url("/s/huge")).status, 502);
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(before)),
+        "replaced"
+    );
+    assert_eq!(Client::anonymous().get(&d.url("/s/")).status, 200);
+}
+
+/// The stdio relay accepted malformed WebSocket upgrades.
+#[test]
+fn malformed_websocket_upgrades_are_refused() {
+    let d = stdio_daemon("");
+    let upgrade = |method: &str, version: &str, keys: &[&str]| {
+        let mut conn = Conn::open(d.port);
+        let keys: String = keys
+            .iter()
+            .map(|k| format!("Sec-WebSocket-Key: {k}\r\n"))
+            .collect();
+        conn.send(&format!(
+            "{method} /s/ HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: {version}\r\n{keys}Content-Length: 0\r\n\r\n"
+        ));
+        conn.read(true).map(|r| {
+            (
+                r.status,
+                r.header("sec-websocket-version").map(String::from),
+            )
+        })
+    };
+    let good = "dGhlIHNhbXBsZSBub25jZQ==";
+    assert_eq!(upgrade("GET", "13", &["abc"]).unwrap().0, 400, "3-byte key");
+    assert_eq!(
+        upgrade("GET", "13", &["!!!!notbase64!!!!!!!!!!="])
+            .unwrap()
+            .0,
+        400
+    );
+    assert_eq!(
+        upgrade("GET", "13", &[good, good]).unwrap().0,
+        400,
+        "two keys"
+    );
+    assert_eq!(upgrade("POST", "13", &[good]).unwrap().0, 400, "POST");
+    for version in ["12", "99999999999"] {
+        assert_eq!(
+            upgrade("GET", version, &[good]).unwrap(),
+            (426, Some("13".to_string())),
+            "version {version}"
+        );
+    }
+    assert_eq!(upgrade("GET", "13", &[good]).unwrap().0, 101);
+}
+
+/// About 10,000 back-to-back messages from a client that does not read
+/// locked the session up for good: the worker blocked writing to psd,
+/// and every later request hung past RequestTimeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_flood_does_not_lock_up_the_session() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let d = stdio_daemon("RequestTimeout 5s");
+    let url = d.url("/s/");
+    let first = blocking({
+        let url = url.clone();
+        move || Client::anonymous().get(&url)
+    })
+    .await;
+    let ws = format!("ws://127.0.0.1:{}/s/", d.port);
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws.into_client_request().unwrap())
+        .await
+        .unwrap();
+    // Send, never read.
+    let sender = tokio::spawn(async move {
+        for i in 0..10_000 {
+            let message = Message::text(format!("message {i} {}", "x".repeat(100)));
+            if tokio::time::timeout(Duration::from_secs(5), socket.send(message))
+                .await
+                .map_or(true, |r| r.is_err())
+            {
+                break;
+            }
+        }
+        socket
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = std::time::Instant::now();
+    let after = blocking(move || Client::anonymous().get(&url)).await;
+    assert_eq!(after.status, 200, "{after:?}");
+    assert_eq!(after.pid(), first.pid());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(sender);
+}
+
+/// A 60 MB WebSocket message cost psd ~170 MB: messages are limited to
+/// 1 MiB and a larger one closes the socket with 1009.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_websocket_message_closes_with_1009() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let d = stdio_daemon("");
+    let ws = format!("ws://127.0.0.1:{}/s/", d.port);
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws.into_client_request().unwrap())
+        .await
+        .unwrap();
+    let _ = socket.send(Message::binary(vec![0u8; 2 << 20])).await;
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(frame) = socket.next().await {
+            if let Ok(Message::Close(frame)) = frame {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert_eq!(close, Some(1009));
+}

@@ -422,6 +422,11 @@ impl Proc {
     }
 }
 
+/// SIGKILL to process group `pid` (a worker and whatever it started).
+pub(crate) fn kill_group(pid: u32) {
+    signal_group(pid, Signal::SIGKILL);
+}
+
 fn signal_group(pid: u32, signal: Signal) {
     if pid > 0 {
         // ESRCH (already gone) is the normal case after an exit.

@@ -14,12 +14,20 @@
 //!   `message_base64`) and `{"ws":W,"event":"close"}` from psd;
 //!   `{"ws":W,"message":…}` and `{"ws":W,"close":true}` from the worker.
 //!
-//! A line that is not JSON, or names an id nobody waits for, is logged and
-//! fails the requests then waiting (502); the worker itself carries on.
+//! A line that is not JSON, or names an id nobody waits for, is logged
+//! (once in a while, however many there are) and fails the requests then
+//! waiting (502); the worker itself carries on. A line over
+//! [`MAX_LINE`] bytes, or the end of its stdout, ends the worker.
+//!
+//! Nothing a client does can stop psd reading the worker's stdout: a
+//! WebSocket client too slow for its messages is closed, a
+//! message over [`MAX_WS_MESSAGE`] closes its socket (1009), and
+//! `RequestTimeout` bounds writing a request to stdin as well as waiting
+//! for its answer.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,8 +44,9 @@ use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::process::{self, Proc};
@@ -46,8 +55,15 @@ use crate::body::{self, Body, BoxError};
 use crate::config::{LocationConfig, WorkerCommand};
 use crate::error::Error;
 
-/// The longest line psd reads from a worker.
-const MAX_LINE: usize = 64 << 20;
+/// The longest line psd reads from a worker: a larger response streams.
+const MAX_LINE: usize = 16 << 20;
+/// The largest WebSocket message psd relays, as for http workers' tunnels.
+const MAX_WS_MESSAGE: usize = 1 << 20;
+/// Messages from the worker waiting for one WebSocket client; a client
+/// further behind is closed.
+const WS_BACKLOG: usize = 256;
+/// How long a closing WebSocket may take to send what it has left.
+const WS_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How often psd pings a WebSocket client; two silent intervals close it.
 const WS_PING_INTERVAL: Duration = Duration::from_secs(20);
 /// Ids of failed requests remembered, so their late answers are not garbage.
@@ -73,6 +89,17 @@ struct State {
     sockets: HashMap<u64, mpsc::Sender<Message>>,
     failed: HashSet<u64>,
     failed_order: VecDeque<u64>,
+}
+
+/// What the reader of a worker's stdout needs besides the shared state.
+struct Reader {
+    state: Arc<Mutex<State>>,
+    session: Arc<str>,
+    pid: u32,
+    /// How long a streamed response may wait for its client.
+    patience: Duration,
+    /// Warnings about the worker's output, rate-limited.
+    warnings: crate::connection::Throttle,
 }
 
 impl State {
@@ -126,7 +153,14 @@ impl Process {
             return Err(Error::WorkerStart("no pipes to the worker".into()));
         };
         let state = Arc::new(Mutex::new(State::default()));
-        tokio::spawn(read_lines(stdout, state.clone(), spawn.session_id.clone()));
+        let reader = Reader {
+            state: state.clone(),
+            session: spawn.session_id.clone(),
+            pid: launched.proc.pid(),
+            patience: spawn.location.request_timeout,
+            warnings: crate::connection::Throttle::new(Duration::from_secs(10)),
+        };
+        tokio::spawn(read_lines(stdout, reader));
         tracing::info!(session = %spawn.session_id, pid = launched.proc.pid(), program = %command.program.display(), "worker started");
         Ok(Arc::new(Process {
             proc: launched.proc,
@@ -194,7 +228,14 @@ impl Process {
                 done,
             },
         );
-        if let Err(e) = self.write_line(&Value::Object(line)).await {
+        let limit = self.location.request_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
+        // Writing is bounded too: a worker that stopped reading its stdin
+        // must not hold the request past RequestTimeout.
+        let written = tokio::time::timeout_at(deadline, self.write_line(&Value::Object(line)))
+            .await
+            .unwrap_or(Err(Error::Timeout(limit)));
+        if let Err(e) = written {
             self.state
                 .lock()
                 .expect("stdio state lock")
@@ -203,8 +244,7 @@ impl Process {
             self.fail(reply, e);
             return;
         }
-        let limit = self.location.request_timeout;
-        match timeout(limit, answer).await {
+        match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(response)) => {
                 let _ = reply.send(response);
                 // A streamed response keeps the request in flight until it ends.
@@ -239,15 +279,19 @@ impl Process {
         meta: &RequestMeta,
         reply: Reply,
     ) {
-        let Some(key) = request
-            .headers()
-            .get("sec-websocket-key")
-            .map(|k| derive_accept_key(k.as_bytes()))
-        else {
-            let _ = reply.send(Err(Error::BadRequest(
-                "WebSocket upgrade without Sec-WebSocket-Key".into(),
-            )));
-            return;
+        let key = match check_upgrade(&request) {
+            Ok(key) => key,
+            Err((status, why)) => {
+                let mut refusal = Response::new(body::full(format!("{why}\n")));
+                *refusal.status_mut() = status;
+                if status == StatusCode::UPGRADE_REQUIRED {
+                    refusal
+                        .headers_mut()
+                        .insert("sec-websocket-version", HeaderValue::from_static("13"));
+                }
+                let _ = reply.send(Ok(refusal));
+                return;
+            }
         };
         let upgrade = hyper::upgrade::on(&mut request);
         let (parts, _) = request.into_parts();
@@ -268,9 +312,16 @@ impl Process {
         let process = self.clone();
         tokio::spawn(async move {
             let Ok(upgraded) = upgrade.await else { return };
-            let ws =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-            let (to_client, outgoing) = mpsc::channel(64);
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(MAX_WS_MESSAGE))
+                .max_frame_size(Some(MAX_WS_MESSAGE));
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            let (to_client, outgoing) = mpsc::channel(WS_BACKLOG);
             process
                 .state
                 .lock()
@@ -293,6 +344,9 @@ impl Process {
         });
     }
 
+    /// Relays one WebSocket's messages both ways until either side ends
+    /// it. The two directions run apart: a client that does not read never
+    /// stops its messages reaching the worker, nor the reverse.
     async fn relay(
         &self,
         id: u64,
@@ -300,43 +354,127 @@ impl Process {
         mut outgoing: mpsc::Receiver<Message>,
     ) {
         let (mut sink, mut stream) = ws.split();
-        let mut ping = tokio::time::interval(WS_PING_INTERVAL);
-        ping.tick().await;
-        let mut silent_ticks = 0;
-        loop {
-            tokio::select! {
-                frame = stream.next() => {
-                    silent_ticks = 0;
-                    self.activity.touch();
-                    let line = match frame {
-                        Some(Ok(Message::Text(text))) => json!({"ws": id, "message": text.as_str()}),
-                        Some(Ok(Message::Binary(bytes))) => json!({"ws": id, "message_base64": BASE64.encode(&bytes)}),
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                        Some(Ok(_)) => continue,
-                    };
-                    if self.write_line(&line).await.is_err() {
+        let heard = AtomicBool::new(true);
+        let too_large = AtomicBool::new(false);
+        let up = async {
+            while let Some(frame) = stream.next().await {
+                heard.store(true, Ordering::Relaxed);
+                self.activity.touch();
+                let line = match frame {
+                    Ok(Message::Text(text)) => json!({"ws": id, "message": text.as_str()}),
+                    Ok(Message::Binary(bytes)) => {
+                        json!({"ws": id, "message_base64": BASE64.encode(&bytes)})
+                    }
+                    Ok(Message::Close(_)) => break,
+                    Err(WsError::Capacity(_)) => {
+                        too_large.store(true, Ordering::Relaxed);
                         break;
                     }
+                    Err(_) => break,
+                    Ok(_) => continue,
+                };
+                if self.write_line(&line).await.is_err() {
+                    break;
                 }
-                message = outgoing.recv() => {
-                    let Some(message) = message else { break };
-                    self.activity.touch();
-                    let closing = matches!(message, Message::Close(_));
-                    if sink.send(message).await.is_err() || closing {
-                        break;
+            }
+        };
+        let down = async {
+            let mut ping = tokio::time::interval(WS_PING_INTERVAL);
+            ping.tick().await;
+            let mut silent_ticks = 0;
+            loop {
+                tokio::select! {
+                    message = outgoing.recv() => {
+                        let Some(message) = message else { break };
+                        self.activity.touch();
+                        let closing = matches!(message, Message::Close(_));
+                        if sink.send(message).await.is_err() || closing {
+                            break;
+                        }
                     }
-                }
-                _ = ping.tick() => {
-                    silent_ticks += 1;
-                    if silent_ticks > 2 || sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                        tracing::info!(session = %self.session_id, "WebSocket peer silent; closing");
-                        break;
+                    _ = ping.tick() => {
+                        silent_ticks = if heard.swap(false, Ordering::Relaxed) { 0 } else { silent_ticks + 1 };
+                        if silent_ticks >= 2 || sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                            tracing::info!(session = %self.session_id, "WebSocket peer silent; closing");
+                            break;
+                        }
                     }
                 }
             }
+            sink
+        };
+        tokio::pin!(up, down);
+        let sink = tokio::select! {
+            () = &mut up => None,
+            sink = &mut down => Some(sink),
+        };
+        if let Some(mut sink) = sink {
+            let _ = sink.close().await;
+            return;
+        }
+        // `down` still owns the sink: finish it with a close frame.
+        drop(outgoing_closer(&self.state, id));
+        // A client that does not read cannot hold the relay open.
+        let Ok(mut sink) = tokio::time::timeout(WS_CLOSE_GRACE, down).await else {
+            return;
+        };
+        if too_large.load(Ordering::Relaxed) {
+            let frame = CloseFrame {
+                code: CloseCode::Size,
+                reason: "message too large".into(),
+            };
+            let _ = sink.send(Message::Close(Some(frame))).await;
         }
         let _ = sink.close().await;
     }
+}
+
+/// Ends a WebSocket's outgoing queue, so its relay's sending half stops.
+fn outgoing_closer(state: &Mutex<State>, id: u64) -> Option<mpsc::Sender<Message>> {
+    state.lock().expect("stdio state lock").sockets.remove(&id)
+}
+
+/// RFC 6455 §4.2.1: what a WebSocket opening handshake must be. Returns
+/// the `Sec-WebSocket-Accept` value, or the response that refuses it
+/// (400, or 426 to be answered with the version psd speaks) and why.
+fn check_upgrade(
+    request: &http::Request<crate::body::RequestBody>,
+) -> Result<String, (StatusCode, &'static str)> {
+    let refuse = |status: StatusCode, why: &'static str| (status, why);
+    if request.method() != http::Method::GET || request.version() != http::Version::HTTP_11 {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket opens with GET over HTTP/1.1",
+        ));
+    }
+    let headers = request.headers();
+    let mut versions = headers.get_all("sec-websocket-version").iter();
+    match (versions.next(), versions.next()) {
+        (Some(v), None) if v.as_bytes() == b"13" => {}
+        _ => {
+            return Err(refuse(
+                StatusCode::UPGRADE_REQUIRED,
+                "WebSocket version 13 only",
+            ))
+        }
+    }
+    let mut keys = headers.get_all("sec-websocket-key").iter();
+    let key = match (keys.next(), keys.next()) {
+        (Some(key), None) => key,
+        _ => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "one Sec-WebSocket-Key expected",
+            ))
+        }
+    };
+    if !BASE64.decode(key.as_bytes()).is_ok_and(|k| k.len() == 16) {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        ));
+    }
+    Ok(derive_accept_key(key.as_bytes()))
 }
 
 /// What every line about a request says: method, path under the prefix,
@@ -363,56 +501,123 @@ fn request_fields(parts: &http::request::Parts, meta: &RequestMeta) -> Map<Strin
     fields
 }
 
-/// Reads the worker's stdout a line at a time and routes each line.
-async fn read_lines(stdout: ChildStdout, state: Arc<Mutex<State>>, session: Arc<str>) {
-    let mut reader = BufReader::new(stdout);
+/// Reads the worker's stdout a line at a time and routes each line, never
+/// waiting on a client for longer than a request may take. The end of
+/// stdout, or a line over [`MAX_LINE`], is the worker's end: it is killed
+/// (its group too), and the session starts a new one.
+async fn read_lines(stdout: ChildStdout, reader: Reader) {
+    let mut lines = BufReader::new(stdout);
     let mut line = Vec::new();
-    loop {
+    let why = loop {
         line.clear();
-        let read = (&mut reader)
+        let read = (&mut lines)
             .take(MAX_LINE as u64 + 1)
             .read_until(b'\n', &mut line)
             .await;
         match read {
-            Ok(0) | Err(_) => break,
-            Ok(_) if line.len() > MAX_LINE => {
-                tracing::warn!(session = %session, "worker wrote a line over {MAX_LINE} bytes");
-                state
-                    .lock()
-                    .expect("stdio state lock")
-                    .fail_all("worker wrote an overlong line");
-                // Skip the rest of that line.
-                let mut rest = Vec::new();
-                let _ = reader.read_until(b'\n', &mut rest).await;
-            }
-            Ok(_) => route(&line, &state, &session).await,
+            Ok(0) | Err(_) => break "the worker closed its stdout",
+            Ok(_) if line.len() > MAX_LINE => break "the worker wrote a line over 16 MiB",
+            Ok(_) => reader.route(&line).await,
         }
-    }
-    state
-        .lock()
-        .expect("stdio state lock")
-        .fail_all("the worker closed its stdout");
+    };
+    drop(line);
+    tracing::warn!(session = %reader.session, pid = reader.pid, "{why}; ending the worker");
+    reader.state.lock().expect("stdio state lock").fail_all(why);
+    process::kill_group(reader.pid);
 }
 
-async fn route(line: &[u8], state: &Mutex<State>, session: &str) {
-    let line = line.trim_ascii();
-    if line.is_empty() {
-        return;
+impl Reader {
+    /// Logs what is wrong with the worker's output, at most once in a while.
+    fn warn(&self, what: std::fmt::Arguments<'_>) {
+        if let Some(held_back) = self.warnings.allow() {
+            tracing::warn!(session = %self.session, pid = self.pid, "{what} ({held_back} similar warnings not logged)");
+        }
     }
-    let garbage = |why: String| {
-        tracing::warn!(session = %session, "worker wrote {why}: {:?}", String::from_utf8_lossy(&line[..line.len().min(200)]));
-        state.lock().expect("stdio state lock").fail_all(&why);
-    };
-    let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(line) else {
-        return garbage("a line that is not a JSON object".into());
-    };
-    if let Some(ws) = object.get("ws").and_then(Value::as_u64) {
-        let socket = state
-            .lock()
-            .expect("stdio state lock")
-            .sockets
-            .get(&ws)
-            .cloned();
+
+    async fn route(&self, line: &[u8]) {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            return;
+        }
+        let state = &*self.state;
+        let garbage = |why: String| {
+            self.warn(format_args!(
+                "worker wrote {why}: {:?}",
+                String::from_utf8_lossy(&line[..line.len().min(200)])
+            ));
+            state.lock().expect("stdio state lock").fail_all(&why);
+        };
+        let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(line) else {
+            return garbage("a line that is not a JSON object".into());
+        };
+        if let Some(ws) = object.get("ws").and_then(Value::as_u64) {
+            return self.to_socket(ws, &object);
+        }
+        let Some(id) = object.get("id").and_then(Value::as_u64) else {
+            return garbage("a line without an id".into());
+        };
+        let pending = state.lock().expect("stdio state lock").pending.remove(&id);
+        match pending {
+            None if state.lock().expect("stdio state lock").failed.contains(&id) => {
+                tracing::trace!(session = %self.session, "late answer to ended request {id} dropped");
+            }
+            None => garbage(format!("an answer to unknown request {id}")),
+            Some(Pending::Head { reply, done }) => match head(&object) {
+                Err(why) => {
+                    self.warn(format_args!("worker answered request {id} with {why}"));
+                    let _ = reply.send(Err(Error::BadResponse(why)));
+                }
+                Ok((response, false)) => {
+                    let _ = reply.send(Ok(response.map(body::full)));
+                    drop(done);
+                }
+                Ok((response, true)) => {
+                    let (tx, streamed) = body::channel(16);
+                    let (parts, first) = response.into_parts();
+                    if !first.is_empty() {
+                        let _ = tx.try_send(Ok(first));
+                    }
+                    let _ = reply.send(Ok(Response::from_parts(parts, streamed)));
+                    state
+                        .lock()
+                        .expect("stdio state lock")
+                        .pending
+                        .insert(id, Pending::Streaming { body: tx, done });
+                }
+            },
+            Some(Pending::Streaming { body, done }) => {
+                if object.get("end").and_then(Value::as_bool) == Some(true) {
+                    drop(done);
+                    return;
+                }
+                let sent = match chunk(&object) {
+                    Ok(bytes) => timeout(self.patience, body.send(Ok(bytes))).await,
+                    Err(why) => {
+                        let _ = body.try_send(Err(why.into()));
+                        Ok(Err(mpsc::error::SendError(Ok(Bytes::new()))))
+                    }
+                };
+                let mut state = state.lock().expect("stdio state lock");
+                match sent {
+                    Ok(Ok(())) => {
+                        state.pending.insert(id, Pending::Streaming { body, done });
+                    }
+                    // The client went away (or stopped reading for a whole
+                    // RequestTimeout): its request ends here and gives the
+                    // session its turn back; the worker's later lines for it
+                    // are dropped.
+                    _ => {
+                        drop(done);
+                        state.forget(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A message for WebSocket `ws`, queued without waiting: a client too
+    /// far behind is closed rather than let stop the worker's output.
+    fn to_socket(&self, ws: u64, object: &Map<String, Value>) {
         let message = if object.get("close").and_then(Value::as_bool) == Some(true) {
             Some(Message::Close(None))
         } else if let Some(text) = object.get("message").and_then(Value::as_str) {
@@ -424,70 +629,16 @@ async fn route(line: &[u8], state: &Mutex<State>, session: &str) {
                 .and_then(|b| BASE64.decode(b).ok())
                 .map(Message::binary)
         };
-        match (socket, message) {
-            (Some(socket), Some(message)) => {
-                let _ = socket.send(message).await;
-            }
-            _ => tracing::debug!(session = %session, "message for WebSocket {ws} dropped"),
-        }
-        return;
-    }
-    let Some(id) = object.get("id").and_then(Value::as_u64) else {
-        return garbage("a line without an id".into());
-    };
-    let pending = state.lock().expect("stdio state lock").pending.remove(&id);
-    match pending {
-        None if state.lock().expect("stdio state lock").failed.contains(&id) => {
-            tracing::debug!(session = %session, "late answer to failed request {id} dropped");
-        }
-        None => garbage(format!("an answer to unknown request {id}")),
-        Some(Pending::Head { reply, done }) => match head(&object) {
-            Err(why) => {
-                let _ = reply.send(Err(Error::BadResponse(why.clone())));
-                tracing::warn!(session = %session, "worker answered request {id} with {why}");
-            }
-            Ok((response, false)) => {
-                let _ = reply.send(Ok(response.map(body::full)));
-                drop(done);
-            }
-            Ok((response, true)) => {
-                let (tx, streamed) = body::channel(16);
-                let (parts, first) = response.into_parts();
-                if !first.is_empty() {
-                    let _ = tx.send(Ok(first)).await;
-                }
-                let _ = reply.send(Ok(Response::from_parts(parts, streamed)));
-                state
-                    .lock()
-                    .expect("stdio state lock")
-                    .pending
-                    .insert(id, Pending::Streaming { body: tx, done });
-            }
-        },
-        Some(Pending::Streaming { body, done }) => {
-            if object.get("end").and_then(Value::as_bool) == Some(true) {
-                drop(done);
-                return;
-            }
-            match chunk(&object) {
-                Ok(bytes) => {
-                    let mut state = match body.send(Ok(bytes)).await {
-                        Ok(()) => state.lock().expect("stdio state lock"),
-                        Err(_) => {
-                            // The client went away: its request ends here and
-                            // gives the session its turn back; what the worker
-                            // still writes for it is dropped.
-                            drop(done);
-                            state.lock().expect("stdio state lock").forget(id);
-                            return;
-                        }
-                    };
-                    state.pending.insert(id, Pending::Streaming { body, done });
-                }
-                Err(why) => {
-                    let _ = body.send(Err(why.into())).await;
-                }
-            }
+        let mut state = self.state.lock().expect("stdio state lock");
+        let (Some(socket), Some(message)) = (state.sockets.get(&ws), message) else {
+            tracing::debug!(session = %self.session, "message for WebSocket {ws} dropped");
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = socket.try_send(message) {
+            self.warn(format_args!(
+                "WebSocket {ws} is not reading its messages; closing it"
+            ));
+            state.sockets.remove(&ws);
         }
     }
 }

@@ -3,6 +3,9 @@
   /garbage  writes a line that is not JSON     /unknown  answers another id
   /binary   answers bytes as body_base64      /stream   streams ?lines=N, ?ms=M apart
   /echo     echoes the body it got            other     a counter line
+  /mute     closes its stdout and keeps running
+  /chatter  writes ?n= lines for ids nobody asked about, then answers
+  /huge     writes one line of 17 MiB
 WebSocket messages are echoed with a count of this session's messages."""
 import base64
 import json
@@ -28,6 +31,19 @@ for line in sys.stdin:
             send({"ws": msg["ws"], "message": f"#{ws_count} {msg['message']} pid={os.getpid()}"})
         continue
     path, q = msg["path"], parse_qs(msg["query"])
+    if path == "/mute":
+        sys.stdout.close()
+        os.close(1)
+        time.sleep(3600)
+    if path == "/chatter":
+        for i in range(int(q.get("n", ["1000"])[0])):
+            sys.stdout.write(json.dumps({"id": 10**9 + i, "body": "?"}) + "\n")
+        send({"id": msg["id"], "body": "done"})
+        continue
+    if path == "/huge":
+        sys.stdout.write(json.dumps({"id": msg["id"], "body": "h" * (17 << 20)}) + "\n")
+        sys.stdout.flush()
+        continue
     if path == "/garbage":
         print("this is not json {", flush=True)
         continue
