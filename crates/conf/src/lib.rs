@@ -85,16 +85,17 @@ impl Parsed {
     }
 }
 
+/// Files one configuration may read in all, its own included: a bound on
+/// what a glob can make psd read.
+pub const MAX_FILES: usize = 4096;
+
 /// Reads and parses `path` and everything it includes.
 pub fn parse_file(path: &Path) -> Parsed {
     let root = path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let mut parser = Parser {
-        root,
-        errors: vec![],
-    };
+    let mut parser = Parser::new(root);
     let top = Location {
         file: Arc::from(path),
         line: 0,
@@ -108,10 +109,7 @@ pub fn parse_file(path: &Path) -> Parsed {
 
 /// Parses text as if read from `file`; `Include` paths start at `root`.
 pub fn parse_str(text: &str, file: &Path, root: &Path) -> Parsed {
-    let mut parser = Parser {
-        root: root.to_path_buf(),
-        errors: vec![],
-    };
+    let mut parser = Parser::new(root.to_path_buf());
     let nodes = parser.text(text, Arc::from(file), 0);
     Parsed {
         nodes,
@@ -124,6 +122,19 @@ struct Parser {
     /// top-level `ServerRoot` says otherwise.
     root: PathBuf,
     errors: Vec<Error>,
+    /// Every file read so far (canonical paths): a file is read once, so
+    /// a glob that matches the files including it cannot multiply them.
+    read: std::collections::HashSet<PathBuf>,
+}
+
+impl Parser {
+    fn new(root: PathBuf) -> Parser {
+        Parser {
+            root,
+            errors: vec![],
+            read: std::collections::HashSet::new(),
+        }
+    }
 }
 
 /// An open `<Section>` while its body is read.
@@ -134,6 +145,28 @@ struct Open {
 
 impl Parser {
     fn file(&mut self, path: &Path, from: &Location, depth: usize) -> Vec<Node> {
+        let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        if self.read.contains(&canonical) {
+            self.errors.push(Error::new(
+                from,
+                format!(
+                    "Include: {} was already read (an Include cycle, or a file included twice)",
+                    path.display()
+                ),
+            ));
+            return vec![];
+        }
+        if self.read.len() >= MAX_FILES {
+            self.errors.push(Error::new(
+                from,
+                format!(
+                    "more than {MAX_FILES} configuration files; {} not read",
+                    path.display()
+                ),
+            ));
+            return vec![];
+        }
+        self.read.insert(canonical);
         match std::fs::read_to_string(path) {
             Ok(text) => self.text(&text, Arc::from(path), depth),
             Err(e) => {
@@ -520,6 +553,29 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Three files each including `fan/*.conf` (themselves among them)
+    /// grew exponentially: 1.46 GB and no answer after 30 s.
+    #[test]
+    fn include_globs_matching_their_own_files_are_read_once() {
+        let dir = std::env::temp_dir().join(format!("psd-conf-fan-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("fan")).unwrap();
+        for name in ["a", "b", "c"] {
+            std::fs::write(
+                dir.join(format!("fan/{name}.conf")),
+                format!("Include fan/*.conf\nX {name}\n"),
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.join("main.conf"), "Include fan/*.conf\n").unwrap();
+        let started = std::time::Instant::now();
+        let parsed = parse_file(&dir.join("main.conf"));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(parsed.nodes.len(), 3, "each file's X once");
+        assert!(!parsed.errors.is_empty(), "the repeats are errors");
+        assert!(parsed.errors[0].to_string().contains("already read"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn include_cycle_is_an_error_not_a_hang() {
         let dir = std::env::temp_dir().join(format!("psd-conf-cycle-{}", std::process::id()));
@@ -528,7 +584,7 @@ mod tests {
         let errors = parse_file(&dir.join("self.conf"))
             .into_result()
             .unwrap_err();
-        assert!(errors[0].message.contains("nested"));
+        assert!(errors[0].message.contains("already read"), "{errors:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

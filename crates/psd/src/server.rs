@@ -516,12 +516,8 @@ fn prepare(config: Config) -> anyhow::Result<Shared> {
 /// Derives the routing of a configuration; `listeners` are the bound
 /// addresses (their https ones get TLS acceptors).
 fn routing(config: Config, listeners: &[SocketAddr]) -> anyhow::Result<Routing> {
-    let vhost_of = |i: usize| {
-        config
-            .vhosts
-            .iter()
-            .position(|v| v.host.locations.contains(&i))
-    };
+    let vhost_of_location = config.vhost_of_locations();
+    let vhost_of = |i: usize| vhost_of_location[i];
     let mounts = config
         .locations
         .iter()

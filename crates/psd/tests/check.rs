@@ -133,3 +133,25 @@ fn usage_errors_exit_2_and_help_exits_0() {
         assert_eq!(out.status.code(), Some(0), "{args:?}");
     }
 }
+
+/// 1.1 million `<Location>` blocks did not parse in 30 s (40,000 took
+/// 1.5 s): duplicate prefixes were looked for in a list. 100,000 now take
+/// well under a second even in a debug build; with the list they took 12 s
+/// in a release build.
+#[test]
+fn many_locations_check_in_linear_time() {
+    let mut text = String::from("Listen 127.0.0.1:0\n");
+    for i in 0..100_000 {
+        text.push_str(&format!(
+            "<Location /l{i}>\n  Worker fastcgi /bin/true\n</Location>\n"
+        ));
+    }
+    let started = std::time::Instant::now();
+    let (code, out, err, _, _dir) = check(&text);
+    assert_eq!((code, out.trim()), (0, "Syntax OK"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+}

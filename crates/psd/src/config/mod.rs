@@ -305,10 +305,11 @@ impl Config {
             .collect();
         groups.push(main);
         for group in groups {
-            let mut seen: Vec<&str> = vec![];
+            // A set: 1.1 million locations took longer than 30 s with a list.
+            let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
             for &i in &group {
                 let location = &self.locations[i];
-                if seen.contains(&location.prefix.as_str()) {
+                if !seen.insert(location.prefix.as_str()) {
                     errors.push(Error::new(
                         &at(&location.at),
                         format!(
@@ -317,7 +318,6 @@ impl Config {
                         ),
                     ));
                 }
-                seen.push(&location.prefix);
             }
         }
         for location in &mut self.locations {
@@ -408,9 +408,24 @@ impl Config {
 
     /// Locations of the main server: those in no `<VirtualHost>`.
     pub fn main_locations(&self) -> Vec<usize> {
+        let vhost_of = self.vhost_of_locations();
         (0..self.locations.len())
-            .filter(|i| !self.vhosts.iter().any(|v| v.host.locations.contains(i)))
+            .filter(|&i| vhost_of[i].is_none())
             .collect()
+    }
+
+    /// For each location, the virtual host it belongs to (none: the main
+    /// server's), in one pass.
+    pub fn vhost_of_locations(&self) -> Vec<Option<usize>> {
+        let mut of = vec![None; self.locations.len()];
+        for (v, vhost) in self.vhosts.iter().enumerate() {
+            for &i in &vhost.host.locations {
+                if let Some(slot) = of.get_mut(i) {
+                    slot.get_or_insert(v);
+                }
+            }
+        }
+        of
     }
 
     /// The virtual host for a request that arrived on `local` for `name`
