@@ -383,3 +383,60 @@ impl http_body::Body for Framed {
         SizeHint::with_exact(self.left)
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Response framing against a hostile worker: whatever `Content-Length`
+    //! it declares and however many bytes it writes, the client never gets
+    //! more than declared, and a complete response is exactly as long as
+    //! declared. A long run: `PROPTEST_CASES=100000 cargo test -p psd --release fuzz_`.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn declared() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            (0u64..300).prop_map(|n| Some(n.to_string())),
+            (0u64..300).prop_map(|n| Some(format!("{n}, {n}"))),
+            (0u64..300, 0u64..300).prop_map(|(a, b)| Some(format!("{a},{b}"))),
+            "[0-9a-z +-]{0,6}".prop_map(Some),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_framing_never_sends_more_than_declared(
+            declared in declared(),
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..100), 0..6),
+            status in 100u16..1000,
+            head in any::<bool>(),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let (tx, body) = channel(8);
+            for c in &chunks {
+                tx.try_send(Ok(Bytes::from(c.clone()))).unwrap();
+            }
+            drop(tx);
+            let mut response = http::Response::new(body);
+            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            if let Some(d) = &declared {
+                if let Ok(v) = http::HeaderValue::from_str(d) {
+                    response.headers_mut().insert(http::header::CONTENT_LENGTH, v);
+                }
+            }
+            let session: std::sync::Arc<str> = "s".into();
+            let Ok(framed) = frame(response, head, &session) else { return Ok(()) };
+            let limit = http_body::Body::size_hint(framed.body()).upper();
+            let collected = rt
+                .block_on(async { framed.into_body().collect().await })
+                .map(|c| c.to_bytes().len() as u64);
+            if let (Some(limit), Ok(n)) = (limit, &collected) {
+                prop_assert!(*n <= limit);
+            }
+            let exact = declared.as_deref().and_then(|d| d.parse::<u64>().ok());
+            if let (Some(d), Ok(n), false) = (exact, collected, head) {
+                prop_assert!(n == d || status == 204 || status == 304, "{} vs {}", n, d);
+            }
+        }
+    }
+}

@@ -157,3 +157,47 @@ mod tests {
         assert_eq!(again, n.decoded.as_bytes());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Path normalisation fed hostile paths. A long run:
+    //! `PROPTEST_CASES=1000000 cargo test -p psd --release fuzz_`.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hostile_path() -> impl Strategy<Value = String> {
+        let segment = prop_oneof![
+            Just("..".to_string()),
+            Just(".".to_string()),
+            Just("%2e%2e".to_string()),
+            Just("%2E".to_string()),
+            Just("%2f".to_string()),
+            Just("%00".to_string()),
+            Just("%".to_string()),
+            Just(".psd".to_string()),
+            Just("%2e%70%73%64".to_string()),
+            Just("".to_string()),
+            "[a-zA-Z0-9%._~-]{0,8}",
+        ];
+        proptest::collection::vec(segment, 0..12).prop_map(|s| format!("/{}", s.join("/")))
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_normalised_paths_never_climb_and_are_canonical(raw in hostile_path()) {
+            let Ok(n) = normalize(&raw) else { return Ok(()) };
+            prop_assert!(n.decoded.starts_with('/'));
+            prop_assert!(!n.decoded.contains('\0'));
+            prop_assert!(!n.decoded.split('/').any(|s| s == "." || s == ".."));
+            let again: Vec<u8> = percent_decode_str(&n.encoded).collect();
+            prop_assert_eq!(again, n.decoded.as_bytes().to_vec());
+            let twice = normalize(&n.encoded).unwrap();
+            prop_assert_eq!(twice.decoded, n.decoded.clone());
+        }
+
+        #[test]
+        fn fuzz_normalize_never_panics(raw in any::<String>()) {
+            let _ = normalize(&raw);
+        }
+    }
+}

@@ -92,3 +92,55 @@ fn durations_and_sizes() {
     assert!(size("1T").is_err());
     assert!(size("99999999999G").is_err());
 }
+
+mod fuzz {
+    //! The config language fed hostile text: every input is a `Config` or
+    //! `file:line` errors, never a panic or a hang. A long run:
+    //! `PROPTEST_CASES=100000 cargo test -p psd --release fuzz_`.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Lines made of real directive names, sections, quotes, continuations
+    /// and junk, so that the parser's deeper paths are reached.
+    fn config_text() -> impl Strategy<Value = String> {
+        let word = prop_oneof![
+            Just("Listen".to_string()),
+            Just("<Location".to_string()),
+            Just("</Location>".to_string()),
+            Just("<VirtualHost".to_string()),
+            Just("</VirtualHost>".to_string()),
+            Just("Worker".to_string()),
+            Just("fastcgi".to_string()),
+            Just("SessionKey".to_string()),
+            Just("MaxSessions".to_string()),
+            Just("RequestTimeout".to_string()),
+            Just("MaxRequestBody".to_string()),
+            Just("RequestBuffering".to_string()),
+            Just("Include".to_string()),
+            Just("\"".to_string()),
+            Just("\\".to_string()),
+            Just(">".to_string()),
+            Just("#".to_string()),
+            "[a-z0-9/:.*?]{0,12}",
+            any::<String>(),
+        ];
+        proptest::collection::vec(proptest::collection::vec(word, 0..6), 0..30).prop_map(|lines| {
+            lines
+                .into_iter()
+                .map(|l| l.join(" "))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_config_never_panics(text in config_text()) {
+            let parsed = psd_conf::parse_str(&text, Path::new("t.conf"), Path::new("/nonexistent"));
+            for e in &parsed.errors {
+                prop_assert!(e.to_string().starts_with("t.conf:") || e.to_string().contains(".conf"));
+            }
+            let _ = Config::from_nodes(&parsed.nodes, Path::new("/nonexistent"));
+        }
+    }
+}

@@ -227,4 +227,44 @@ mod tests {
         assert!(Signer::load_or_create(&path, "n").is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
+
+    mod fuzz {
+        //! Presented ids and cookies from hostile clients. A long run:
+        //! `PROPTEST_CASES=1000000 cargo test -p psd --release fuzz_`.
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn fuzz_no_made_up_id_verifies(id in "[A-Za-z0-9._-]{0,60}", junk in any::<String>()) {
+                let s = signer();
+                prop_assert!(!s.verify("a", &id));
+                prop_assert!(!s.verify("a", &junk));
+            }
+
+            #[test]
+            fn fuzz_a_tampered_id_never_verifies(flip in 0usize..100, to in any::<u8>()) {
+                let s = signer();
+                let id = s.issue("a");
+                let mut bytes = id.clone().into_bytes();
+                let i = flip % bytes.len();
+                prop_assume!(bytes[i] != to);
+                bytes[i] = to;
+                if let Ok(tampered) = String::from_utf8(bytes) {
+                    prop_assert!(!s.verify("a", &tampered));
+                }
+            }
+
+            #[test]
+            fn fuzz_cookie_headers_never_panic(value in "[ -~]{0,80}") {
+                let mut headers = http::HeaderMap::new();
+                if let Ok(v) = http::HeaderValue::from_str(&value) {
+                    headers.insert(http::header::COOKIE, v);
+                }
+                for v in crate::mapper::cookie_values(&headers, "psd_sid") {
+                    prop_assert!(value.contains(v));
+                }
+            }
+        }
+    }
 }

@@ -234,4 +234,36 @@ mod tests {
         assert_eq!(strip_port("example.com"), "example.com");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
     }
+
+    mod fuzz {
+        //! The CGI response head of a hostile worker. A long run:
+        //! `PROPTEST_CASES=1000000 cargo test -p psd --release fuzz_`.
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn fuzz_cgi_heads_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+                if let Some((len, start)) = head_end(&bytes) {
+                    prop_assert!(len <= start && start <= bytes.len());
+                    if let Ok(head) = parse_head(&bytes[..len]) {
+                        prop_assert!((200..=599).contains(&head.status.as_u16()));
+                    }
+                }
+                let _ = parse_head(&bytes);
+            }
+
+            #[test]
+            fn fuzz_cgi_header_lines_never_panic(lines in proptest::collection::vec(
+                prop_oneof![
+                    "Status: [0-9]{0,4}[ a-zA-Z]{0,8}",
+                    "Content-Length: [0-9, ]{0,8}",
+                    "Location: [ -~]{0,20}",
+                    "[A-Za-z-]{1,10}: [ -~]{0,20}",
+                    "[ -~]{0,20}",
+                ], 0..8)) {
+                let _ = parse_head(lines.join("\r\n").as_bytes());
+            }
+        }
+    }
 }

@@ -742,4 +742,83 @@ mod tests {
             assert!(head(&object(bad.clone())).is_err(), "{bad}");
         }
     }
+
+    mod fuzz {
+        //! The JSON-lines reader fed a hostile worker's stdout. A long run:
+        //! `PROPTEST_CASES=100000 cargo test -p psd --release fuzz_`.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                (0u64..5).prop_map(Value::from),
+                (90u64..1000).prop_map(Value::from),
+                any::<String>().prop_map(Value::from),
+                "[A-Za-z0-9+/=!]{0,12}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    proptest::collection::vec(
+                        (
+                            prop_oneof![
+                                Just("id".to_string()),
+                                Just("ws".to_string()),
+                                Just("status".to_string()),
+                                Just("headers".to_string()),
+                                Just("body".to_string()),
+                                Just("body_base64".to_string()),
+                                Just("stream".to_string()),
+                                Just("end".to_string()),
+                                Just("message".to_string()),
+                                Just("close".to_string()),
+                                "[a-z]{1,5}",
+                            ],
+                            inner
+                        ),
+                        0..6
+                    )
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn line() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+                proptest::collection::vec(any::<u8>(), 0..200),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn fuzz_stdio_lines_never_panic(lines in proptest::collection::vec(line(), 1..8)) {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    let state = Arc::new(Mutex::new(State::default()));
+                    let reader = Reader {
+                        state: state.clone(),
+                        session: "s".into(),
+                        pid: 0,
+                        patience: Duration::from_millis(10),
+                        warnings: crate::connection::Throttle::new(Duration::from_secs(10)),
+                    };
+                    // Requests 1..=3 wait, as they would on a live worker.
+                    let mut answers = vec![];
+                    for id in 1..=3 {
+                        let (reply, answer) = oneshot::channel();
+                        let (done, _finished) = oneshot::channel();
+                        state.lock().unwrap().pending.insert(id, Pending::Head { reply, done });
+                        answers.push(answer);
+                    }
+                    for line in &lines {
+                        reader.route(line).await;
+                    }
+                });
+            }
+        }
+    }
 }
