@@ -434,7 +434,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn decode_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        fn fuzz_decode_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
             let mut buf = BytesMut::from(&bytes[..]);
             while let Ok(Some(record)) = decode(&mut buf) {
                 let _ = EndRequest::parse(&record.content);
@@ -444,7 +444,7 @@ mod tests {
         }
 
         #[test]
-        fn records_round_trip(kind in 1u8..=20, id: u16, content in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        fn fuzz_records_round_trip(kind in 1u8..=20, id: u16, content in proptest::collection::vec(any::<u8>(), 0..2000)) {
             let mut buf = BytesMut::new();
             encode_record(&mut buf, RecordType::from_u8(kind), id, &content);
             prop_assert_eq!(buf.len() % 8, 0);

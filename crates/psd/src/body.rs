@@ -242,8 +242,8 @@ impl http_body::Body for ChannelBody {
 /// become the start of the next response on a kept-alive connection
 /// (response splitting).
 ///
-/// - A status a client cannot be sent (outside 200–599, or 1xx) is the
-///   worker's error: 502.
+/// - A status a client cannot be sent (outside 200–599; 101 but to a
+///   WebSocket upgrade psd relayed) is the worker's error: 502.
 /// - With `Content-Length`, the client gets exactly that many bytes: a
 ///   surplus is cut off (and logged), a short body ends the response with
 ///   an error, which closes the connection, as nginx does.
@@ -252,11 +252,12 @@ impl http_body::Body for ChannelBody {
 pub(crate) fn frame(
     response: http::Response<Body>,
     head_request: bool,
+    upgrade: bool,
     session: &std::sync::Arc<str>,
 ) -> Result<http::Response<Body>, crate::Error> {
     use http::StatusCode;
     let status = response.status();
-    if status == StatusCode::SWITCHING_PROTOCOLS {
+    if status == StatusCode::SWITCHING_PROTOCOLS && upgrade {
         return Ok(response);
     }
     if !(200..=599).contains(&status.as_u16()) {
@@ -425,7 +426,7 @@ mod fuzz {
                 }
             }
             let session: std::sync::Arc<str> = "s".into();
-            let Ok(framed) = frame(response, head, &session) else { return Ok(()) };
+            let Ok(framed) = frame(response, head, false, &session) else { return Ok(()) };
             let limit = http_body::Body::size_hint(framed.body()).upper();
             let collected = rt
                 .block_on(async { framed.into_body().collect().await })

@@ -791,6 +791,7 @@ async fn respond(
     }
 
     let parts_method = parts.method.clone();
+    let upgrade = crate::worker::is_websocket(&parts.headers);
     let (reply, answer) = oneshot::channel();
     let job = Job {
         request: Request::from_parts(parts, body),
@@ -817,7 +818,7 @@ async fn respond(
     let head_request = parts_method == Method::HEAD;
     let answer = target.door.call(target.queue.as_ref(), job, answer).await;
     trace.upstream = Some(asked.elapsed());
-    let framed = answer.and_then(|r| body::frame(r, head_request, &target.token));
+    let framed = answer.and_then(|r| body::frame(r, head_request, upgrade, &target.token));
     let mut response = framed.unwrap_or_else(|e| {
         if let Error::BadResponse(_) = e {
             tracing::warn!(session = %target.token, "{e}");
