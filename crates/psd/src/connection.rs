@@ -8,7 +8,11 @@
 //! (a client that never sends a byte, over plain HTTP, h2c or TLS) or
 //! `KeepAliveTimeout` after its last response (an idle keep-alive or
 //! HTTP/2 connection). hyper's own header timer bounds a request head once
-//! its first byte is in. This module never reads or writes a byte of HTTP.
+//! its first byte is in. At `MaxConnections`, a new connection takes the
+//! place of the oldest one with no request in flight, as Apache's event
+//! MPM closes idle keep-alive connections under pressure: a flood of silent
+//! connections cannot keep real clients out. This module never reads or
+//! writes a byte of HTTP.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -29,7 +33,16 @@ pub(crate) struct Census {
     open: AtomicUsize,
     per_peer: Mutex<HashMap<IpAddr, usize>>,
     refusals: Throttle,
+    /// Connections in the order they came: where an idle one to close is
+    /// looked for when all places are taken.
+    arrivals: Mutex<std::collections::VecDeque<std::sync::Weak<Idle>>>,
 }
+
+/// Connections looked at for one that can be closed, per new connection.
+const EVICTION_SCAN: usize = 64;
+/// A connection is closed to make room only once it has been idle this
+/// long: a real client sends its request within milliseconds.
+const EVICT_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a connection was refused at accept.
 #[derive(Debug, PartialEq, Eq)]
@@ -50,6 +63,7 @@ impl Census {
             open: AtomicUsize::new(0),
             per_peer: Mutex::new(HashMap::new()),
             refusals: Throttle::new(Duration::from_secs(10)),
+            arrivals: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -58,10 +72,11 @@ impl Census {
     pub fn admit(
         self: &Arc<Self>,
         peer: IpAddr,
+        idle: &Arc<Idle>,
         max: usize,
         per_peer_max: Option<usize>,
     ) -> Result<Counted, Refused> {
-        if self.open.fetch_add(1, Ordering::Relaxed) >= max {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= max && !self.evict_idle() {
             self.open.fetch_sub(1, Ordering::Relaxed);
             return Err(self.refused(Refused::Total(max), peer));
         }
@@ -80,7 +95,33 @@ impl Census {
             *n += 1;
             counted.peer = Some(peer);
         }
+        let mut arrivals = self.arrivals.lock().expect("census lock");
+        // Closed connections leave dead entries; sweep them now and then.
+        if arrivals.len() > 2 * self.open.load(Ordering::Relaxed) + 1024 {
+            arrivals.retain(|w| w.strong_count() > 0);
+        }
+        arrivals.push_back(Arc::downgrade(idle));
         Ok(counted)
+    }
+
+    /// Closes the oldest connection with no request in flight, if one is
+    /// found among the next few; the new connection takes its place.
+    fn evict_idle(&self) -> bool {
+        let mut arrivals = self.arrivals.lock().expect("census lock");
+        for _ in 0..EVICTION_SCAN {
+            let Some(weak) = arrivals.pop_front() else {
+                return false;
+            };
+            let Some(idle) = weak.upgrade() else {
+                continue;
+            };
+            if idle.idle_for() >= EVICT_AFTER && !idle.evicted.swap(true, Ordering::Relaxed) {
+                idle.close.notify_one();
+                return true;
+            }
+            arrivals.push_back(weak);
+        }
+        false
     }
 
     fn refused(&self, why: Refused, peer: IpAddr) -> Refused {
@@ -118,6 +159,9 @@ impl Drop for Counted {
 /// One connection's requests in flight, and since when it has had none.
 pub(crate) struct Idle {
     in_flight: AtomicUsize,
+    /// Told to close for a new connection at `MaxConnections`.
+    close: tokio::sync::Notify,
+    evicted: std::sync::atomic::AtomicBool,
     /// Milliseconds from `start` to when the last request ended.
     idle_since: AtomicU64,
     served: AtomicUsize,
@@ -128,10 +172,22 @@ impl Idle {
     pub fn new(accepted: Instant) -> Arc<Idle> {
         Arc::new(Idle {
             in_flight: AtomicUsize::new(0),
+            close: tokio::sync::Notify::new(),
+            evicted: std::sync::atomic::AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
             served: AtomicUsize::new(0),
             start: accepted,
         })
+    }
+
+    /// How long the connection has had no request in flight (zero while
+    /// one is).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let since = self.start + Duration::from_millis(self.idle_since.load(Ordering::Relaxed));
+        since.elapsed()
     }
 
     /// A request arrived; it is in flight until the guard drops (with its
@@ -142,8 +198,16 @@ impl Idle {
     }
 
     /// Resolves when the connection has had no request in flight for its
-    /// limit: `first` before any request, `between` after one.
+    /// limit (`first` before any request, `between` after one), or when it
+    /// is closed to make room.
     pub async fn expired(&self, first: Duration, between: Duration) {
+        tokio::select! {
+            () = self.close.notified() => {}
+            () = self.timed_out(first, between) => {}
+        }
+    }
+
+    async fn timed_out(&self, first: Duration, between: Duration) {
         loop {
             if self.in_flight.load(Ordering::Relaxed) > 0 {
                 tokio::time::sleep(between.max(Duration::from_millis(100))).await;
@@ -271,14 +335,55 @@ mod tests {
         let census = Census::new();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let a1 = census.admit(a, 3, Some(2)).unwrap();
-        let _a2 = census.admit(a, 3, Some(2)).unwrap();
-        assert_eq!(census.admit(a, 3, Some(2)).err(), Some(Refused::Peer(2)));
-        let _b1 = census.admit(b, 3, Some(2)).unwrap();
-        assert_eq!(census.admit(b, 3, None).err(), Some(Refused::Total(3)));
+        let busy = || {
+            let idle = Idle::new(Instant::now());
+            std::mem::forget(idle.enter());
+            idle
+        };
+        let (i1, i2, i3, i4) = (busy(), busy(), busy(), busy());
+        let a1 = census.admit(a, &i1, 3, Some(2)).unwrap();
+        let _a2 = census.admit(a, &i2, 3, Some(2)).unwrap();
+        assert_eq!(
+            census.admit(a, &i3, 3, Some(2)).err(),
+            Some(Refused::Peer(2))
+        );
+        let _b1 = census.admit(b, &i3, 3, Some(2)).unwrap();
+        assert_eq!(
+            census.admit(b, &i4, 3, None).err(),
+            Some(Refused::Total(3)),
+            "no idle connection to close"
+        );
         drop(a1);
         assert_eq!(census.open(), 2);
-        assert!(census.admit(a, 3, Some(2)).is_ok(), "a place came free");
+        assert!(
+            census.admit(a, &i4, 3, Some(2)).is_ok(),
+            "a place came free"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_limit_the_oldest_idle_connection_makes_room() {
+        let census = Census::new();
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let silent = Idle::new(Instant::now());
+        let busy = Idle::new(Instant::now());
+        let _request = busy.enter();
+        let _s = census.admit(peer, &silent, 2, None).unwrap();
+        let _b = census.admit(peer, &busy, 2, None).unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let newcomer = Idle::new(Instant::now());
+        assert!(census.admit(peer, &newcomer, 2, None).is_ok());
+        let closed = tokio::time::timeout(
+            Duration::from_secs(1),
+            silent.expired(Duration::from_secs(60), Duration::from_secs(60)),
+        )
+        .await;
+        assert!(closed.is_ok(), "the silent connection was told to close");
+        let another = Idle::new(Instant::now());
+        assert!(
+            census.admit(peer, &another, 2, None).is_err(),
+            "the busy one is not taken, nor the newcomer, not yet idle a second"
+        );
     }
 
     #[test]

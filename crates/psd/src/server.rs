@@ -284,7 +284,8 @@ impl Server {
                     let config = &shared.routing().config;
                     let trusted = config.trusted_proxies.iter().any(|c| c.contains(remote.ip()));
                     let per_peer = (!trusted).then_some(config.max_connections_per_client);
-                    let Ok(counted) = census.admit(remote.ip(), config.max_connections, per_peer) else {
+                    let idle = crate::connection::Idle::new(accepted);
+                    let Ok(counted) = census.admit(remote.ip(), &idle, config.max_connections, per_peer) else {
                         continue;
                     };
                     // The current acceptor: a reload may have changed certificates.
@@ -306,7 +307,6 @@ impl Server {
                     let open = open.clone();
                     tokio::spawn(async move {
                         let _counted = counted;
-                        let idle = crate::connection::Idle::new(accepted);
                         let watch = idle.clone();
                         let service = service_fn(move |request| {
                             let shared = shared.clone();

@@ -851,3 +851,26 @@ async fn an_oversized_websocket_message_closes_with_1009() {
     .unwrap();
     assert_eq!(close, Some(1009));
 }
+
+/// About 20,000 silent connections exhausted psd's descriptors and kept
+/// everyone out. At `MaxConnections` a new connection takes the place of
+/// the oldest one idle for a second: real clients still get in.
+#[test]
+fn a_real_client_gets_in_while_silent_connections_fill_max_connections() {
+    let d = Daemon::start(&format!(
+        "MaxConnections 20\nMaxConnectionsPerClient 1000\n{}",
+        location("/c", &liar(), "SessionKey ip")
+    ));
+    let mut silent: Vec<Conn> = (0..20).map(|_| Conn::open(d.port)).collect();
+    std::thread::sleep(Duration::from_millis(1300));
+    let reply = Conn::open(d.port).get("/c/").expect("an answer");
+    assert_eq!(reply.status, 200);
+    assert!(
+        silent[0].closed_within(Duration::from_secs(2)),
+        "the oldest made room"
+    );
+    assert!(
+        !silent[19].closed_within(Duration::from_millis(200)),
+        "one is enough"
+    );
+}

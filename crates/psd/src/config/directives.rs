@@ -253,7 +253,7 @@ pub const DIRECTIVES: &[Directive] = &[
         scope: Scope::Server,
         syntax: "MaxConnections N",
         default: "10000",
-        help: "Open client connections psd holds at once; beyond it new connections are closed at accept. Keep it below the open-file limit, with room for workers.",
+        help: "Open client connections psd holds at once. At the limit, a new connection takes the place of the oldest one that has had no request in flight for a second (as Apache's event MPM closes idle keep-alive connections), else it is closed at accept. Keep it below the open-file limit, with room for workers.",
         apply: Apply::Server(|c, a, _| {
             c.max_connections = positive(one(a)?)?;
             Ok(())
