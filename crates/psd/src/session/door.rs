@@ -108,31 +108,13 @@ impl Door {
             return unanswered(answer.await);
         };
         let serve = worker.serve(job);
-        let queue = queue.cloned();
-        let door = self.clone();
         let exchange = Exchange {
             run: Some(Box::pin(async move {
-                let Some(job) = serve.await else {
-                    drop(turn);
-                    return;
-                };
-                // The worker was dead before the request reached it: the
-                // session's task starts a fresh one for it.
-                door.forget_worker(&worker);
-                let refused = match queue {
-                    Some(queue) => queue.try_send(Box::new(Admitted { job, turn })).err(),
-                    None => return,
-                };
-                if let Some(refused) = refused {
-                    let admitted = refused.into_inner();
-                    let _ = admitted
-                        .job
-                        .reply
-                        .send(Err(Error::Worker("the worker died".into())));
-                }
+                let job = serve.await?;
+                Some(Admitted { job, turn })
             })),
         };
-        exchange.answer(answer).await
+        exchange.answer(answer, self, &worker, queue).await
     }
 
     async fn turn(self: &Arc<Self>) -> Result<Turn, Error> {
@@ -240,7 +222,9 @@ fn unanswered(
     answer.unwrap_or_else(|_| Err(Error::Worker("the session ended before answering".into())))
 }
 
-type Run = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// An exchange's work; it hands back a request its worker never got (the
+/// worker was dead), with its turn.
+type Run = Pin<Box<dyn Future<Output = Option<Admitted>> + Send>>;
 
 /// An exchange run by the task that asked for it, until its answer is
 /// there. Whatever is left (a response body still streaming, or all of it
@@ -255,13 +239,28 @@ impl Exchange {
     async fn answer(
         mut self,
         answer: oneshot::Receiver<Result<Response<Body>, Error>>,
+        door: &Door,
+        worker: &Worker,
+        queue: Option<&mpsc::Sender<Box<Admitted>>>,
     ) -> Result<Response<Body>, Error> {
         let run = self.run.as_mut().expect("set until dropped");
         tokio::pin!(answer);
         tokio::select! {
             biased;
-            () = run => {
+            undelivered = run => {
                 self.run = None;
+                if let Some(admitted) = undelivered {
+                    // The worker was dead before the request reached it:
+                    // the session's task starts a fresh one for it.
+                    door.forget_worker(worker);
+                    let refused = match queue {
+                        Some(queue) => queue.try_send(Box::new(admitted)).err().map(|e| e.into_inner()),
+                        None => Some(Box::new(admitted)),
+                    };
+                    if let Some(refused) = refused {
+                        let _ = refused.job.reply.send(Err(Error::Worker("the worker died".into())));
+                    }
+                }
                 unanswered(answer.await)
             }
             answered = &mut answer => unanswered(answered),

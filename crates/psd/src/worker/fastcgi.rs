@@ -200,18 +200,20 @@ impl Process {
     /// here, so the session starts a fresh one for its next request. A
     /// worker found dead before anything was sent gives the job back.
     pub async fn serve(self: Arc<Self>, job: Job) -> Option<Job> {
-        if self.idle.lock().expect("idle list lock").is_empty() {
-            // No kept connection: connect first, so that a dead worker is
-            // found out with the job still whole.
-            match UnixStream::connect(&self.socket).await {
-                Ok(stream) => self.checkin(Conn::new(stream)),
-                Err(e) if super::exits_soon(self.done()).await => {
-                    tracing::debug!(session = %self.session_id, pid = self.pid(), "worker is gone ({e}); the request goes to a new one");
-                    return Some(job);
-                }
-                Err(_) => {}
+        // A worker may close a kept connection just after psd took it for
+        // the next request (libfcgi decides to close only once it finishes a
+        // request). Nothing reached the worker then, so a request without a
+        // body is safe to send again, once, on a fresh connection.
+        let replayable = job.request.body().is_end_stream();
+        // The connection first, so that a dead worker is found out with the
+        // job still whole.
+        let first = match self.checkout(false, replayable).await {
+            Err(e) if super::exits_soon(self.done()).await => {
+                tracing::debug!(session = %self.session_id, pid = self.pid(), "worker is gone ({e}); the request goes to a new one");
+                return Some(job);
             }
-        }
+            first => first,
+        };
         let Job {
             request,
             meta,
@@ -220,17 +222,14 @@ impl Process {
         let mut reply = Some(reply);
         let (parts, mut body) = request.into_parts();
         let params = cgi::params(&parts, &meta);
-        // A worker may close a kept connection just after psd took it for
-        // the next request (libfcgi decides to close only once it finishes a
-        // request). Nothing reached the worker then, so a request without a
-        // body is safe to send again, once, on a fresh connection.
-        let replayable = body.is_end_stream();
         let mut fresh = false;
+        let mut conn = Some(first);
         let outcome = loop {
-            match self
-                .exchange(&params, body, &mut reply, fresh, replayable)
-                .await
-            {
+            let attempt = match conn.take() {
+                Some(first) => first,
+                None => self.checkout(true, replayable).await,
+            };
+            match self.exchange(&params, body, &mut reply, attempt).await {
                 Err(Failure::Stale(e)) if replayable && !fresh => {
                     if super::exits_soon(self.done()).await {
                         // Killed while its connection was kept: nothing
@@ -278,14 +277,11 @@ impl Process {
         params: &[u8],
         body: RequestBody,
         reply: &mut Reply,
-        fresh: bool,
-        replayable: bool,
+        conn: io::Result<(Conn, bool)>,
     ) -> Result<Option<Conn>, Failure> {
         let started = Instant::now();
-        let (mut conn, reused) = self
-            .checkout(fresh, replayable)
-            .await
-            .map_err(|e| Failure::Other(Error::Worker(format!("connecting to worker: {e}"))))?;
+        let (mut conn, reused) =
+            conn.map_err(|e| Failure::Other(Error::Worker(format!("connecting to worker: {e}"))))?;
         let mut received = false;
         let head = &mut conn.output;
         fcgi::encode_begin_request(head, REQUEST_ID, fcgi::ROLE_RESPONDER, fcgi::KEEP_CONN);
