@@ -16,17 +16,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
 
-use crate::body::{Body, BoxError};
+use crate::body::Body;
 
 /// Open connections, overall and per peer.
 pub(crate) struct Census {
@@ -249,39 +245,15 @@ impl Drop for InFlight {
 }
 
 /// A response body that keeps its request in flight until it is sent or
-/// dropped.
+/// dropped: the guard lives in the body's (never called) error mapping,
+/// which keeps the body's length and end as they are.
 pub(crate) fn hold(body: Body, in_flight: InFlight) -> Body {
     use http_body_util::BodyExt;
-    Held {
-        inner: body,
-        _in_flight: in_flight,
-    }
+    body.map_err(move |e| {
+        let _held = &in_flight;
+        e
+    })
     .boxed()
-}
-
-struct Held {
-    inner: Body,
-    _in_flight: InFlight,
-}
-
-impl http_body::Body for Held {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// Lets a repeated log line through a few times per period, counting the
