@@ -2,7 +2,7 @@
 # Installs what the test suite needs on a fresh Debian machine, idempotently:
 # Perl's FCGI (libfcgi-perl), cgi-fcgi (libfcgi-bin), curl, wrk, nginx, apache2
 # and haproxy (the front-end recipes are tested against them; their services are
-# not started), and Python's flup and websockets.
+# not started), openssl and procps, and Python's flup and websockets.
 set -euo pipefail
 
 need_apt=()
@@ -13,6 +13,10 @@ command -v wrk >/dev/null || need_apt+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v apache2ctl >/dev/null || [ -x /usr/sbin/apache2ctl ] || need_apt+=(apache2)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
+# The hostile-input tests: openssl s_client (a TLS client that then says
+# nothing) and pgrep (a worker's process group).
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v pgrep >/dev/null || need_apt+=(procps)
 
 . "$(dirname "$0")/apt-install.sh"
 apt_install "${need_apt[@]}"

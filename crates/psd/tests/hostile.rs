@@ -874,3 +874,41 @@ fn a_real_client_gets_in_while_silent_connections_fill_max_connections() {
         "one is enough"
     );
 }
+
+/// After kill -9 of a worker, its children in its process group lived on.
+#[test]
+fn a_killed_workers_children_die_with_it() {
+    let dir = TempDir::new("children");
+    let wrapper = dir.join("with-child.sh");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nsleep 3600 &\nexec {}\n", liar().display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let d = Daemon::start(&location("/c", &wrapper, "SessionKey ip"));
+    let pid = Client::anonymous().get(&d.url("/c/")).pid();
+    let group = std::process::Command::new("pgrep")
+        .args(["-g", &pid.to_string()])
+        .output()
+        .unwrap();
+    let members: Vec<u32> = String::from_utf8_lossy(&group.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    assert!(members.len() >= 2, "the worker and its child: {members:?}");
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || members
+            .iter()
+            .all(|&p| !alive(p))),
+        "the worker's group outlived it"
+    );
+}
