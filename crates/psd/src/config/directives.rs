@@ -492,7 +492,7 @@ pub const DIRECTIVES: &[Directive] = &[
         scope: Scope::Location,
         syntax: "RequestBuffering on|off",
         default: "on",
-        help: "on: psd receives the whole request body (in memory up to 64K, then in an unlinked temp file under DataDir) before the request takes the session's turn, as nginx's proxy_request_buffering; a slow or broken upload then costs only its own client (408 or 400), and workers get CONTENT_LENGTH even for chunked uploads. off: the body streams to the worker as it arrives (streaming uploads); a client that breaks off its body fails its own request with 400 and the worker stays.",
+        help: "on: psd receives the whole request body (in memory up to 64K, then in an unlinked temp file under DataDir) before the request takes the session's turn, as nginx's proxy_request_buffering; a slow or broken upload then costs only its own client (a body that stalls for RequestTimeout gets 408, one broken off 400), and workers get CONTENT_LENGTH even for chunked uploads. off: the body streams to the worker as it arrives (streaming uploads); a client that breaks off its body fails its own request with 400 and the worker stays.",
         apply: Apply::Location(|l, a| {
             l.request_buffering = on_off(one(a)?)?;
             Ok(())
