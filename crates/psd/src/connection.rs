@@ -137,6 +137,18 @@ impl Census {
     }
 }
 
+/// A connection's place in the census, shared with a WebSocket tunnel
+/// that outlives the HTTP connection it came on (hyper hands the socket
+/// off): the place is given back when both are gone.
+#[derive(Clone)]
+pub(crate) struct Place(#[allow(dead_code)] Arc<Counted>);
+
+impl Place {
+    pub fn new(counted: Counted) -> Place {
+        Place(Arc::new(counted))
+    }
+}
+
 impl Drop for Counted {
     fn drop(&mut self) {
         self.census.open.fetch_sub(1, Ordering::Relaxed);

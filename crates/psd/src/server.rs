@@ -306,12 +306,17 @@ impl Server {
                     let mut drain = drain.clone();
                     let open = open.clone();
                     tokio::spawn(async move {
-                        let _counted = counted;
+                        let place = crate::connection::Place::new(counted);
                         let watch = idle.clone();
-                        let service = service_fn(move |request| {
+                        let service = service_fn(move |mut request: Request<Incoming>| {
                             let shared = shared.clone();
                             let log = log.clone();
                             let in_flight = idle.enter();
+                            // A WebSocket keeps the connection's place for as
+                            // long as its tunnel lasts.
+                            if crate::worker::is_websocket(request.headers()) {
+                                request.extensions_mut().insert(place.clone());
+                            }
                             async move {
                                 let response = handle(&shared, log.as_ref(), request, conn).await;
                                 Ok::<_, std::convert::Infallible>(response.map(|b| crate::connection::hold(b, in_flight)))

@@ -912,3 +912,38 @@ fn a_killed_workers_children_die_with_it() {
         "the worker's group outlived it"
     );
 }
+
+/// A WebSocket tunnel outlives the HTTP connection it came on: it keeps
+/// that connection's place under `MaxConnections` until it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnels_count_against_max_connections() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let d = Daemon::start(&format!(
+        "MaxConnections 3\n{}",
+        location_proto(
+            "/s",
+            "stdio",
+            &test_worker("stdio-test.py"),
+            "SessionKey ip"
+        )
+    ));
+    let ws = format!("ws://127.0.0.1:{}/s/", d.port);
+    let mut tunnels = vec![];
+    for _ in 0..3 {
+        let (socket, _) =
+            tokio_tungstenite::connect_async(ws.clone().into_client_request().unwrap())
+                .await
+                .unwrap();
+        tunnels.push(socket);
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let port = d.port;
+    let refused = blocking(move || Conn::open(port).get("/s/").is_none()).await;
+    assert!(refused, "three tunnels hold all three places");
+    let mut first = tunnels.remove(0);
+    first.close(None).await.unwrap();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = blocking(move || Conn::open(port).get("/s/").map(|r| r.status)).await;
+    assert_eq!(status, Some(200), "a closed tunnel gives its place back");
+}

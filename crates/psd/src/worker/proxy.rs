@@ -130,6 +130,10 @@ impl Process {
             reply,
         } = job;
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
+        let place = request
+            .extensions()
+            .get::<crate::connection::Place>()
+            .cloned();
         let limit = self.location.max_request_body;
         let outgoing = self.outgoing(request, &meta, websocket, limit);
         let result = match sender {
@@ -177,6 +181,7 @@ impl Process {
                 worker,
                 self.activity.clone(),
                 self.session_id.clone(),
+                place,
             )
             .await;
             return None;
@@ -401,9 +406,11 @@ async fn tunnel(
     worker: hyper::upgrade::OnUpgrade,
     activity: Arc<Activity>,
     session: Arc<str>,
+    place: Option<crate::connection::Place>,
 ) {
     let _open = activity.open();
     tokio::spawn(async move {
+        let _place = place;
         let (client, worker) = match tokio::try_join!(client, worker) {
             Ok(pair) => pair,
             Err(e) => {

@@ -294,6 +294,10 @@ impl Process {
             }
         };
         let upgrade = hyper::upgrade::on(&mut request);
+        let place = request
+            .extensions()
+            .get::<crate::connection::Place>()
+            .cloned();
         let (parts, _) = request.into_parts();
         let mut response = Response::new(body::full(Bytes::new()));
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -329,6 +333,7 @@ impl Process {
                 .sockets
                 .insert(id, to_client);
             let _open = process.activity.open();
+            let _place = place;
             if process.write_line(&Value::Object(open)).await.is_ok() {
                 process.relay(id, ws, outgoing).await;
             }
