@@ -562,14 +562,21 @@ fn no_worker_outlives_psd_killed_with_sigkill() {
 fn requests_after_a_worker_is_killed_go_to_a_new_one() {
     let d = liar_daemon("");
     let mut last = Client::anonymous().get(&d.url("/c/")).pid();
-    for _ in 0..5 {
+    for round in 0..6 {
         let killed = std::process::Command::new("kill")
             .args(["-9", &last.to_string()])
             .status()
             .unwrap();
         assert!(killed.success());
         let mut conn = Conn::open(d.port);
-        let reply = conn.get("/c/").unwrap();
+        // Requests with a body too: a kept connection is checked before one
+        // is sent on it.
+        let reply = if round % 2 == 0 {
+            conn.get("/c/").unwrap()
+        } else {
+            conn.send("POST /c/ HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello");
+            conn.read(false).unwrap()
+        };
         assert_eq!(reply.status, 200, "{reply:?}\n{}", d.log_text());
         let pid: u32 = String::from_utf8_lossy(&reply.body)
             .split_whitespace()
