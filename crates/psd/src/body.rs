@@ -145,9 +145,7 @@ pub(crate) async fn receive(
 /// (removed at once): nothing stays behind, whatever happens to psd.
 fn temp_file(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut raw = [0u8; 8];
-    getrandom::fill(&mut raw).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let name: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let name = crate::worker::process::random_hex();
     let path = dir.join(format!("body-{name}.tmp"));
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -260,7 +258,7 @@ pub(crate) fn frame(
     if status == StatusCode::SWITCHING_PROTOCOLS && upgrade {
         return Ok(response);
     }
-    if !(200..=599).contains(&status.as_u16()) {
+    if !final_status(status) {
         return Err(crate::Error::BadResponse(format!(
             "invalid status {status}"
         )));
@@ -285,6 +283,12 @@ pub(crate) fn frame(
         session: session.clone(),
     };
     Ok(http::Response::from_parts(parts, framed.boxed()))
+}
+
+/// Whether `status` can be sent to a client as a final answer: 1xx are
+/// interim (101 only ever for an upgrade psd relays), 6xx and up do not exist.
+pub(crate) fn final_status(status: http::StatusCode) -> bool {
+    (200..=599).contains(&status.as_u16())
 }
 
 /// The one `Content-Length` of a response: repeated values must agree
@@ -332,17 +336,22 @@ impl http_body::Body for Framed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let frame = std::task::ready!(Pin::new(inner).poll_frame(cx));
-        match frame {
-            Some(Ok(frame)) => {
-                let Ok(mut data) = frame.into_data() else {
+        let data = loop {
+            let Some(inner) = self.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match std::task::ready!(Pin::new(inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => break Some(Ok(data)),
                     // Trailers have no place after a Content-Length body.
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                };
+                    Err(_) => continue,
+                },
+                Some(Err(e)) => break Some(Err(e)),
+                None => break None,
+            }
+        };
+        match data {
+            Some(Ok(mut data)) => {
                 let len = data.len() as u64;
                 if len > self.left {
                     tracing::warn!(

@@ -14,7 +14,6 @@
 //! connections cannot keep real clients out. This module never reads or
 //! writes a byte of HTTP.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,11 +22,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::body::Body;
+use crate::mapper::client::{Held, PerClient};
 
 /// Open connections, overall and per peer.
 pub(crate) struct Census {
     open: AtomicUsize,
-    per_peer: Mutex<HashMap<IpAddr, usize>>,
+    per_peer: Arc<PerClient>,
     refusals: Throttle,
     /// Connections in the order they came: where an idle one to close is
     /// looked for when all places are taken.
@@ -50,14 +50,14 @@ pub(crate) enum Refused {
 /// A counted connection; uncounted on drop.
 pub(crate) struct Counted {
     census: Arc<Census>,
-    peer: Option<IpAddr>,
+    _peer: Option<Held>,
 }
 
 impl Census {
     pub fn new() -> Arc<Census> {
         Arc::new(Census {
             open: AtomicUsize::new(0),
-            per_peer: Mutex::new(HashMap::new()),
+            per_peer: Arc::new(PerClient::default()),
             refusals: Throttle::new(Duration::from_secs(10)),
             arrivals: Mutex::new(std::collections::VecDeque::new()),
         })
@@ -78,18 +78,14 @@ impl Census {
         }
         let mut counted = Counted {
             census: self.clone(),
-            peer: None,
+            _peer: None,
         };
         if let Some(limit) = per_peer_max {
-            let mut per_peer = self.per_peer.lock().expect("census lock");
-            let n = per_peer.entry(peer).or_default();
-            if *n >= limit {
-                drop(per_peer);
+            let Some(held) = self.per_peer.take(peer, limit) else {
                 drop(counted);
                 return Err(self.refused(Refused::Peer(limit), peer));
-            }
-            *n += 1;
-            counted.peer = Some(peer);
+            };
+            counted._peer = Some(held);
         }
         let mut arrivals = self.arrivals.lock().expect("census lock");
         // Closed connections leave dead entries; sweep them now and then.
@@ -152,15 +148,6 @@ impl Place {
 impl Drop for Counted {
     fn drop(&mut self) {
         self.census.open.fetch_sub(1, Ordering::Relaxed);
-        if let Some(peer) = self.peer {
-            let mut per_peer = self.census.per_peer.lock().expect("census lock");
-            if let Some(n) = per_peer.get_mut(&peer) {
-                *n -= 1;
-                if *n == 0 {
-                    per_peer.remove(&peer);
-                }
-            }
-        }
     }
 }
 
@@ -194,8 +181,12 @@ impl Idle {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return Duration::ZERO;
         }
-        let since = self.start + Duration::from_millis(self.idle_since.load(Ordering::Relaxed));
-        since.elapsed()
+        self.idle_since().elapsed()
+    }
+
+    /// When the last request ended (or the connection was accepted).
+    fn idle_since(&self) -> Instant {
+        self.start + Duration::from_millis(self.idle_since.load(Ordering::Relaxed))
     }
 
     /// A request arrived; it is in flight until the guard drops (with its
@@ -221,24 +212,17 @@ impl Idle {
                 tokio::time::sleep(between.max(Duration::from_millis(100))).await;
                 continue;
             }
-            let since = self.start + Duration::from_millis(self.idle_since.load(Ordering::Relaxed));
             let limit = if self.served.load(Ordering::Relaxed) == 0 {
                 first
             } else {
                 between
             };
-            let deadline = since + limit;
+            let deadline = self.idle_since() + limit;
             if Instant::now() >= deadline {
                 return;
             }
+            // A request may come and go meanwhile: the loop looks again.
             tokio::time::sleep_until(deadline).await;
-            // A request may have come and gone meanwhile: look again.
-            if self.in_flight.load(Ordering::Relaxed) == 0
-                && self.start + Duration::from_millis(self.idle_since.load(Ordering::Relaxed))
-                    == since
-            {
-                return;
-            }
         }
     }
 }
@@ -272,7 +256,6 @@ pub(crate) fn hold(body: Body, in_flight: InFlight) -> Body {
 /// rest: a flood of them costs a counter, not the disk.
 pub(crate) struct Throttle {
     every: Duration,
-    burst: u32,
     /// When the current period began, and the lines let through in it.
     window: Mutex<Option<(std::time::Instant, u32)>>,
     suppressed: AtomicU64,
@@ -285,7 +268,6 @@ impl Throttle {
     pub fn new(every: Duration) -> Throttle {
         Throttle {
             every,
-            burst: THROTTLE_BURST,
             window: Mutex::new(None),
             suppressed: AtomicU64::new(0),
         }
@@ -298,7 +280,7 @@ impl Throttle {
         let mut window = self.window.lock().expect("throttle lock");
         match &mut *window {
             Some((began, n)) if now.duration_since(*began) < self.every => {
-                if *n >= self.burst {
+                if *n >= THROTTLE_BURST {
                     self.suppressed.fetch_add(1, Ordering::Relaxed);
                     return None;
                 }

@@ -281,7 +281,8 @@ impl Server {
                 conn = conns.recv() => {
                     let Some((stream, remote, local, https)) = conn else { break };
                     let accepted = tokio::time::Instant::now();
-                    let config = &shared.routing().config;
+                    let current = shared.routing();
+                    let config = &current.config;
                     let trusted = config.trusted_proxies.iter().any(|c| c.contains(remote.ip()));
                     let per_peer = (!trusted).then_some(config.max_connections_per_client);
                     let idle = crate::connection::Idle::new(accepted);
@@ -289,7 +290,8 @@ impl Server {
                         continue;
                     };
                     // The current acceptor: a reload may have changed certificates.
-                    let tls = https.and_then(|i| shared.routing().tls.get(i).cloned().flatten());
+                    let tls = https.and_then(|i| current.tls.get(i).cloned().flatten());
+                    drop(current);
                     if https.is_some() && tls.is_none() {
                         continue;
                     }
@@ -388,11 +390,14 @@ async fn accept(listener: TcpListener, https: Option<usize>, conns: mpsc::Sender
                 }
             }
             // EMFILE and friends: back off instead of spinning, longer while
-            // it lasts, and say so once in a while rather than every time.
+            // it lasts, and say so when it starts (a few times per period at
+            // most) rather than at every failure.
             Err(e) => {
-                if let Some(more) = failures.allow().filter(|_| backoff == ACCEPT_BACKOFF_MIN) {
+                let starts = backoff == ACCEPT_BACKOFF_MIN;
+                if let Some(more) = starts.then(|| failures.allow()).flatten() {
                     tracing::warn!(
-                        "accept failed: {e}; backing off {backoff:?} ({more} more failures not logged)"
+                        "accept failed: {e}; backing off up to {ACCEPT_BACKOFF_MAX:?} while it lasts \
+                         ({more} earlier runs of failures not logged)"
                     );
                 }
                 tokio::time::sleep(backoff).await;
@@ -795,7 +800,7 @@ async fn respond(
         return redirect;
     }
 
-    let parts_method = parts.method.clone();
+    let head_request = parts.method == Method::HEAD;
     let upgrade = crate::worker::is_websocket(&parts.headers);
     let (reply, answer) = oneshot::channel();
     let job = Job {
@@ -820,7 +825,6 @@ async fn respond(
     };
     trace.session = Some(target.token.clone());
     let asked = tokio::time::Instant::now();
-    let head_request = parts_method == Method::HEAD;
     let answer = target.door.call(target.queue.as_ref(), job, answer).await;
     trace.upstream = Some(asked.elapsed());
     let framed = answer.and_then(|r| body::frame(r, head_request, upgrade, &target.token));

@@ -1,10 +1,14 @@
 //! Who the client is: the peer address, or, when the peer is a trusted proxy,
 //! the rightmost untrusted address it forwarded (`Forwarded`, RFC 7239, or
 //! else `X-Forwarded-For`). Headers from untrusted peers are ignored, so a
-//! client cannot claim another address.
+//! client cannot claim another address. And how much each address holds
+//! ([`PerClient`]): the one count behind `MaxSessionsPerClient` and
+//! `MaxConnectionsPerClient`.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use http::HeaderMap;
 
@@ -177,6 +181,46 @@ fn parse_node(node: &str) -> Option<IpAddr> {
     node.parse()
         .ok()
         .or_else(|| node.rsplit_once(':')?.0.parse().ok())
+}
+
+/// What each client address holds (sessions, connections), each bounded.
+#[derive(Default)]
+pub(crate) struct PerClient {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One thing held by an address; given back on drop.
+pub(crate) struct Held {
+    per_client: Arc<PerClient>,
+    addr: IpAddr,
+}
+
+impl PerClient {
+    /// One more for `addr`, unless it already holds `max`.
+    pub fn take(self: &Arc<Self>, addr: IpAddr, max: usize) -> Option<Held> {
+        let mut counts = self.counts.lock().expect("per-client lock");
+        let n = counts.get(&addr).copied().unwrap_or(0);
+        if n >= max {
+            return None;
+        }
+        counts.insert(addr, n + 1);
+        Some(Held {
+            per_client: self.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut counts = self.per_client.counts.lock().expect("per-client lock");
+        if let Some(n) = counts.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.addr);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

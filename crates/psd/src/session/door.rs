@@ -137,6 +137,11 @@ impl Door {
         std::mem::replace(&mut state.worker, worker)
     }
 
+    /// Whether no request holds a turn.
+    fn quiet(&self) -> bool {
+        self.turns.available_permits() == self.concurrency
+    }
+
     /// Requests the session has served so far.
     pub fn served(&self) -> u64 {
         self.state.lock().expect("door lock").served
@@ -149,10 +154,9 @@ impl Door {
     pub fn evictable(&self, min_idle: Duration, max_served: u64) -> Option<Duration> {
         let state = self.state.lock().expect("door lock");
         let idle = state.last_active.elapsed();
-        let quiet = self.turns.available_permits() == self.concurrency;
         (state.worker.is_some()
             && !state.evicting
-            && quiet
+            && self.quiet()
             && state.served <= max_served
             && idle >= min_idle)
             .then_some(idle)
@@ -175,8 +179,7 @@ impl Door {
     /// and none is in it now; requests that come meanwhile find no worker.
     pub fn take_if_idle_for(&self, idle: Duration) -> Option<Worker> {
         let mut state = self.state.lock().expect("door lock");
-        let quiet = self.turns.available_permits() == self.concurrency;
-        if quiet && state.last_active + idle <= Instant::now() {
+        if self.quiet() && state.last_active + idle <= Instant::now() {
             state.worker.take()
         } else {
             None
@@ -189,7 +192,7 @@ impl Door {
     /// say) is in the session, again in a while.
     pub fn idle_check(&self, idle: Duration, also_active: Instant) -> Instant {
         let state = self.state.lock().expect("door lock");
-        if self.turns.available_permits() < self.concurrency {
+        if !self.quiet() {
             Instant::now() + idle.min(BUSY_RECHECK)
         } else {
             state.last_active.max(also_active) + idle

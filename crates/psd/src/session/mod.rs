@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::config::{Handler, LocationConfig};
 use crate::error::Error;
+use crate::mapper::client::{Held, PerClient};
 use crate::mapper::{Access, Assigned, Hit, IdBook, Ids, Mapper};
 use crate::worker::{inproc, process, Worker};
 
@@ -106,7 +107,7 @@ impl Registry {
             slots: Slots {
                 live: Arc::new(Semaphore::new(max_sessions)),
                 max: max_sessions,
-                per_client: Arc::new(Mutex::new(HashMap::new())),
+                per_client: Arc::new(PerClient::default()),
             },
             run_dir,
             workers: process::Workers::new(),
@@ -351,14 +352,13 @@ impl Registry {
 struct Slots {
     live: Arc<Semaphore>,
     max: usize,
-    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_client: Arc<PerClient>,
 }
 
 /// A held slot; released on drop.
 pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
-    client: IpAddr,
-    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    _client: Held,
 }
 
 impl Slots {
@@ -385,34 +385,19 @@ impl Slots {
     }
 
     fn acquire(&self, client: IpAddr, per_client_max: usize) -> Result<Slot, Error> {
-        let mut counts = self.per_client.lock().expect("slot lock");
-        let held = counts.get(&client).copied().unwrap_or(0);
-        if held >= per_client_max {
-            return Err(Error::TooManySessionsForClient(per_client_max));
-        }
+        let held = self
+            .per_client
+            .take(client, per_client_max)
+            .ok_or(Error::TooManySessionsForClient(per_client_max))?;
         let permit = self
             .live
             .clone()
             .try_acquire_owned()
             .map_err(|_| Error::TooManySessions(self.max))?;
-        counts.insert(client, held + 1);
         Ok(Slot {
             _permit: permit,
-            client,
-            per_client: self.per_client.clone(),
+            _client: held,
         })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut counts = self.per_client.lock().expect("slot lock");
-        if let Some(n) = counts.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.client);
-            }
-        }
     }
 }
 

@@ -181,7 +181,7 @@ pub fn parse_head(head: &[u8]) -> Result<Head, String> {
                     .next()
                     .filter(|c| c.len() == 3)
                     .and_then(|c| StatusCode::from_bytes(c).ok())
-                    .filter(|c| (200..=599).contains(&c.as_u16()))
+                    .filter(|&c| crate::body::final_status(c))
                     .ok_or_else(|| format!("invalid Status: {:?}", value))?;
                 status = Some(code);
             }

@@ -208,10 +208,7 @@ impl Process {
         // The connection first, so that a dead worker is found out with the
         // job still whole.
         let first = match self.checkout(false, replayable).await {
-            Err(e) if super::exits_soon(self.done()).await => {
-                tracing::debug!(session = %self.session_id, pid = self.pid(), "worker is gone ({e}); the request goes to a new one");
-                return Some(job);
-            }
+            Err(e) if self.proc.found_dead(&e).await => return Some(job),
             first => first,
         };
         let Job {
@@ -231,10 +228,8 @@ impl Process {
             };
             match self.exchange(&params, body, &mut reply, attempt).await {
                 Err(Failure::Stale(e)) if replayable && !fresh => {
-                    if super::exits_soon(self.done()).await {
-                        // Killed while its connection was kept: nothing
-                        // reached it, so the request goes to a new worker.
-                        tracing::debug!(session = %self.session_id, pid = self.pid(), "worker is gone ({e}); the request goes to a new one");
+                    // Killed while its connection was kept: nothing reached it.
+                    if self.proc.found_dead(&e).await {
                         let reply = reply.take()?;
                         let request =
                             http::Request::from_parts(parts, body::buffered(Bytes::new()));

@@ -237,17 +237,6 @@ pub(crate) fn is_websocket(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-/// How long a worker that refuses connections is given to be seen exiting:
-/// its socket closes a moment before psd hears of its exit.
-pub(crate) const DEATH_NOTICE: Duration = Duration::from_secs(1);
-
-/// Whether the worker behind `done` exits within [`DEATH_NOTICE`].
-pub(crate) async fn exits_soon(done: watch::Receiver<bool>) -> bool {
-    tokio::time::timeout(DEATH_NOTICE, wait_gone(done))
-        .await
-        .is_ok()
-}
-
 async fn wait_gone(mut done: watch::Receiver<bool>) {
     // An error means the sender is gone, which also means the worker is.
     let _ = done.wait_for(|&gone| gone).await;

@@ -227,6 +227,9 @@ impl Workers {
     }
 }
 
+/// How long a worker whose socket failed is given to be seen exiting.
+const DEATH_NOTICE: Duration = Duration::from_secs(1);
+
 /// The read buffer for a worker's stderr.
 const STDERR_BUFFER: usize = 512;
 
@@ -404,6 +407,21 @@ impl Proc {
         Err(Error::WorkerStart(format!("{}: {why}", program.display())))
     }
 
+    /// Whether the worker is dead, now that its socket failed us (`why`):
+    /// its sockets close a moment before psd hears of its exit, so it is
+    /// given [`DEATH_NOTICE`] to be seen exiting. If it is, nothing of the
+    /// request reached it, and the request goes to a new worker.
+    pub async fn found_dead(&self, why: &(dyn std::fmt::Display + Sync)) -> bool {
+        if timeout(DEATH_NOTICE, super::wait_gone(self.done()))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        tracing::debug!(session = %self.session, pid = self.pid, "worker is gone ({why}); the request goes to a new one");
+        true
+    }
+
     /// SIGKILL to the worker's process group, at once.
     pub fn kill(&self) {
         signal_group(self.pid, Signal::SIGKILL);
@@ -434,7 +452,7 @@ fn signal_group(pid: u32, signal: Signal) {
     }
 }
 
-/// 64 random bits as hex, for socket names.
+/// 64 random bits as hex, for socket and temp file names.
 pub(crate) fn random_hex() -> String {
     let mut raw = [0u8; 8];
     getrandom::fill(&mut raw).expect("the OS random number generator failed");

@@ -118,10 +118,7 @@ impl Process {
             _ => self.connect(websocket).await,
         };
         let sender = match sender {
-            Err(e) if super::exits_soon(self.done()).await => {
-                tracing::debug!(session = %self.session_id, pid = self.pid(), "worker is gone ({e}); the request goes to a new one");
-                return Some(job);
-            }
+            Err(e) if self.proc.found_dead(&e).await => return Some(job),
             other => other,
         };
         let Job {

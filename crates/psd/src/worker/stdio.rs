@@ -103,8 +103,6 @@ struct Reader {
 }
 
 impl State {
-    /// Fails every waiting request with 502: what the worker wrote cannot
-    /// be matched to one of them.
     /// Remembers that request `id` has ended: the worker's late lines for
     /// it are dropped quietly.
     fn forget(&mut self, id: u64) {
@@ -117,6 +115,8 @@ impl State {
         }
     }
 
+    /// Fails every waiting request with 502: what the worker wrote cannot
+    /// be matched to one of them.
     fn fail_all(&mut self, why: &str) {
         let pending: Vec<_> = self.pending.drain().collect();
         for (id, pending) in pending {
@@ -417,8 +417,13 @@ impl Process {
             let _ = sink.close().await;
             return;
         }
-        // `down` still owns the sink: finish it with a close frame.
-        drop(outgoing_closer(&self.state, id));
+        // `down` still owns the sink: end its queue, so it stops, then
+        // finish with a close frame.
+        self.state
+            .lock()
+            .expect("stdio state lock")
+            .sockets
+            .remove(&id);
         // A client that does not read cannot hold the relay open.
         let Ok(mut sink) = tokio::time::timeout(WS_CLOSE_GRACE, down).await else {
             return;
@@ -434,20 +439,14 @@ impl Process {
     }
 }
 
-/// Ends a WebSocket's outgoing queue, so its relay's sending half stops.
-fn outgoing_closer(state: &Mutex<State>, id: u64) -> Option<mpsc::Sender<Message>> {
-    state.lock().expect("stdio state lock").sockets.remove(&id)
-}
-
 /// RFC 6455 §4.2.1: what a WebSocket opening handshake must be. Returns
-/// the `Sec-WebSocket-Accept` value, or the response that refuses it
+/// the `Sec-WebSocket-Accept` value, or the status that refuses it
 /// (400, or 426 to be answered with the version psd speaks) and why.
 fn check_upgrade(
     request: &http::Request<crate::body::RequestBody>,
 ) -> Result<String, (StatusCode, &'static str)> {
-    let refuse = |status: StatusCode, why: &'static str| (status, why);
     if request.method() != http::Method::GET || request.version() != http::Version::HTTP_11 {
-        return Err(refuse(
+        return Err((
             StatusCode::BAD_REQUEST,
             "a WebSocket opens with GET over HTTP/1.1",
         ));
@@ -456,25 +455,15 @@ fn check_upgrade(
     let mut versions = headers.get_all("sec-websocket-version").iter();
     match (versions.next(), versions.next()) {
         (Some(v), None) if v.as_bytes() == b"13" => {}
-        _ => {
-            return Err(refuse(
-                StatusCode::UPGRADE_REQUIRED,
-                "WebSocket version 13 only",
-            ))
-        }
+        _ => return Err((StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 only")),
     }
     let mut keys = headers.get_all("sec-websocket-key").iter();
     let key = match (keys.next(), keys.next()) {
         (Some(key), None) => key,
-        _ => {
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                "one Sec-WebSocket-Key expected",
-            ))
-        }
+        _ => return Err((StatusCode::BAD_REQUEST, "one Sec-WebSocket-Key expected")),
     };
     if !BASE64.decode(key.as_bytes()).is_ok_and(|k| k.len() == 16) {
-        return Err(refuse(
+        return Err((
             StatusCode::BAD_REQUEST,
             "Sec-WebSocket-Key must be 16 bytes in base64",
         ));
@@ -595,26 +584,26 @@ impl Reader {
                     drop(done);
                     return;
                 }
-                let sent = match chunk(&object) {
-                    Ok(bytes) => timeout(self.patience, body.send(Ok(bytes))).await,
+                let delivered = match chunk(&object) {
+                    Ok(bytes) => matches!(
+                        timeout(self.patience, body.send(Ok(bytes))).await,
+                        Ok(Ok(()))
+                    ),
                     Err(why) => {
                         let _ = body.try_send(Err(why.into()));
-                        Ok(Err(mpsc::error::SendError(Ok(Bytes::new()))))
+                        false
                     }
                 };
                 let mut state = state.lock().expect("stdio state lock");
-                match sent {
-                    Ok(Ok(())) => {
-                        state.pending.insert(id, Pending::Streaming { body, done });
-                    }
-                    // The client went away (or stopped reading for a whole
-                    // RequestTimeout): its request ends here and gives the
-                    // session its turn back; the worker's later lines for it
-                    // are dropped.
-                    _ => {
-                        drop(done);
-                        state.forget(id);
-                    }
+                if delivered {
+                    state.pending.insert(id, Pending::Streaming { body, done });
+                } else {
+                    // A bad chunk, or a client that went away (or stopped
+                    // reading for a whole RequestTimeout): the request ends
+                    // here and gives the session its turn back; the worker's
+                    // later lines for it are dropped.
+                    drop(done);
+                    state.forget(id);
                 }
             }
         }
@@ -656,7 +645,7 @@ fn head(object: &Map<String, Value>) -> Result<(Response<Bytes>, bool), String> 
             .as_u64()
             .and_then(|n| u16::try_from(n).ok())
             .and_then(|n| StatusCode::from_u16(n).ok())
-            .filter(|s| (200..=599).contains(&s.as_u16()))
+            .filter(|&s| body::final_status(s))
             .ok_or_else(|| format!("invalid status {v}"))?,
     };
     let mut response = Response::new(chunk(object)?);
