@@ -182,18 +182,8 @@ impl Request {
 
 /// Query parameters, then urlencoded form parameters of the body.
 pub(crate) fn decode_params(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Vec<(String, String)> {
-    let mut params: Vec<(String, String)> = uri
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if is_form {
-        params.extend(form_urlencoded::parse(body).into_owned());
-    }
-    params
+    let form = crate::mapper::is_form(headers).then_some(body);
+    crate::mapper::params(uri.query(), form)
 }
 
 /// A `200 OK` HTML page.

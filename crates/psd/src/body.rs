@@ -11,6 +11,8 @@ use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::mpsc;
 
+use crate::error::Cause;
+
 /// Any error a body can end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -21,8 +23,12 @@ pub type Body = BoxBody<Bytes, BoxError>;
 pub type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A request body read from the client as the worker takes it.
-pub fn streamed(incoming: hyper::body::Incoming) -> RequestBody {
-    incoming.map_err(BoxError::from).boxed_unsync()
+pub fn streamed<B>(incoming: B) -> RequestBody
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    incoming.map_err(Into::into).boxed_unsync()
 }
 
 /// A request body that was already read whole.
@@ -37,7 +43,7 @@ pub(crate) async fn read_all(mut body: RequestBody, limit: u64) -> Result<Bytes,
     let mut out = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame =
-            frame.map_err(|e| crate::Error::BadRequest(format!("reading request body: {e}")))?;
+            frame.map_err(|e| crate::Error::BadRequest(Cause::new("reading request body", e)))?;
         if let Ok(data) = frame.into_data() {
             if (out.len() + data.len()) as u64 > limit {
                 return Err(crate::Error::BodyTooLarge { limit });
@@ -95,8 +101,9 @@ pub(crate) async fn receive(
             Err(_) => return Err(crate::Error::ClientTimeout),
             Ok(None) => break,
             Ok(Some(Err(e))) => {
-                return Err(crate::Error::BadRequest(format!(
-                    "reading request body: {e}"
+                return Err(crate::Error::BadRequest(Cause::new(
+                    "reading request body",
+                    e,
                 )))
             }
             Ok(Some(Ok(frame))) => frame,
@@ -109,9 +116,9 @@ pub(crate) async fn receive(
             return Err(crate::Error::BodyTooLarge { limit });
         }
         let spool_io = |e: std::io::Error| {
-            crate::Error::Internal(format!(
-                "spooling a request body to {}: {e}",
-                spool.display()
+            crate::Error::Internal(Cause::new(
+                format!("spooling a request body to {}", spool.display()),
+                e,
             ))
         };
         if file.is_none() && memory.len() + data.len() > MEMORY_BODY {
@@ -134,7 +141,7 @@ pub(crate) async fn receive(
                 f.seek(std::io::SeekFrom::Start(0)).await
             };
             rewound.await.map_err(|e| {
-                crate::Error::Internal(format!("rewinding a spooled request body: {e}"))
+                crate::Error::Internal(Cause::new("rewinding a spooled request body", e))
             })?;
             Ok(Received::File(f, len))
         }
@@ -259,9 +266,9 @@ pub(crate) fn frame(
         return Ok(response);
     }
     if !final_status(status) {
-        return Err(crate::Error::BadResponse(format!(
-            "invalid status {status}"
-        )));
+        return Err(crate::Error::BadResponse(
+            format!("invalid status {status}").into(),
+        ));
     }
     let declared = content_length(response.headers())?;
     let (mut parts, body) = response.into_parts();
@@ -303,10 +310,13 @@ fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, crate::Error
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|s| s.parse::<u64>().ok())
                 .ok_or_else(|| {
-                    crate::Error::BadResponse(format!(
-                        "invalid Content-Length {:?}",
-                        String::from_utf8_lossy(value.as_bytes())
-                    ))
+                    crate::Error::BadResponse(
+                        format!(
+                            "invalid Content-Length {:?}",
+                            String::from_utf8_lossy(value.as_bytes())
+                        )
+                        .into(),
+                    )
                 })?;
             if found.is_some_and(|f| f != n) {
                 return Err(crate::Error::BadResponse(

@@ -1,16 +1,20 @@
 //! The one place where failures become HTTP responses.
 //!
-//! Every failing step of a request is a variant here, saying who failed: the
-//! client (4xx), a worker (502/504), or psd's own limits (503). Clients get a
-//! short plain-text message; the cause, with any worker detail, goes to the
-//! log only. Nothing here ever includes a worker's stderr or a backtrace.
+//! Every failing step of a request is a variant here. Each says who failed
+//! ([`Side`]: the client, a worker, psd itself, the state store, a peer
+//! node) and whether the request may be tried again ([`Retry`]); what lies
+//! under it is a [`Cause`], kept as the error's source. Clients get a short
+//! plain-text message; the cause, with any worker detail, goes to the log
+//! only. Nothing here ever includes a worker's stderr or a backtrace.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, BoxError};
 
 /// Why a request was not answered by its session.
 #[derive(Debug, thiserror::Error)]
@@ -20,12 +24,12 @@ pub enum Error {
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("client sent a bad request: {0}")]
-    BadRequest(String),
+    BadRequest(#[source] Cause),
     #[error("client sent nothing for too long")]
     ClientTimeout,
     /// psd itself failed (a temp file could not be written, say).
     #[error("psd failed: {0}")]
-    Internal(String),
+    Internal(#[source] Cause),
     #[error("MaxSessions ({0}) reached")]
     TooManySessions(usize),
     #[error("MaxSessionsPerClient ({0}) reached")]
@@ -39,21 +43,135 @@ pub enum Error {
     #[error("psd is shutting down")]
     ShuttingDown,
     #[error("worker failed to start: {0}")]
-    WorkerStart(String),
+    WorkerStart(#[source] Cause),
+    /// The connection to a worker failed (connect, write, read, closed)
+    /// before an answer: on a kept connection the worker may just have
+    /// closed it, so the request may go again on a fresh one.
+    #[error("connection to the worker failed: {0}")]
+    WorkerConnection(#[source] Cause),
     #[error("worker failed: {0}")]
-    Worker(String),
+    Worker(#[source] Cause),
     /// The worker is sound but this one answer cannot be sent (an invalid
     /// status or header): 502, and the worker stays.
     #[error("worker sent an invalid response: {0}")]
-    BadResponse(String),
+    BadResponse(#[source] Cause),
     #[error("worker did not answer within {0:?}")]
     Timeout(Duration),
+    /// The session store could not be read or written.
+    #[error("session store failed: {0}")]
+    Store(#[source] Cause),
+}
+
+/// Who failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The request itself: 4xx.
+    Client,
+    /// The session's worker: 502/504.
+    Worker,
+    /// psd, or one of its limits: 500/503.
+    Psd,
+    /// The state store: 503.
+    Store,
+    /// Another node of a cluster.
+    Peer,
+}
+
+/// Whether a failed request may be tried again, as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Never: it may have had effects, or it would fail again.
+    Never,
+    /// Once on a fresh connection, if it failed on a kept one before
+    /// anything came back: the other end may have closed it meanwhile.
+    ReusedConnection,
+}
+
+/// What lies under an error: what psd was doing, and what it met.
+#[derive(Debug)]
+pub struct Cause {
+    doing: Cow<'static, str>,
+    source: Option<BoxError>,
+}
+
+impl Cause {
+    /// `doing` failed with `source`.
+    pub fn new(doing: impl Into<Cow<'static, str>>, source: impl Into<BoxError>) -> Cause {
+        Cause {
+            doing: doing.into(),
+            source: Some(source.into()),
+        }
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{}: {source}", self.doing),
+            None => f.write_str(&self.doing),
+        }
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as _)
+    }
+}
+
+impl From<&'static str> for Cause {
+    fn from(doing: &'static str) -> Cause {
+        Cause {
+            doing: doing.into(),
+            source: None,
+        }
+    }
+}
+
+impl From<String> for Cause {
+    fn from(doing: String) -> Cause {
+        Cause {
+            doing: doing.into(),
+            source: None,
+        }
+    }
 }
 
 /// Seconds a client is asked to wait before retrying after a 503.
 const RETRY_AFTER_SECS: &str = "5";
 
 impl Error {
+    /// Who failed.
+    pub fn side(&self) -> Side {
+        match self {
+            Error::NotFound
+            | Error::BodyTooLarge { .. }
+            | Error::BadRequest(_)
+            | Error::ClientTimeout
+            | Error::ReadOnly
+            | Error::TooManySessionsForClient(_) => Side::Client,
+            Error::Internal(_)
+            | Error::TooManySessions(_)
+            | Error::SpawnRateExceeded
+            | Error::SessionBusy
+            | Error::ShuttingDown => Side::Psd,
+            Error::WorkerStart(_)
+            | Error::WorkerConnection(_)
+            | Error::Worker(_)
+            | Error::BadResponse(_)
+            | Error::Timeout(_) => Side::Worker,
+            Error::Store(_) => Side::Store,
+        }
+    }
+
+    /// Whether the request may be tried again.
+    pub fn retry(&self) -> Retry {
+        match self {
+            Error::WorkerConnection(_) => Retry::ReusedConnection,
+            _ => Retry::Never,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Error::NotFound => StatusCode::NOT_FOUND,
@@ -66,17 +184,22 @@ impl Error {
             | Error::TooManySessionsForClient(_)
             | Error::SessionBusy
             | Error::SpawnRateExceeded
-            | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            Error::WorkerStart(_) | Error::Worker(_) | Error::BadResponse(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            | Error::ShuttingDown
+            | Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::WorkerStart(_)
+            | Error::WorkerConnection(_)
+            | Error::Worker(_)
+            | Error::BadResponse(_) => StatusCode::BAD_GATEWAY,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
     /// Whether the worker that produced this error must be replaced.
     pub fn condemns_worker(&self) -> bool {
-        matches!(self, Error::Worker(_) | Error::Timeout(_))
+        matches!(
+            self,
+            Error::Worker(_) | Error::WorkerConnection(_) | Error::Timeout(_)
+        )
     }
 
     /// What the client sees: status, a one-line message, and `Retry-After` on 503.
@@ -103,9 +226,10 @@ impl Error {
                 "Service Unavailable: too many new sessions at once, try again shortly\n"
             }
             Error::WorkerStart(_) => "Bad Gateway: the session's worker failed to start\n",
-            Error::Worker(_) | Error::BadResponse(_) => {
+            Error::Worker(_) | Error::WorkerConnection(_) | Error::BadResponse(_) => {
                 "Bad Gateway: the session's worker failed\n"
             }
+            Error::Store(_) => "Service Unavailable: session store unavailable, try again later\n",
             Error::Timeout(_) => "Gateway Timeout: the session's worker did not answer in time\n",
         };
         let mut response = Response::new(body::full(Bytes::from_static(message.as_bytes())));

@@ -3,31 +3,39 @@
 //!
 //! # Layout
 //! A request travels through the modules in this order:
-//! - `server`: listeners and HTTP/1.1; [`Server`] and [`run`] are the daemon;
+//! - `http`: the listener (sockets, TLS, HTTP/1.1 and HTTP/2, limits,
+//!   draining), the handler (a `Request<B>` to a job or an error) and psd's
+//!   own URLs under `PREFIX/.psd/`;
 //! - [`mapper`]: which session a request belongs to; signed session ids;
-//! - `session`: the registry of sessions and each session's lifecycle;
-//! - `worker`: FastCGI processes and in-process tasks that answer requests;
-//! - [`error`]: how a failure becomes a status code.
+//! - [`session`]: the registry of sessions, the door into each, each
+//!   session's lifecycle and record, and [`Sessions`], the handle on them;
+//! - `worker`: what answers a session's requests — FastCGI, HTTP and
+//!   JSON-lines (stdio) processes, and in-process tasks;
+//! - [`error`]: who failed, whether to retry, and the status a client sees.
 //!
-//! Around them: [`config`] (the directives), [`app`] (the API for in-process,
-//! Continuity-style applications), [`demo`] (the built-in counter), and
-//! [`body`] (response bodies).
+//! Around them: [`daemon`] ([`Server`], [`run`]: DataDir, the secret, start,
+//! reload, shutdown), [`config`] (the directives), [`app`] (the API for
+//! in-process, Continuity-style applications), [`demo`] (the built-in
+//! counter), [`body`] (request and response bodies) and `connection`
+//! (per-connection limits).
 
 mod access_log;
 pub mod app;
 pub mod body;
 pub mod config;
 mod connection;
+pub mod daemon;
 pub mod demo;
 pub mod error;
+mod http;
 pub mod mapper;
 mod path;
-mod server;
-mod session;
+pub mod session;
 pub mod tls;
 mod worker;
 
 pub use app::App;
 pub use config::Config;
+pub use daemon::{run, Reloader, Server};
 pub use error::Error;
-pub use server::{run, Reloader, Server, Sessions};
+pub use session::{SessionInfo, SessionState, Sessions};

@@ -110,6 +110,21 @@ fn remove_dot_segments(path: &str) -> Result<String, PathError> {
     Ok(format!("/{}", out.join("/")))
 }
 
+/// The rest of `path` after a `<Location>` prefix (`prefix` as taken off
+/// paths: empty for `/`), as it is: empty when the path is the prefix
+/// itself (CGI's `PATH_INFO`). A path outside the prefix stays whole.
+pub(crate) fn after_prefix<'a>(prefix: &str, path: &'a str) -> &'a str {
+    path.strip_prefix(prefix).unwrap_or(path)
+}
+
+/// The path an application sees under its prefix: `/` at least.
+pub(crate) fn under<'a>(prefix: &str, path: &'a str) -> &'a str {
+    match after_prefix(prefix, path) {
+        "" => "/",
+        under => under,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,7 +55,30 @@ pub struct Directive {
     pub syntax: &'static str,
     pub default: &'static str,
     pub help: &'static str,
+    /// What a reload (SIGHUP) does with a change to it.
+    pub reload: Reload,
     pub apply: Apply,
+}
+
+/// What a configuration reload does with a changed directive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// Requests after the reload follow the new value.
+    Requests,
+    /// New sessions get the new value; live ones keep the one they started with.
+    NewSessions,
+    /// Read once at start: a change is logged and waits for a restart.
+    Restart,
+}
+
+impl Reload {
+    fn describe(self) -> &'static str {
+        match self {
+            Reload::Requests => "yes",
+            Reload::NewSessions => "new sessions",
+            Reload::Restart => "restart",
+        }
+    }
 }
 
 /// Every directive psd knows, in the order the reference lists them.
@@ -63,6 +86,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "ServerRoot",
         scope: Scope::Server,
+        reload: Reload::Restart,
         syntax: "ServerRoot DIR",
         default: "the config file's folder",
         help: "Base for relative paths.",
@@ -74,6 +98,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "Listen",
         scope: Scope::Server,
+        reload: Reload::Restart,
         syntax: "Listen [ADDR:]PORT [http|https]",
         default: "127.0.0.1:8080 http",
         help: "A listener; repeatable. A bare PORT listens on every address; port 0 picks a free port. https listeners serve TLS 1.2/1.3 with HTTP/2 and HTTP/1.1 (ALPN).",
@@ -99,6 +124,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "ServerName",
         scope: Scope::Host,
+        reload: Reload::Requests,
         syntax: "ServerName HOST[:PORT]",
         default: "the Host header, else the listener's address",
         help: "The host's name: chooses the virtual host (with ServerAlias) and is SERVER_NAME when a request has no Host header.",
@@ -110,6 +136,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "ServerAlias",
         scope: Scope::Host,
+        reload: Reload::Requests,
         syntax: "ServerAlias NAME…",
         default: "",
         help: "Other names of the host; `*` matches any run of characters (`*.example.com`).",
@@ -124,6 +151,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "SSLEngine",
         scope: Scope::Host,
+        reload: Reload::Requests,
         syntax: "SSLEngine on|off",
         default: "as the listener",
         help: "Says whether the host is reached over TLS; checked against its Listen.",
@@ -135,6 +163,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "SSLCertificateFile",
         scope: Scope::Host,
+        reload: Reload::Requests,
         syntax: "SSLCertificateFile FILE",
         default: "—",
         help: "PEM certificate chain of the host (the server config's serves https listeners without a virtual host of their own).",
@@ -146,6 +175,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "SSLCertificateKeyFile",
         scope: Scope::Host,
+        reload: Reload::Requests,
         syntax: "SSLCertificateKeyFile FILE",
         default: "—",
         help: "PEM private key (PKCS#8, PKCS#1 or SEC1) for SSLCertificateFile.",
@@ -157,6 +187,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "VirtualHost",
         scope: Scope::Server,
+        reload: Reload::Requests,
         syntax: "<VirtualHost ADDR:PORT> … </VirtualHost>",
         default: "",
         help: "A host of its own on a listener: ServerName, ServerAlias, SSL directives and <Location> blocks. Chosen by listener, then TLS server name or Host header; the first on a listener is its default.",
@@ -165,6 +196,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "DataDir",
         scope: Scope::Server,
+        reload: Reload::Restart,
         syntax: "DataDir DIR",
         default: "psd-data",
         help: "psd's own state: the generated session secret and worker sockets. Created with mode 0700.",
@@ -176,6 +208,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "SessionSecret",
         scope: Scope::Server,
+        reload: Reload::Restart,
         syntax: "SessionSecret FILE",
         default: "DataDir/secret",
         help: "HMAC key for session ids; created with mode 0600 if missing.",
@@ -187,6 +220,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "NodeName",
         scope: Scope::Server,
+        reload: Reload::Restart,
         syntax: "NodeName NAME",
         default: "psd",
         help: "This instance's name, the first part of every session id it issues (letters, digits, `-`). A front proxy can route a session to its node by it.",
@@ -202,6 +236,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "MaxSessions",
         scope: Scope::Server,
+        reload: Reload::Restart,
         syntax: "MaxSessions N",
         default: "1000",
         help: "Sessions with a live worker or task, across all applications. When they are all taken, a new session takes the place of a process session that served only one request and has been idle 2 s (its worker stops; its id stays valid and resumes it), so a flood of one-request sessions cannot lock new users out; with no such session, new sessions get 503 with Retry-After.",
@@ -213,6 +248,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "TrustedProxy",
         scope: Scope::Server,
+        reload: Reload::Requests,
         syntax: "TrustedProxy CIDR…",
         default: "none",
         help: "Peers whose Forwarded / X-Forwarded-For headers are believed; the client is the rightmost untrusted address they forward. Headers from other peers are ignored.",
@@ -229,6 +265,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "RequestHeaderTimeout",
         scope: Scope::Server,
+        reload: Reload::Restart,
         syntax: "RequestHeaderTimeout DURATION",
         default: "20s",
         help: "From accept until a connection's first request head is in (TLS handshake included), and from its first byte for any later one; a connection that sends nothing, or too slowly, is closed (nginx's client_header_timeout).",
@@ -240,6 +277,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "KeepAliveTimeout",
         scope: Scope::Server,
+        reload: Reload::Restart,
         syntax: "KeepAliveTimeout DURATION",
         default: "15s",
         help: "How long a kept-alive HTTP/1.1 connection, or an HTTP/2 connection with no stream open, may sit idle after its last response before it is closed (Apache's KeepAliveTimeout). Its next request head must be in within this time too.",
@@ -251,6 +289,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "MaxConnections",
         scope: Scope::Server,
+        reload: Reload::Requests,
         syntax: "MaxConnections N",
         default: "10000",
         help: "Open client connections psd holds at once. At the limit, a new connection takes the place of the oldest one that has had no request in flight for a second (as Apache's event MPM closes idle keep-alive connections), else it is closed at accept. Keep it below the open-file limit, with room for workers.",
@@ -262,6 +301,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "MaxConnectionsPerClient",
         scope: Scope::Server,
+        reload: Reload::Requests,
         syntax: "MaxConnectionsPerClient N",
         default: "256",
         help: "Open connections from one peer address (nginx's limit_conn); beyond it that peer's new connections are closed at accept. TrustedProxy peers are exempt.",
@@ -273,6 +313,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "MaxSpawnRate",
         scope: Scope::Server,
+        reload: Reload::Restart,
         syntax: "MaxSpawnRate N",
         default: "64",
         help: "New worker processes started per second, across all applications (php-fpm's pm.max_spawn_rate), with a burst of up to N at once. A new session beyond it waits up to 2 s for its turn, then gets 503 with Retry-After.",
@@ -284,6 +325,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "ErrorLog",
         scope: Scope::Server,
+        reload: Reload::Restart,
         syntax: "ErrorLog FILE|-",
         default: "- (stderr)",
         help: "Where psd's log and workers' stderr go.",
@@ -296,6 +338,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "AccessLog",
         scope: Scope::Server,
+        reload: Reload::Restart,
         syntax: "AccessLog FILE|-",
         default: "off",
         help: "One line per request in Apache's Combined Log Format, then the session id and the upstream time in seconds (`-` is stderr).",
@@ -308,6 +351,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "PidFile",
         scope: Scope::Server,
+        reload: Reload::Restart,
         syntax: "PidFile FILE",
         default: "none",
         help: "psd writes its pid here at start and removes it at exit.",
@@ -319,6 +363,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "LogLevel",
         scope: Scope::Server,
+        reload: Reload::Restart,
         syntax: "LogLevel error|warn|info|debug|trace",
         default: "info",
         help: "Least severe level logged. Apache's crit/alert/emerg count as error, notice as info.",
@@ -339,6 +384,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "Location",
         scope: Scope::Host,
+        reload: Reload::Requests,
         syntax: "<Location /PATH> … </Location>",
         default: "",
         help: "Mounts one application at a path prefix. The prefix is SCRIPT_NAME, the rest of the path PATH_INFO.",
@@ -347,6 +393,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "Worker",
         scope: Scope::Location,
+        reload: Reload::NewSessions,
         syntax: "Worker fastcgi|http|stdio COMMAND [ARGS…]",
         default: "required",
         help: "The program run once per session. fastcgi: fd 0 is a listening Unix socket. http: fd 3 is a listening TCP socket on 127.0.0.1 (LISTEN_FDS=1, LISTEN_PID, LISTEN_FDNAMES=http, PORT). stdio: one JSON object a line on stdin and stdout.",
@@ -371,6 +418,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "SessionKey",
         scope: Scope::Location,
+        reload: Reload::Requests,
         syntax: "SessionKey PART…",
         default: "cookie psd_sid",
         help: "What maps a request to its session, combined in order: `cookie NAME` or `query NAME` (a psd-issued, signed id; the cookie wins when both are present), `path` (the path under the Location: one session per path), `ip` (the client address).",
@@ -382,6 +430,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "MaxSessionsPerClient",
         scope: Scope::Location,
+        reload: Reload::Requests,
         syntax: "MaxSessionsPerClient N",
         default: "50",
         help: "Live sessions one client address may hold; beyond it new sessions get 503 with Retry-After.",
@@ -393,6 +442,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "SessionTimeout",
         scope: Scope::Location,
+        reload: Reload::NewSessions,
         syntax: "SessionTimeout DURATION",
         default: "15m",
         help: "Idle time after which the worker is stopped; the session resumes with a new worker on its next request. A session that has served only one request is stopped after at most 60 s idle.",
@@ -404,6 +454,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "SessionLifetime",
         scope: Scope::Location,
+        reload: Reload::NewSessions,
         syntax: "SessionLifetime DURATION",
         default: "24h",
         help: "After this the session is gone, busy or not; its id is no longer accepted.",
@@ -415,6 +466,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "RequestTimeout",
         scope: Scope::Location,
+        reload: Reload::NewSessions,
         syntax: "RequestTimeout DURATION",
         default: "60s",
         help: "A worker that has not answered by then (or goes silent that long mid-response): 504, and the worker is replaced.",
@@ -426,6 +478,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "WorkerStartTimeout",
         scope: Scope::Location,
+        reload: Reload::NewSessions,
         syntax: "WorkerStartTimeout DURATION",
         default: "10s",
         help: "Deadline for a new worker to start answering FastCGI.",
@@ -437,6 +490,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "WorkerStopTimeout",
         scope: Scope::Location,
+        reload: Reload::NewSessions,
         syntax: "WorkerStopTimeout DURATION",
         default: "3s",
         help: "Grace between SIGTERM and SIGKILL when a worker is stopped.",
@@ -448,6 +502,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "WorkerConcurrency",
         scope: Scope::Location,
+        reload: Reload::NewSessions,
         syntax: "WorkerConcurrency N",
         default: "1",
         help: "Requests one session handles at once; 1 means strictly one after another.",
@@ -459,6 +514,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "WorkerSchedulingPolicy",
         scope: Scope::Location,
+        reload: Reload::NewSessions,
         syntax: "WorkerSchedulingPolicy batch|other|idle",
         default: "batch",
         help: "CPU scheduling policy of worker processes, as systemd's `CPUSchedulingPolicy`. \
@@ -479,6 +535,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "MaxRequestBody",
         scope: Scope::Location,
+        reload: Reload::Requests,
         syntax: "MaxRequestBody SIZE",
         default: "10M",
         help: "Larger request bodies get 413.",
@@ -490,6 +547,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "RequestBuffering",
         scope: Scope::Location,
+        reload: Reload::Requests,
         syntax: "RequestBuffering on|off",
         default: "on",
         help: "on: psd receives the whole request body (in memory up to 64K, then in an unlinked temp file under DataDir) before the request takes the session's turn, as nginx's proxy_request_buffering; a slow or broken upload then costs only its own client (a body that stalls for RequestTimeout gets 408, one broken off 400), and workers get CONTENT_LENGTH even for chunked uploads. off: the body streams to the worker as it arrives (streaming uploads); a client that breaks off its body fails its own request with 400 and the worker stays.",
@@ -501,6 +559,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "SetEnv",
         scope: Scope::Location,
+        reload: Reload::NewSessions,
         syntax: "SetEnv NAME VALUE",
         default: "",
         help: "Sets a variable in the worker's environment.",
@@ -516,6 +575,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "PassEnv",
         scope: Scope::Location,
+        reload: Reload::NewSessions,
         syntax: "PassEnv NAME…",
         default: "",
         help: "Passes psd's own variables to the worker. Workers start with only PATH and psd's variables otherwise.",
@@ -533,6 +593,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "WorkingDirectory",
         scope: Scope::Location,
+        reload: Reload::NewSessions,
         syntax: "WorkingDirectory DIR",
         default: "ServerRoot",
         help: "The worker's current directory.",
@@ -544,6 +605,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "User",
         scope: Scope::Location,
+        reload: Reload::NewSessions,
         syntax: "User NAME",
         default: "psd's user",
         help: "The user workers run as, when psd runs as root (ignored with a warning otherwise).",
@@ -559,6 +621,7 @@ pub const DIRECTIVES: &[Directive] = &[
     Directive {
         name: "Group",
         scope: Scope::Location,
+        reload: Reload::NewSessions,
         syntax: "Group NAME",
         default: "User's primary group",
         help: "The group workers run as, when psd runs as root.",
@@ -578,18 +641,21 @@ pub const DIRECTIVES: &[Directive] = &[
 pub fn reference() -> String {
     let mut out = String::from(
         "# Configuration reference\n\n\
-         Generated from the directive table in `crates/psd/src/config.rs`; a test fails when \
+         Generated from the directive table in `crates/psd/src/config/directives.rs`; a test fails when \
          this page is stale (regenerate with `PSD_BLESS=1 cargo test -p psd reference`).\n\n\
          One directive a line, case-insensitive names, `#` comments, `\"quoted values\"`, `\\` \
          line continuation, `<Section arg> … </Section>` blocks, and `Include path/glob` \
          anywhere. Relative paths are relative to `ServerRoot` (default: the config file's \
          folder). Durations: `30s`, `15m`, `2h`, `1d`, `250ms` or a bare number of seconds. \
          Sizes: `512`, `64K`, `8M`, `1G`. An unknown directive, a bad value or a directive in \
-         the wrong section is an error with file and line; `psd check -c FILE` lists them all.\n",
+         the wrong section is an error with file and line; `psd check -c FILE` lists them all.\n\n\
+         The *reload* column says what SIGHUP does with a changed value: *yes*, requests \
+         after the reload follow it; *new sessions*, sessions started after the reload get \
+         it and live ones keep theirs; *restart*, it is logged and waits for a restart.\n",
     );
     for scope in [Scope::Server, Scope::Host, Scope::Location] {
         out.push_str(&format!(
-            "\n## {}\n\n| directive | meaning | default |\n| --- | --- | --- |\n",
+            "\n## {}\n\n| directive | meaning | default | reload |\n| --- | --- | --- | --- |\n",
             match scope {
                 Scope::Server => "Server config",
                 Scope::Host => "Server config or `<VirtualHost>`",
@@ -603,10 +669,11 @@ pub fn reference() -> String {
                 d.default
             };
             out.push_str(&format!(
-                "| `{}` | {} | {} |\n",
+                "| `{}` | {} | {} | {} |\n",
                 d.syntax.replace('|', "\\|"),
                 d.help,
-                default
+                default,
+                d.reload.describe(),
             ));
         }
     }
@@ -670,6 +737,11 @@ fn apply(
         }));
     }
     let with_name = |r: Result<(), String>| r.map_err(|m| err(format!("{}: {m}", directive.name)));
+    if here == Scope::Server && directive.reload == Reload::Restart {
+        config
+            .read_at_start
+            .push((directive.name, node.args.clone()));
+    }
     match directive.apply {
         Apply::Server(f) => with_name(f(config, &node.args, &node.at)),
         Apply::Host(f) => {

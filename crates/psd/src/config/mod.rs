@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use psd_conf::{Error, Location};
 
-pub use directives::{reference, Apply, Directive, Scope, DIRECTIVES};
+pub use directives::{reference, Apply, Directive, Reload, Scope, DIRECTIVES};
 pub use values::{duration, size};
 
 use crate::app::App;
@@ -54,6 +54,9 @@ pub struct Config {
     pub main: Host,
     pub vhosts: Vec<VirtualHost>,
     pub locations: Vec<LocationConfig>,
+    /// The directives read only at start ([`Reload::Restart`]), with their
+    /// arguments as written, in order: what a reload compares.
+    pub read_at_start: Vec<(&'static str, Vec<String>)>,
 }
 
 /// One `Listen` line.
@@ -175,6 +178,7 @@ impl Default for Config {
             main: Host::default(),
             vhosts: vec![],
             locations: vec![],
+            read_at_start: vec![],
         }
     }
 }
@@ -407,6 +411,24 @@ impl Config {
     }
 
     /// Locations of the main server: those in no `<VirtualHost>`.
+    /// The directives read only at start whose values differ in `next`,
+    /// each named once: a reload to `next` cannot apply them.
+    pub fn needs_restart(&self, next: &Config) -> Vec<&'static str> {
+        let written = |c: &Config, name: &str| -> Vec<Vec<String>> {
+            c.read_at_start
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, args)| args.clone())
+                .collect()
+        };
+        DIRECTIVES
+            .iter()
+            .filter(|d| d.reload == Reload::Restart)
+            .map(|d| d.name)
+            .filter(|name| written(self, name) != written(next, name))
+            .collect()
+    }
+
     pub fn main_locations(&self) -> Vec<usize> {
         let vhost_of = self.vhost_of_locations();
         (0..self.locations.len())

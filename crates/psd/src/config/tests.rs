@@ -66,6 +66,40 @@ fn routing_takes_the_longest_prefix_on_segment_boundaries() {
     assert!(prefix_matches("/", "/anything"));
 }
 
+/// Regression test: a reload that changed `NodeName` was ignored without a
+/// word, because the list of restart-only directives was kept by hand.
+#[test]
+fn a_reload_names_every_changed_directive_that_needs_a_restart() {
+    let base = "Listen 127.0.0.1:8080\nNodeName a\nMaxSessions 10\n<Location />\nWorker fastcgi /bin/true\n</Location>\n";
+    let old = load(base).unwrap();
+    let same = load(base).unwrap();
+    assert!(old.needs_restart(&same).is_empty());
+    let changed = load(
+        &base
+            .replace("NodeName a", "NodeName b")
+            .replace("MaxSessions 10", "MaxSessions 11"),
+    )
+    .unwrap();
+    assert_eq!(old.needs_restart(&changed), ["NodeName", "MaxSessions"]);
+    // Location directives and reloadable server ones are not listed.
+    let reloadable = load(
+        &base
+            .replace(
+                "Listen 127.0.0.1:8080",
+                "Listen 127.0.0.1:8080\nMaxConnections 5",
+            )
+            .replace("/bin/true", "/bin/false"),
+    )
+    .unwrap();
+    assert!(old.needs_restart(&reloadable).is_empty());
+    // Every directive says what a reload does with it.
+    for d in crate::config::DIRECTIVES {
+        if d.scope == crate::config::Scope::Location {
+            assert_ne!(d.reload, crate::config::Reload::Restart, "{}", d.name);
+        }
+    }
+}
+
 #[test]
 fn reference_page_is_current() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/config.md");

@@ -356,6 +356,24 @@ pub fn with_param(path: &str, query: Option<&str>, name: &str, id: &str) -> Stri
     format!("{path}?{}", out.finish())
 }
 
+/// The parameters of a query string, then of an urlencoded form body: the
+/// one parser of both, for the mapper and for in-process applications.
+pub fn params(query: Option<&str>, form: Option<&[u8]>) -> Vec<(String, String)> {
+    let query = query.map(str::as_bytes).unwrap_or_default();
+    form_urlencoded::parse(query)
+        .chain(form_urlencoded::parse(form.unwrap_or_default()))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// Whether a request's body is an urlencoded form.
+pub fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
 /// RFC 6265 `token` characters.
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)

@@ -142,6 +142,13 @@ impl Door {
         self.turns.available_permits() == self.concurrency
     }
 
+    /// Requests served so far, how long since the last one ended (or the
+    /// session began), and whether one is in the session now.
+    pub fn activity(&self) -> (u64, Duration, bool) {
+        let state = self.state.lock().expect("door lock");
+        (state.served, state.last_active.elapsed(), !self.quiet())
+    }
+
     /// Requests the session has served so far.
     pub fn served(&self) -> u64 {
         self.state.lock().expect("door lock").served

@@ -1,68 +1,80 @@
-//! One session's life, as one task that owns its worker.
+//! One session's life, as one task: a [`Supervisor`] that owns a worker
+//! process, or a [`Continuation`] that runs an in-process application.
 //!
 //! ```text
 //!            first request                  SessionTimeout (idle)
 //!  Dormant ───────────────▶ Starting ─▶ Running ────────────────▶ Dormant
-//!     ▲                                   │                          │
+//!     ▲                                   │      operator's stop     │
 //!     └──────── worker exits ◀────────────┘                          │
-//!  reaped or past SessionLifetime (the registry's sweep), shutdown,
+//!  ended (reaped, past SessionLifetime, an operator's end), shutdown,
 //!  in-process task ended, never used for SessionTimeout ─▶ Stopping ─▶ Gone
 //! ```
 //!
-//! While the session runs, requests mostly reach the worker through its
-//! [`Door`] without this task; what comes through its queue is the first
-//! request (which starts the worker), requests that had to wait for their
-//! turn, and requests to a dormant session. The door counts requests in
-//! flight on both paths, so with the default `WorkerConcurrency 1` a
-//! session's requests never overlap and keep their order. A dormant session
-//! (worker stopped after an idle timeout or a crash) keeps its id and starts
-//! a fresh worker with `PSD_RESUMED=1` on its next request; it holds no
-//! live-session slot while dormant. A session that never got a worker (a
-//! query-mode redirect nobody followed, a worker that failed to start) ends
-//! after `SessionTimeout`. An in-process session ([`InProcess`]) is one task
-//! that runs the application's future itself, and ends with it: on idle
-//! timeout, reaping, shutdown, or a request it did not answer in time.
+//! Every change of state goes through the task's one `transition()`, which
+//! also updates the session's [`Record`] (what the admin API reads). While
+//! the session runs, requests mostly reach the worker through its [`Door`]
+//! without this task; what comes through its queue is the first request
+//! (which starts the worker), requests that had to wait for their turn, and
+//! requests to a dormant session. The door counts requests in flight on
+//! both paths, so with the default `WorkerConcurrency 1` a session's
+//! requests never overlap and keep their order. A dormant session (worker
+//! stopped after an idle timeout, a crash, an eviction or an operator's
+//! stop) keeps its id and starts a fresh worker with `PSD_RESUMED=1` on its
+//! next request; it holds no live-session slot while dormant. A session
+//! that never got a worker (a query-mode redirect nobody followed, a worker
+//! that failed to start) ends after `SessionTimeout`. A [`Continuation`]
+//! is one task that runs the application's future itself, and ends with
+//! it: on idle timeout, being ended, shutdown, or a request it did not
+//! answer in time.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
 use super::door::{Admitted, Door, Turn};
-use super::{Registry, Slot};
+use super::info::{Phase, Record};
+use super::{AppKey, Orders, Registry, Slot};
 use crate::app::SessionFuture;
 use crate::config::LocationConfig;
 use crate::error::Error;
 use crate::worker::{Activity, Job, Spawn, Worker};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// No worker: before the first request, or after the worker stopped.
-    Dormant,
-    Starting,
-    Running,
-    Stopping,
-}
-
-pub(super) struct Session {
+/// What both kinds of session task hold: who they are, and their ties to
+/// the registry.
+pub(super) struct Core {
     pub id: Arc<str>,
     pub key: String,
-    pub location_key: Arc<str>,
+    pub app: AppKey,
     pub serial: u64,
-    /// The address that created the session; its slots count against it.
-    pub client: IpAddr,
+    pub record: Arc<Record>,
     pub location: Arc<LocationConfig>,
     pub registry: Arc<Registry>,
     pub door: Arc<Door>,
+    pub orders: Arc<Orders>,
+    /// Dropped when the task ends; the registry waits for all of them.
+    pub _alive: mpsc::Sender<()>,
+}
+
+impl Core {
+    /// Leaves the registry: the id names nothing from now on.
+    fn leave(&self) {
+        self.registry.remove(&self.app, &self.key, self.serial);
+    }
+}
+
+/// A process session's task: starts, watches and stops its worker.
+pub(super) struct Supervisor {
+    pub core: Core,
+    /// The address that created the session; its slots count against it.
+    pub client: IpAddr,
     /// Held while a worker runs.
     pub slot: Option<Slot>,
-    pub stop: Arc<Notify>,
-    /// The registry's request to stop the worker for a new session.
-    pub evict: Arc<Notify>,
-    /// Dropped when this task ends; the registry waits for all of them.
-    pub _alive: mpsc::Sender<()>,
+    /// Whether the session existed before this process knew it (found in
+    /// the directory): its first worker is a resumed one.
+    pub resumed: bool,
 }
 
 /// A session that has served one request and no second is stopped this
@@ -72,7 +84,7 @@ pub(super) struct Session {
 const FIRST_VISIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Life {
-    state: State,
+    phase: Phase,
     activity: Arc<Activity>,
     worker: Option<Worker>,
     /// When a WebSocket tunnel was last seen active.
@@ -81,40 +93,43 @@ struct Life {
     resumed: bool,
 }
 
-impl Session {
+impl Supervisor {
     pub async fn run(
         mut self,
         mut requests: mpsc::Receiver<Box<Admitted>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let session_timeout = self.location.session_timeout;
+        let session_timeout = self.core.location.session_timeout;
+        let grace = self.core.location.worker_stop_timeout;
         let mut life = Life {
-            state: State::Dormant,
+            phase: Phase::Dormant,
             activity: Activity::new(),
             worker: None,
             tunnel_active: Instant::now(),
-            resumed: false,
+            resumed: self.resumed,
         };
-        tracing::debug!(session = %self.id, app = %self.location.prefix, "session created");
+        tracing::debug!(session = %self.core.id, app = %self.core.app, resumed = life.resumed, "session created");
 
         let reason = loop {
-            let timeout = if self.door.served() <= 1 {
+            let door = &self.core.door;
+            let timeout = if door.served() <= 1 {
                 session_timeout.min(FIRST_VISIT_TIMEOUT)
             } else {
                 session_timeout
             };
             let has_worker = life.worker.is_some();
             let gone = life.worker.as_ref().map(Worker::gone);
-            let idle_end = self.door.idle_check(timeout, life.tunnel_active);
+            let idle_end = door.idle_check(timeout, life.tunnel_active);
             let never_used = !has_worker && !life.resumed;
+            let orders = self.core.orders.clone();
             tokio::select! {
                 _ = shutdown.changed() => break "psd is shutting down",
-                _ = self.stop.notified() => break "reaped by age (SessionLifetime or reap)",
+                () = orders.end.notified() => break "ended (reaped, past SessionLifetime, or by an operator)",
                 _ = async move { gone.expect("guarded").await }, if has_worker => {
-                    self.door.set_worker(None);
+                    door.set_worker(None);
                     life.worker = None;
                     self.slot = None;
-                    self.transition(&mut life, State::Dormant);
+                    self.transition(&mut life, Phase::Dormant);
                 }
                 _ = sleep_until(idle_end), if has_worker => {
                     // An open WebSocket, or traffic on one, is activity too.
@@ -123,25 +138,24 @@ impl Session {
                         life.tunnel_active = tunnel;
                         continue;
                     }
-                    let Some(worker) = self.door.take_if_idle_for(timeout) else {
+                    let Some(worker) = door.take_if_idle_for(timeout) else {
                         // A request is in flight, or one came meanwhile.
                         continue;
                     };
-                    tracing::info!(session = %self.id, "idle for {timeout:?}: stopping the worker");
-                    life.worker = None;
-                    Box::pin(worker.stop(self.location.worker_stop_timeout)).await;
-                    self.slot = None;
-                    self.transition(&mut life, State::Dormant);
+                    tracing::info!(session = %self.core.id, "idle for {timeout:?}: stopping the worker");
+                    self.stop_worker(&mut life, worker, grace).await;
                 }
                 _ = sleep_until(idle_end), if never_used => break "never used within SessionTimeout",
-                () = self.evict.notified(), if has_worker => {
-                    let Some(worker) = self.door.take_if_idle_for(super::EVICT_MIN_IDLE) else {
-                        continue;
-                    };
-                    life.worker = None;
-                    Box::pin(worker.stop(self.location.worker_stop_timeout)).await;
-                    self.slot = None;
-                    self.transition(&mut life, State::Dormant);
+                () = orders.evict.notified(), if has_worker => {
+                    if let Some(worker) = door.take_if_idle_for(super::EVICT_MIN_IDLE) {
+                        self.stop_worker(&mut life, worker, grace).await;
+                    }
+                }
+                () = orders.stop_worker.notified() => {
+                    if let Some(worker) = door.set_worker(None).or(life.worker.take()) {
+                        tracing::info!(session = %self.core.id, "stopped by an operator; the session stays");
+                        self.stop_worker(&mut life, worker, grace).await;
+                    }
                 }
                 job = requests.recv() => match job {
                     Some(admitted) => {
@@ -153,36 +167,45 @@ impl Session {
             }
         };
 
-        self.transition(&mut life, State::Stopping);
-        self.door.set_worker(None);
-        self.registry
-            .remove(&self.location_key, &self.key, self.serial);
+        self.transition(&mut life, Phase::Stopping);
+        self.core.door.set_worker(None);
+        self.core.leave();
         requests.close();
         while let Ok(admitted) = requests.try_recv() {
             let _ = admitted.job.reply.send(Err(Error::ShuttingDown));
         }
         if let Some(worker) = life.worker.take() {
-            Box::pin(worker.stop(self.location.worker_stop_timeout)).await;
+            Box::pin(worker.stop(grace)).await;
         }
-        tracing::info!(session = %self.id, "session ended: {reason}");
+        tracing::info!(session = %self.core.id, "session ended: {reason}");
+    }
+
+    /// Stops `worker` (taken from the door already) and leaves the session
+    /// dormant, its slot given back.
+    async fn stop_worker(&mut self, life: &mut Life, worker: Worker, grace: std::time::Duration) {
+        life.worker = None;
+        Box::pin(worker.stop(grace)).await;
+        self.slot = None;
+        self.transition(life, Phase::Dormant);
     }
 
     /// Starts a worker if there is none, then serves the job on it in a task
     /// of its own (its turn ends with it).
     async fn accept(&mut self, life: &mut Life, job: Job, turn: Turn) {
+        let core = &self.core;
         // A request that found the worker dead may come before its exit is
         // handled above; it gets a new worker (the slot stays held).
         if life.worker.as_ref().is_some_and(Worker::has_exited) {
-            self.door.set_worker(None);
+            core.door.set_worker(None);
             life.worker = None;
         }
         if life.worker.is_none() {
             if self.slot.is_none() {
                 // Boxed, as the start below.
-                let acquired = Box::pin(self.registry.slots.acquire_waiting(
+                let acquired = Box::pin(core.registry.slots.acquire_waiting(
                     self.client,
-                    self.location.max_sessions_per_client,
-                    super::PLACE_WAIT + self.location.worker_stop_timeout,
+                    core.location.max_sessions_per_client,
+                    super::PLACE_WAIT + core.location.worker_stop_timeout,
                 ))
                 .await;
                 match acquired {
@@ -193,35 +216,37 @@ impl Session {
                     }
                 }
             }
-            if let Err(e) = Box::pin(self.registry.spawn_turn()).await {
-                tracing::info!(session = %self.id, "{e}");
+            let core = &self.core;
+            if let Err(e) = Box::pin(core.registry.spawn_turn()).await {
+                tracing::info!(session = %core.id, "{e}");
                 self.slot = None;
                 let _ = job.reply.send(Err(e));
                 return;
             }
-            self.transition(life, State::Starting);
+            self.transition(life, Phase::Starting);
+            let core = &self.core;
             // Boxed: starting is rare, and awaiting it inline would size every
             // session's task for it for its whole life.
             let started = Box::pin(Worker::start(Spawn {
-                session_id: &self.id,
-                location: &self.location,
+                session_id: &core.id,
+                location: &core.location,
                 resumed: life.resumed,
-                run_dir: &self.registry.run_dir,
-                workers: &self.registry.workers,
+                run_dir: &core.registry.run_dir,
+                processes: &core.registry.processes,
                 activity: &life.activity,
             }))
             .await;
             match started {
                 Ok(worker) => {
-                    self.door.set_worker(Some(worker.clone()));
+                    core.door.set_worker(Some(worker.clone()));
                     life.worker = Some(worker);
                     life.resumed = true;
-                    self.transition(life, State::Running);
+                    self.transition(life, Phase::Running);
                 }
                 Err(e) => {
-                    tracing::warn!(session = %self.id, "{e}");
+                    tracing::warn!(session = %core.id, "{e}");
                     self.slot = None;
-                    self.transition(life, State::Dormant);
+                    self.transition(life, Phase::Dormant);
                     let _ = job.reply.send(Err(e));
                     return;
                 }
@@ -239,72 +264,66 @@ impl Session {
     }
 
     /// The one place a session changes state.
-    fn transition(&self, life: &mut Life, to: State) {
-        if life.state != to {
-            let pid = life.worker.as_ref().and_then(Worker::pid);
-            tracing::debug!(session = %self.id, ?pid, "{:?} -> {:?}", life.state, to);
-            life.state = to;
+    fn transition(&self, life: &mut Life, to: Phase) {
+        let pid = life.worker.as_ref().and_then(Worker::pid);
+        if life.phase != to {
+            tracing::debug!(session = %self.core.id, ?pid, "{:?} -> {:?}", life.phase, to);
+            life.phase = to;
         }
+        self.core.record.set(to, pid);
     }
 }
 
 /// An in-process session: the application's future, run by the session's
-/// one task with the session's timers around it. There is no worker to
-/// start or stop and no queue: requests reach the application through the
-/// door, and the session ends with the application's future.
-pub(super) struct InProcess {
-    pub id: Arc<str>,
-    pub key: String,
-    pub location_key: Arc<str>,
-    pub serial: u64,
-    pub location: Arc<LocationConfig>,
-    pub registry: Arc<Registry>,
-    pub door: Arc<Door>,
+/// one task with the session's timers around it — Continuity's continuation.
+/// There is no worker to start or stop and no queue: requests reach the
+/// application through the door, and the session ends with the
+/// application's future.
+pub(super) struct Continuation {
+    pub core: Core,
     pub _slot: Slot,
-    /// Reaping, `SessionLifetime`, or a request the application did not
-    /// answer in time.
-    pub end: Arc<Notify>,
-    pub _alive: mpsc::Sender<()>,
 }
 
-impl InProcess {
+impl Continuation {
     /// Runs the application's future until it ends or the session is ended
-    /// (`end`: reaping, `SessionLifetime`, shutdown, a request not answered
-    /// in time) or idle for `SessionTimeout`. Every session holds this
-    /// future for its whole life, so it keeps little state across awaits.
+    /// (reaping, `SessionLifetime`, an operator, shutdown, a request not
+    /// answered in time) or idle for `SessionTimeout`. Every session holds
+    /// this future for its whole life, so it keeps little state across
+    /// awaits.
     pub async fn run(self, main: SessionFuture) {
         use futures_util::FutureExt;
+        let core = &self.core;
         // A panic in the application ends its session, not this task's
         // clean-up (the panic hook has reported it).
         let mut main = std::panic::AssertUnwindSafe(main).catch_unwind();
         let began = Instant::now();
         let reason = loop {
-            let timeout = self.location.session_timeout;
-            let check = self.door.idle_check(timeout, began);
+            let timeout = core.location.session_timeout;
+            let check = core.door.idle_check(timeout, began);
             tokio::select! {
                 ended = &mut main => break match ended {
                     Ok(()) => "the application's session task ended",
                     Err(_) => "the application's session task panicked",
                 },
-                () = self.end.notified() => break match *self.registry.shutdown.borrow() {
+                () = core.orders.end.notified() => break match *core.registry.shutdown.borrow() {
                     true => "psd is shutting down",
-                    false => "ended (reaped, SessionLifetime, or a request timed out)",
+                    false => "ended (reaped, past SessionLifetime, by an operator, or a request timed out)",
                 },
                 () = sleep_until(check) => {
-                    if let Some(Worker::InProcess(task)) = self.door.take_if_idle_for(timeout) {
+                    if let Some(Worker::InProcess(task)) = core.door.take_if_idle_for(timeout) {
                         task.close();
                         break "SessionTimeout reached";
                     }
                 }
             }
         };
-        if let Some(Worker::InProcess(task)) = self.door.set_worker(None) {
+        core.record.set(Phase::Stopping, None);
+        if let Some(Worker::InProcess(task)) = core.door.set_worker(None) {
             task.close();
         }
-        self.registry
-            .remove(&self.location_key, &self.key, self.serial);
+        core.leave();
         drop(main);
-        tracing::info!(session = %self.id, "session ended: {reason}");
+        tracing::info!(session = %core.id, "session ended: {reason}");
     }
 }
 
@@ -313,10 +332,11 @@ mod tests {
     use std::future::Future;
     use std::sync::Arc;
 
-    use tokio::sync::{mpsc, Notify};
+    use tokio::sync::mpsc;
 
     use crate::config::LocationConfig;
-    use crate::session::Registry;
+    use crate::session::info::Record;
+    use crate::session::{AppKey, Orders, Registry};
 
     /// The size of the future `make` returns, made inside a runtime with a
     /// fresh registry (what the session structs need to exist).
@@ -325,15 +345,27 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(async {
-            let registry = Registry::new(
-                crate::mapper::IdBook::new(crate::mapper::Signer::new("n", b"0123456789abcdef")),
-                10,
-                64,
-                std::env::temp_dir(),
-            );
-            std::mem::size_of_val(&make(registry))
-        })
+        rt.block_on(async { std::mem::size_of_val(&make(crate::session::tests::registry(10))) })
+    }
+
+    fn core(
+        registry: Arc<Registry>,
+        location: Arc<LocationConfig>,
+        orders: Arc<Orders>,
+    ) -> super::Core {
+        let app = AppKey::new(None, "/");
+        super::Core {
+            id: "x".into(),
+            key: "k".into(),
+            record: Record::new(&app, "k", "127.0.0.1".parse().unwrap()),
+            app,
+            serial: 0,
+            location,
+            registry,
+            door: super::Door::new(1),
+            orders,
+            _alive: mpsc::channel(1).0,
+        }
     }
 
     /// Every session's task is as large as this future, for its whole life:
@@ -343,23 +375,16 @@ mod tests {
     fn a_session_task_stays_small() {
         let size = future_size(|registry| {
             let (_queue, requests) = mpsc::channel(1);
-            super::Session {
-                id: "x".into(),
-                key: "k".into(),
-                location_key: "l".into(),
-                serial: 0,
+            let location = Arc::new(LocationConfig::new("/"));
+            super::Supervisor {
+                core: core(registry, location, Arc::default()),
                 client: "127.0.0.1".parse().unwrap(),
-                location: Arc::new(LocationConfig::new("/")),
-                registry,
-                door: super::Door::new(1),
                 slot: None,
-                stop: Arc::new(Notify::new()),
-                evict: Arc::new(Notify::new()),
-                _alive: mpsc::channel(1).0,
+                resumed: false,
             }
             .run(requests, tokio::sync::watch::channel(false).1)
         });
-        assert!(size <= 1600, "Session::run is {size} bytes");
+        assert!(size <= 1600, "Supervisor::run is {size} bytes");
     }
 
     /// A million in-process sessions hold a million of these futures: a
@@ -373,23 +398,15 @@ mod tests {
                 .unwrap();
             let app = crate::demo::counter();
             let location = Arc::new(LocationConfig::in_process("/", app.clone()));
-            let end = Arc::new(Notify::new());
+            let orders = Arc::new(Orders::default());
             let (_task, main) =
-                crate::worker::inproc::Task::new(&"x".into(), &location, &app, end.clone());
-            super::InProcess {
-                id: "x".into(),
-                key: "k".into(),
-                location_key: "l".into(),
-                serial: 0,
-                location,
-                registry,
-                door: super::Door::new(1),
+                crate::worker::inproc::Task::new(&"x".into(), &location, &app, orders.end.clone());
+            super::Continuation {
+                core: core(registry, location, orders),
                 _slot: slot,
-                end,
-                _alive: mpsc::channel(1).0,
             }
             .run(main)
         });
-        assert!(size <= 640, "InProcess::run is {size} bytes");
+        assert!(size <= 640, "Continuation::run is {size} bytes");
     }
 }

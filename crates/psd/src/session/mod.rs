@@ -1,26 +1,35 @@
 //! The session registry: which sessions exist, and the door into each one.
 //!
-//! Per `<Location>`, a plain map from session key (what the mapper derives
-//! from a request) to that session's door and queue, behind a short lock
-//! never held across `.await`. Resolving a request only finds or creates the
-//! session. A running session's requests go through its [`Door`] straight to
-//! the worker, in the task of the connection that brought them; everything
-//! else about a session — starting and stopping its worker, its timers — belongs
-//! to that session's own task ([`lifecycle`]). Beside the map: the `IdBook` (which ids are live, and
-//! the read-only ids handed out for them) and the live-session slots that
-//! enforce `MaxSessions` and `MaxSessionsPerClient`.
+//! Per application ([`AppKey`]), a plain map from session key (what the
+//! mapper derives from a request) to that session's entry, behind a short
+//! lock never held across `.await`. Resolving a request is a lookup in that
+//! map (the hit path, no await); a miss goes through an async step —
+//! the [`Directory`] (store, cluster) for an id it does not hold, then
+//! creation — outside the lock. A running session's requests go through its
+//! [`Door`] straight to the worker, in the task of the connection that
+//! brought them; everything else about a session — starting and stopping
+//! its worker, its timers, its [`Record`] — belongs to that session's own
+//! task ([`lifecycle`]). Beside the map: the `IdBook` (which ids are live,
+//! and the read-only ids handed out for them) and the live-session slots
+//! that enforce `MaxSessions` and `MaxSessionsPerClient`. [`Sessions`] is
+//! the public handle on all of it: count, list, stop, end.
 
+mod directory;
 mod door;
+mod expiry;
+mod info;
 mod lifecycle;
 
+pub use directory::{Directory, Found, InMemory};
 pub(crate) use door::{Admitted, Door};
+pub use info::{AppKey, Handle, SessionInfo, SessionState};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -28,8 +37,9 @@ use tokio::time::Instant;
 use crate::config::{Handler, LocationConfig};
 use crate::error::Error;
 use crate::mapper::client::{Held, PerClient};
-use crate::mapper::{Access, Assigned, Hit, IdBook, Ids, Mapper};
+use crate::mapper::{Access, Assigned, Hit, IdBook, Ids, Mapped};
 use crate::worker::{inproc, process, Worker};
+use info::{Phase, Record};
 
 /// Requests that may wait, with their turns, for a session's worker to start.
 const SESSION_QUEUE_DEPTH: usize = 256;
@@ -48,15 +58,20 @@ const PLACE_WAIT: Duration = Duration::from_secs(2);
 
 /// Every live session of the daemon.
 pub(crate) struct Registry {
-    /// One map per `<Location>`, by its identity (virtual host and prefix),
-    /// which stays the same across configuration reloads.
-    sessions: Mutex<HashMap<Arc<str>, HashMap<String, Entry>>>,
+    /// One map per application, by its identity, which stays the same
+    /// across configuration reloads.
+    sessions: Mutex<HashMap<AppKey, HashMap<String, Entry>>>,
     pub(crate) ids: IdBook,
+    directory: Arc<dyn Directory>,
     slots: Slots,
     run_dir: PathBuf,
-    workers: Arc<process::Workers>,
+    processes: Arc<process::ProcessTable>,
     serial: AtomicU64,
     spawns: SpawnRate,
+    /// The shortest `SessionLifetime` of any session created so far, in
+    /// milliseconds: how often [`expiry`] looks.
+    shortest_lifetime: AtomicU64,
+    lifetime_shortened: Notify,
     shutdown: watch::Sender<bool>,
     /// Each session task holds a clone of this sender; shutdown takes the
     /// registry's own, so the receiver ends exactly when the last session has.
@@ -67,15 +82,25 @@ pub(crate) struct Registry {
 struct Entry {
     serial: u64,
     id: Arc<str>,
+    record: Arc<Record>,
     /// The session task's queue (process sessions only).
     queue: Option<mpsc::Sender<Box<Admitted>>>,
     door: Arc<Door>,
     created: Instant,
     expires: Instant,
-    /// Tells the session task to end (reaped, or past its lifetime).
-    stop: Arc<Notify>,
-    /// Tells the session task to stop its worker for a new session.
-    evict: Arc<Notify>,
+    orders: Arc<Orders>,
+}
+
+/// What the registry may tell a session's task to do.
+#[derive(Default)]
+pub(crate) struct Orders {
+    /// End the session (reaped, past its lifetime, ended by an operator,
+    /// or, in process, a request it did not answer in time).
+    pub end: Arc<Notify>,
+    /// Stop the worker to make room for a new session, if still idle.
+    pub evict: Notify,
+    /// Stop the worker now and stay dormant (an operator's `stop`).
+    pub stop_worker: Notify,
 }
 
 /// Where a request goes.
@@ -93,9 +118,57 @@ pub(crate) struct Target {
     pub assigned: Option<Assigned>,
 }
 
+impl Entry {
+    fn target(&self, token: Arc<str>, access: Access) -> Target {
+        Target {
+            queue: self.queue.clone(),
+            door: self.door.clone(),
+            token,
+            access,
+            assigned: None,
+        }
+    }
+
+    fn info(&self) -> SessionInfo {
+        let (phase, pid) = self.record.phase();
+        let (requests, idle_for, busy) = self.door.activity();
+        SessionInfo {
+            handle: self.record.handle.clone(),
+            app: self.record.app.clone(),
+            state: match phase {
+                Phase::Dormant => SessionState::Dormant,
+                Phase::Starting => SessionState::Starting,
+                Phase::Running if busy => SessionState::Busy,
+                Phase::Running => SessionState::Idle,
+                Phase::Stopping => SessionState::Stopping,
+            },
+            created: self.record.created,
+            last_active: SystemTime::now()
+                .checked_sub(idle_for)
+                .unwrap_or(self.record.created)
+                .max(self.record.created),
+            requests,
+            pid,
+            client: self.record.client,
+        }
+    }
+}
+
+/// A session about to be created.
+struct New {
+    key: String,
+    id: Arc<str>,
+    /// How the client holds the id, for a resumed session.
+    presented: Option<(Arc<str>, Access)>,
+    /// Whether it existed before (the directory found it).
+    resumed: bool,
+    assigned: Option<Assigned>,
+}
+
 impl Registry {
     pub fn new(
         ids: IdBook,
+        directory: Arc<dyn Directory>,
         max_sessions: usize,
         max_spawn_rate: u32,
         run_dir: PathBuf,
@@ -104,76 +177,132 @@ impl Registry {
         Arc::new(Registry {
             sessions: Mutex::new(HashMap::new()),
             ids,
+            directory,
             slots: Slots {
                 live: Arc::new(Semaphore::new(max_sessions)),
                 max: max_sessions,
                 per_client: Arc::new(PerClient::default()),
             },
             run_dir,
-            workers: process::Workers::new(),
+            processes: process::ProcessTable::new(),
             serial: AtomicU64::new(0),
             spawns: SpawnRate::new(max_spawn_rate),
+            shortest_lifetime: AtomicU64::new(u64::MAX),
+            lifetime_shortened: Notify::new(),
             shutdown: watch::channel(false).0,
             alive: Mutex::new(Some(alive)),
             all_ended: tokio::sync::Mutex::new(all_ended),
         })
     }
 
-    /// The live session this request names, if any.
-    fn find(&self, location: &str, mapper: &dyn Mapper, hit: &Hit<'_>) -> Option<Target> {
-        let ids = Ids::new(&self.ids, location);
-        let mapped = mapper.get_session_id_from_hit(hit, &ids)?;
+    /// The live session `mapped` names, if any: the hit path, one lookup
+    /// under the lock.
+    fn find(&self, app: &AppKey, mapped: &Mapped) -> Option<Target> {
         let sessions = self.sessions.lock().expect("registry lock");
-        let entry = sessions.get(location)?.get(&mapped.key)?;
-        let (token, access) = match mapped.presented {
-            Some(p) => (p.token, p.access),
-            None => (entry.id.clone(), Access::ReadWrite),
-        };
-        Some(Target {
-            queue: entry.queue.clone(),
-            door: entry.door.clone(),
-            token,
-            access,
-            assigned: None,
+        let entry = sessions.get(app)?.get(&mapped.key)?;
+        Some(match &mapped.presented {
+            Some(p) => entry.target(p.token.clone(), p.access),
+            None => entry.target(entry.id.clone(), Access::ReadWrite),
         })
     }
 
     /// The session this request names, or a new one. A missing, malformed,
-    /// forged or unknown id never reaches an existing session.
-    pub fn resolve(
+    /// forged or unknown id never reaches an existing session; a valid id
+    /// with no session in memory is first looked up in the [`Directory`].
+    pub async fn resolve(
         self: &Arc<Self>,
-        location_key: &Arc<str>,
+        app: &AppKey,
         location: &Arc<LocationConfig>,
         hit: &Hit<'_>,
     ) -> Result<Target, Error> {
-        let mapper = &*location.mapper;
-        if let Some(target) = self.find(location_key, mapper, hit) {
+        let ids = Ids::new(&self.ids, app.as_str());
+        let mapped = location.mapper.get_session_id_from_hit(hit, &ids);
+        if let Some(target) = mapped.as_ref().and_then(|m| self.find(app, m)) {
             return Ok(target);
         }
+        // Boxed: the miss is rare, and the hit path's future stays small.
+        Box::pin(self.miss(app, location, hit, mapped)).await
+    }
+
+    /// `find → directory → create`, for a request that named no session in
+    /// memory.
+    async fn miss(
+        self: &Arc<Self>,
+        app: &AppKey,
+        location: &Arc<LocationConfig>,
+        hit: &Hit<'_>,
+        mapped: Option<Mapped>,
+    ) -> Result<Target, Error> {
+        if let Some(Mapped {
+            key,
+            presented: Some(presented),
+        }) = mapped
+        {
+            if !self.ids.in_use(&presented.id)
+                && self.directory.find(app, &presented.id).await? == Found::Dormant
+            {
+                return self.create(
+                    app,
+                    location,
+                    hit.client,
+                    New {
+                        key,
+                        id: presented.id,
+                        presented: Some((presented.token, presented.access)),
+                        resumed: true,
+                        assigned: None,
+                    },
+                );
+            }
+        }
+        let assigned = location
+            .mapper
+            .assign_session_id(hit, &Ids::new(&self.ids, app.as_str()));
+        self.create(
+            app,
+            location,
+            hit.client,
+            New {
+                key: assigned.key.clone(),
+                id: assigned.id.clone(),
+                presented: None,
+                resumed: false,
+                assigned: Some(assigned),
+            },
+        )
+    }
+
+    /// Creates the session `new` and its task, or joins the one another
+    /// request created under the same key meanwhile.
+    fn create(
+        self: &Arc<Self>,
+        app: &AppKey,
+        location: &Arc<LocationConfig>,
+        client: IpAddr,
+        new: New,
+    ) -> Result<Target, Error> {
         let Some(alive) = self.alive.lock().expect("registry lock").clone() else {
             return Err(Error::ShuttingDown);
         };
         let in_process = matches!(location.handler, Some(Handler::InProcess(_)));
-        let slot = match self
-            .slots
-            .acquire(hit.client, location.max_sessions_per_client)
-        {
+        let slot = match self.slots.acquire(client, location.max_sessions_per_client) {
             Ok(slot) => Some(slot),
             // A process session may take the place of an idle one-request
             // session; its task waits for the place to come free.
             Err(Error::TooManySessions(_)) if !in_process && self.evict_one() => None,
             Err(e) => return Err(e),
         };
-        let assigned = mapper.assign_session_id(hit, &Ids::new(&self.ids, location_key));
-        let stop = Arc::new(Notify::new());
-        let evict = Arc::new(Notify::new());
+        let orders = Arc::new(Orders::default());
         let door = Door::new(location.worker_concurrency);
+        let record = Record::new(app, &new.key, client);
         // Process sessions have a task that starts their worker, fed by a
         // queue; an in-process session's task is the application itself.
-        let (queue, requests, app) = match &location.handler {
-            Some(Handler::InProcess(app)) => {
-                let (task, main) = inproc::Task::new(&assigned.id, location, app, stop.clone());
+        let (queue, requests, main) = match &location.handler {
+            Some(Handler::InProcess(application)) => {
+                let (task, main) =
+                    inproc::Task::new(&new.id, location, application, orders.end.clone());
                 door.set_worker(Some(Worker::InProcess(task)));
+                record.set(Phase::Running, None);
                 (None, None, Some(main))
             }
             _ => {
@@ -183,82 +312,69 @@ impl Registry {
         };
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
+        let (token, access) = new
+            .presented
+            .clone()
+            .unwrap_or((new.id.clone(), Access::ReadWrite));
         {
             let mut sessions = self.sessions.lock().expect("registry lock");
-            let sessions = sessions.entry(location_key.clone()).or_default();
-            // Another request may have created this key meanwhile: join it.
-            if let Some(entry) = sessions.get(&assigned.key) {
-                return Ok(Target {
-                    queue: entry.queue.clone(),
-                    door: entry.door.clone(),
-                    token: entry.id.clone(),
-                    access: Access::ReadWrite,
-                    assigned: None,
-                });
+            let sessions = sessions.entry(app.clone()).or_default();
+            if let Some(entry) = sessions.get(&new.key) {
+                return Ok(entry.target(token, access));
             }
             sessions.insert(
-                assigned.key.clone(),
+                new.key.clone(),
                 Entry {
                     serial,
-                    id: assigned.id.clone(),
+                    id: new.id.clone(),
+                    record: record.clone(),
                     queue: queue.clone(),
                     door: door.clone(),
                     created: now,
                     expires: now + location.session_lifetime,
-                    stop: stop.clone(),
-                    evict: evict.clone(),
+                    orders: orders.clone(),
                 },
             );
-            self.ids.acquire(&assigned.id);
+            self.ids.acquire(&new.id);
         }
+        self.note_lifetime(location.session_lifetime);
         if *self.shutdown.borrow() {
-            stop.notify_one();
+            orders.end.notify_one();
         }
-        match (requests, app) {
+        let core = lifecycle::Core {
+            id: new.id.clone(),
+            key: new.key,
+            app: app.clone(),
+            serial,
+            record,
+            location: location.clone(),
+            registry: self.clone(),
+            door: door.clone(),
+            orders,
+            _alive: alive,
+        };
+        match (requests, main) {
             (_, Some(main)) => {
-                tokio::spawn(
-                    lifecycle::InProcess {
-                        id: assigned.id.clone(),
-                        key: assigned.key.clone(),
-                        location_key: location_key.clone(),
-                        serial,
-                        location: location.clone(),
-                        registry: self.clone(),
-                        door: door.clone(),
-                        _slot: slot.expect("in-process sessions never wait for a place"),
-                        end: stop,
-                        _alive: alive,
-                    }
-                    .run(main),
-                );
+                let slot = slot.expect("in-process sessions never wait for a place");
+                tokio::spawn(lifecycle::Continuation { core, _slot: slot }.run(main));
             }
             (Some(requests), None) => {
-                tokio::spawn(
-                    lifecycle::Session {
-                        id: assigned.id.clone(),
-                        key: assigned.key.clone(),
-                        location_key: location_key.clone(),
-                        serial,
-                        client: hit.client,
-                        location: location.clone(),
-                        registry: self.clone(),
-                        door: door.clone(),
-                        slot,
-                        stop,
-                        evict,
-                        _alive: alive,
-                    }
-                    .run(requests, self.shutdown.subscribe()),
-                );
+                let supervisor = lifecycle::Supervisor {
+                    core,
+                    client,
+                    slot,
+                    resumed: new.resumed,
+                };
+                tokio::spawn(supervisor.run(requests, self.shutdown.subscribe()));
             }
             (None, None) => unreachable!("every session has a queue or an application"),
         }
         Ok(Target {
             queue,
             door,
-            token: assigned.id.clone(),
-            access: Access::ReadWrite,
-            assigned: Some(assigned),
+            token,
+            access,
+            assigned: new.assigned,
         })
     }
 
@@ -276,7 +392,7 @@ impl Registry {
             return false;
         };
         entry.door.choose_for_eviction();
-        entry.evict.notify_one();
+        entry.orders.evict.notify_one();
         tracing::info!(session = %entry.id, "MaxSessions reached: stopping a one-request session idle for {idle:?} to admit a new one");
         true
     }
@@ -287,9 +403,9 @@ impl Registry {
     }
 
     /// Removes a session's entry, if it is still this session's.
-    fn remove(&self, location: &str, key: &str, serial: u64) {
+    fn remove(&self, app: &AppKey, key: &str, serial: u64) {
         let mut sessions = self.sessions.lock().expect("registry lock");
-        let Some(map) = sessions.get_mut(location) else {
+        let Some(map) = sessions.get_mut(app) else {
             return;
         };
         if map.get(key).is_some_and(|e| e.serial == serial) {
@@ -298,19 +414,26 @@ impl Registry {
         }
     }
 
+    fn note_lifetime(&self, lifetime: Duration) {
+        let ms = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+        if self.shortest_lifetime.fetch_min(ms, Ordering::Relaxed) > ms {
+            self.lifetime_shortened.notify_one();
+        }
+    }
+
     /// Continuity's `reap($age)`: ends every session older than `age`.
     /// Returns how many were told to end.
     pub fn reap(&self, age: Duration) -> usize {
-        self.stop_where(|e| e.created.elapsed() >= age)
+        self.end_where(|e| e.created.elapsed() >= age)
     }
 
     /// Ends every session past its `SessionLifetime`.
     pub fn expire(&self) -> usize {
         let now = Instant::now();
-        self.stop_where(|e| e.expires <= now)
+        self.end_where(|e| e.expires <= now)
     }
 
-    fn stop_where(&self, pred: impl Fn(&Entry) -> bool) -> usize {
+    fn end_where(&self, pred: impl Fn(&Entry) -> bool) -> usize {
         let sessions = self.sessions.lock().expect("registry lock");
         let mut n = 0;
         for entry in sessions
@@ -318,7 +441,7 @@ impl Registry {
             .flat_map(HashMap::values)
             .filter(|e| pred(e))
         {
-            entry.stop.notify_one();
+            entry.orders.end.notify_one();
             n += 1;
         }
         n
@@ -334,16 +457,92 @@ impl Registry {
             .sum()
     }
 
-    /// Stops every session (and so every worker) and waits until all are gone.
+    /// Every session, as the admin API shows them.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let sessions = self.sessions.lock().expect("registry lock");
+        sessions
+            .values()
+            .flat_map(HashMap::values)
+            .map(Entry::info)
+            .collect()
+    }
+
+    /// Runs `f` on the session named by `handle`, under the lock.
+    fn with_handle<T>(&self, handle: &str, f: impl FnOnce(&Entry) -> T) -> Option<T> {
+        let sessions = self.sessions.lock().expect("registry lock");
+        let entry = sessions
+            .values()
+            .flat_map(HashMap::values)
+            .find(|e| e.record.handle.as_str() == handle)?;
+        Some(f(entry))
+    }
+
+    /// Stops all sessions (and so every worker) and waits until all are gone.
     pub async fn shutdown(&self) {
         // `send_replace`: the flag must be set even with no receiver.
         self.shutdown.send_replace(true);
         drop(self.alive.lock().expect("registry lock").take());
         // In-process sessions (those without a queue) listen only to their
-        // `stop`; one created while this runs sees the flag set above instead.
-        self.stop_where(|e| e.queue.is_none());
+        // orders; one created while this runs sees the flag set above instead.
+        self.end_where(|e| e.queue.is_none());
         let mut all_ended = self.all_ended.lock().await;
         while all_ended.recv().await.is_some() {}
+    }
+}
+
+/// A handle on the sessions of a running server: what the admin API, and
+/// applications using psd as a library, may see and do.
+#[derive(Clone)]
+pub struct Sessions {
+    registry: Arc<Registry>,
+}
+
+impl Sessions {
+    pub(crate) fn new(registry: Arc<Registry>) -> Sessions {
+        Sessions { registry }
+    }
+
+    /// Sessions that exist now, with or without a running worker.
+    pub fn count(&self) -> usize {
+        self.registry.count()
+    }
+
+    /// Every session.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        self.registry.list()
+    }
+
+    /// The session named by `handle`.
+    pub fn get(&self, handle: &str) -> Option<SessionInfo> {
+        self.registry.with_handle(handle, Entry::info)
+    }
+
+    /// Stops the session's worker; the session stays, dormant, and its next
+    /// request starts a new worker (`PSD_RESUMED=1`). An in-process
+    /// session's task is its worker and its state at once: it ends.
+    /// Returns whether the session exists; stopping a dormant one does
+    /// nothing.
+    pub fn stop(&self, handle: &str) -> bool {
+        self.registry
+            .with_handle(handle, |e| match e.queue {
+                Some(_) => e.orders.stop_worker.notify_one(),
+                None => e.orders.end.notify_one(),
+            })
+            .is_some()
+    }
+
+    /// Ends the session: its worker stops and its id names nothing any more.
+    /// Returns whether the session existed.
+    pub fn end(&self, handle: &str) -> bool {
+        self.registry
+            .with_handle(handle, |e| e.orders.end.notify_one())
+            .is_some()
+    }
+
+    /// Continuity's `reap($age)`: ends every session created more than
+    /// `age` ago, stopping its worker. Returns how many were ended.
+    pub fn reap(&self, age: Duration) -> usize {
+        self.registry.reap(age)
     }
 }
 
@@ -437,8 +636,232 @@ impl SpawnRate {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use http::{HeaderMap, HeaderValue, Method, Uri};
+
     use super::*;
+    use crate::mapper::Signer;
+
+    /// A registry with no store, as `psd serve` has.
+    pub(crate) fn registry(max_sessions: usize) -> Arc<Registry> {
+        registry_with(max_sessions, Arc::new(InMemory))
+    }
+
+    fn registry_with(max_sessions: usize, directory: Arc<dyn Directory>) -> Arc<Registry> {
+        Registry::new(
+            IdBook::new(Signer::new("n", b"0123456789abcdef")),
+            directory,
+            max_sessions,
+            64,
+            std::env::temp_dir(),
+        )
+    }
+
+    /// What a [`Hit`] borrows.
+    pub(crate) struct Parts {
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        path: String,
+    }
+
+    impl Parts {
+        pub(crate) fn hit<'a>(&'a self, params: &'a [(String, String)]) -> Hit<'a> {
+            Hit {
+                method: &self.method,
+                uri: &self.uri,
+                headers: &self.headers,
+                path: &self.path,
+                client: "127.0.0.1".parse().unwrap(),
+                params,
+            }
+        }
+    }
+
+    /// A GET of `path`, with the session cookie `psd_sid=ID` if given.
+    pub(crate) fn hit(path: &str, id: Option<&str>) -> (Parts, Vec<(String, String)>) {
+        let mut headers = HeaderMap::new();
+        if let Some(id) = id {
+            headers.insert(
+                http::header::COOKIE,
+                HeaderValue::from_str(&format!("psd_sid={id}")).unwrap(),
+            );
+        }
+        let parts = Parts {
+            method: Method::GET,
+            uri: path.parse().unwrap(),
+            headers,
+            path: path.into(),
+        };
+        (parts, vec![])
+    }
+
+    fn demo() -> (AppKey, Arc<LocationConfig>) {
+        (
+            AppKey::new(None, "/"),
+            Arc::new(LocationConfig::in_process("/", crate::demo::counter())),
+        )
+    }
+
+    /// Whether `done` holds within a second.
+    async fn eventually(done: impl Fn() -> bool) -> bool {
+        for _ in 0..100 {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        done()
+    }
+
+    /// A directory that knows one dormant session, and counts its lookups.
+    struct OneDormant {
+        id: Mutex<Option<Arc<str>>>,
+        lookups: AtomicUsize,
+    }
+
+    impl Directory for OneDormant {
+        fn find<'a>(
+            &'a self,
+            _app: &'a AppKey,
+            id: &'a str,
+        ) -> futures_util::future::BoxFuture<'a, Result<Found, Error>> {
+            self.lookups.fetch_add(1, Ordering::Relaxed);
+            let known = self.id.lock().unwrap().as_deref() == Some(id);
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                Ok(if known {
+                    Found::Dormant
+                } else {
+                    Found::Nowhere
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_valid_id_that_memory_lacks_is_resumed_when_the_directory_knows_it() {
+        let directory = Arc::new(OneDormant {
+            id: Mutex::new(None),
+            lookups: AtomicUsize::new(0),
+        });
+        let registry = registry_with(10, directory.clone());
+        let (app, location) = demo();
+        let dormant = registry.ids.issue(app.as_str());
+        *directory.id.lock().unwrap() = Some(dormant.clone());
+
+        let (parts, params) = hit("/", Some(&dormant));
+        let target = registry
+            .resolve(&app, &location, &parts.hit(&params))
+            .await
+            .unwrap();
+        assert_eq!(target.token, dormant, "the session keeps its id");
+        assert!(target.assigned.is_none(), "no new id is handed out");
+        assert_eq!(directory.lookups.load(Ordering::Relaxed), 1);
+
+        // The hit path never asks the directory.
+        let again = registry
+            .resolve(&app, &location, &parts.hit(&params))
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&again.door, &target.door));
+        assert_eq!(directory.lookups.load(Ordering::Relaxed), 1);
+
+        // A valid id the directory does not know gets a new session and id.
+        let unknown = registry.ids.issue(app.as_str());
+        let (parts, params) = hit("/", Some(&unknown));
+        let fresh = registry
+            .resolve(&app, &location, &parts.hit(&params))
+            .await
+            .unwrap();
+        assert_ne!(fresh.token, unknown);
+        assert!(fresh.assigned.is_some());
+        assert_eq!(directory.lookups.load(Ordering::Relaxed), 2);
+        assert_eq!(registry.count(), 2);
+    }
+
+    #[tokio::test]
+    async fn forged_and_foreign_ids_never_reach_a_session_or_the_directory() {
+        let directory = Arc::new(OneDormant {
+            id: Mutex::new(None),
+            lookups: AtomicUsize::new(0),
+        });
+        let registry = registry_with(10, directory.clone());
+        let (app, location) = demo();
+        let (parts, params) = hit("/", None);
+        let first = registry
+            .resolve(&app, &location, &parts.hit(&params))
+            .await
+            .unwrap();
+        let forged = format!("{}x", first.token);
+        let other_app = registry.ids.issue("main /other");
+        for id in [forged.as_str(), other_app.as_ref(), "garbage"] {
+            let (parts, params) = hit("/", Some(id));
+            let target = registry
+                .resolve(&app, &location, &parts.hit(&params))
+                .await
+                .unwrap();
+            assert!(!Arc::ptr_eq(&target.door, &first.door), "{id}");
+            assert!(target.assigned.is_some(), "{id}");
+        }
+        assert_eq!(directory.lookups.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn sessions_are_listed_found_by_handle_and_ended() {
+        let registry = registry(10);
+        let sessions = Sessions::new(registry.clone());
+        let (app, location) = demo();
+        let mut tokens = vec![];
+        for _ in 0..3 {
+            let (parts, params) = hit("/", None);
+            let target = registry
+                .resolve(&app, &location, &parts.hit(&params))
+                .await
+                .unwrap();
+            tokens.push(target.token);
+        }
+        let list = sessions.list();
+        assert_eq!(list.len(), 3);
+        for info in &list {
+            assert_eq!(info.app, app);
+            assert_eq!(info.state, SessionState::Idle);
+            assert_eq!(info.requests, 0);
+            assert!(info.created <= SystemTime::now());
+            assert!(tokens.iter().all(|t| !info.handle.as_str().contains(&**t)));
+        }
+        let handle = list[0].handle.clone();
+        assert_eq!(sessions.get(handle.as_str()).unwrap().handle, handle);
+        assert!(sessions.get("0000000000000000").is_none());
+        assert!(!sessions.end("0000000000000000"));
+
+        assert!(sessions.end(handle.as_str()));
+        assert!(eventually(|| sessions.count() == 2).await);
+        assert!(sessions.get(handle.as_str()).is_none());
+        // Ending again is harmless; stopping an in-process session ends it.
+        assert!(!sessions.end(handle.as_str()));
+        let other = sessions.list()[0].handle.clone();
+        assert!(sessions.stop(other.as_str()));
+        assert!(eventually(|| sessions.count() == 1).await);
+    }
+
+    #[tokio::test]
+    async fn max_sessions_refuses_in_process_sessions_beyond_it() {
+        let registry = registry(2);
+        let (app, location) = demo();
+        for _ in 0..2 {
+            let (parts, params) = hit("/", None);
+            registry
+                .resolve(&app, &location, &parts.hit(&params))
+                .await
+                .unwrap();
+        }
+        let (parts, params) = hit("/", None);
+        let refused = registry.resolve(&app, &location, &parts.hit(&params)).await;
+        assert!(matches!(refused, Err(Error::TooManySessions(2))));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn spawns_are_paced_after_a_burst_and_refused_past_the_wait() {

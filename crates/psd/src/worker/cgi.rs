@@ -17,7 +17,7 @@ pub const MAX_HEAD_LEN: usize = 64 * 1024;
 /// (the body of its PARAMS stream), straight into one buffer.
 pub fn params(parts: &Parts, meta: &RequestMeta) -> Bytes {
     let path = parts.uri.path();
-    let path_info = path.strip_prefix(&*meta.mount).unwrap_or(path);
+    let path_info = crate::path::after_prefix(&meta.prefix, path);
     let path_info: Vec<u8> = percent_encoding::percent_decode_str(path_info).collect();
     let request_uri = parts
         .uri

@@ -25,13 +25,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::process::{self, Proc};
+use super::process::{self, WorkerProcess};
 use tokio::time::{timeout, Instant};
 
 use super::{cgi, Job, Spawn};
 use crate::body::{self, Body, BoxError, RequestBody};
 use crate::config::{LocationConfig, WorkerCommand};
-use crate::error::Error;
+use crate::error::{Cause, Error, Retry};
 
 /// psd sends one request at a time on each connection, always with this id.
 const REQUEST_ID: u16 = 1;
@@ -39,21 +39,21 @@ const REQUEST_ID: u16 = 1;
 const BODY_CHANNEL_DEPTH: usize = 16;
 
 /// A running FastCGI worker process.
-pub(crate) struct Process {
-    proc: Proc,
+pub(crate) struct FastCgiWorker {
+    proc: WorkerProcess,
     socket: PathBuf,
     session_id: Arc<str>,
     location: Arc<LocationConfig>,
     /// Connections that finished a request with the worker keeping them open.
     idle: Mutex<Vec<Conn>>,
     /// The budget kept connections count against.
-    workers: Arc<process::Workers>,
+    processes: Arc<process::ProcessTable>,
 }
 
-impl Drop for Process {
+impl Drop for FastCgiWorker {
     fn drop(&mut self) {
         let kept = self.idle.get_mut().map_or(0, |idle| idle.len());
-        self.workers.release_connections(kept);
+        self.processes.release_connections(kept);
     }
 }
 
@@ -82,14 +82,18 @@ impl Conn {
 
 type Reply = Option<oneshot::Sender<Result<Response<Body>, Error>>>;
 
-impl Process {
-    pub async fn start(spawn: &Spawn<'_>, command: &WorkerCommand) -> Result<Arc<Process>, Error> {
+impl FastCgiWorker {
+    pub async fn start(
+        spawn: &Spawn<'_>,
+        command: &WorkerCommand,
+    ) -> Result<Arc<FastCgiWorker>, Error> {
         let location = spawn.location;
         let socket = spawn
             .run_dir
             .join(format!("{}.sock", process::random_hex()));
-        let listener = std::os::unix::net::UnixListener::bind(&socket)
-            .map_err(|e| Error::WorkerStart(format!("binding {}: {e}", socket.display())))?;
+        let listener = std::os::unix::net::UnixListener::bind(&socket).map_err(|e| {
+            Error::WorkerStart(Cause::new(format!("binding {}", socket.display()), e))
+        })?;
         let listener: OwnedFd = listener.into();
 
         let mut cmd = process::command(spawn, &command.program, &command.args);
@@ -97,13 +101,13 @@ impl Process {
         let launched = process::launch(cmd, spawn, &command.program, Some(socket.clone()))?;
         let pid = launched.proc.pid();
 
-        let process = Arc::new(Process {
+        let process = Arc::new(FastCgiWorker {
             proc: launched.proc,
             socket,
             session_id: spawn.session_id.clone(),
             location: location.clone(),
             idle: Mutex::new(vec![]),
-            workers: spawn.workers.clone(),
+            processes: spawn.processes.clone(),
         });
         let probe = async {
             process
@@ -164,7 +168,7 @@ impl Process {
             loop {
                 let conn = self.idle.lock().expect("idle list lock").pop();
                 if conn.is_some() {
-                    self.workers.release_connections(1);
+                    self.processes.release_connections(1);
                 }
                 match conn {
                     Some(conn) if replayable || still_open(&conn.stream) => {
@@ -183,7 +187,7 @@ impl Process {
     /// across all workers have reached their budget: then it is closed, and
     /// the session's next request connects again.
     fn checkin(&self, mut conn: Conn) {
-        if !self.workers.keep_connection() {
+        if !self.processes.keep_connection() {
             return;
         }
         if conn.input.capacity() > KEPT_BUFFER || conn.output.capacity() > KEPT_BUFFER {
@@ -275,8 +279,12 @@ impl Process {
         conn: io::Result<(Conn, bool)>,
     ) -> Result<Option<Conn>, Failure> {
         let started = Instant::now();
-        let (mut conn, reused) =
-            conn.map_err(|e| Failure::Other(Error::Worker(format!("connecting to worker: {e}"))))?;
+        let (mut conn, reused) = conn.map_err(|e| {
+            Failure::Other(Error::WorkerConnection(Cause::new(
+                "connecting to worker",
+                e,
+            )))
+        })?;
         let mut received = false;
         let head = &mut conn.output;
         fcgi::encode_begin_request(head, REQUEST_ID, fcgi::ROLE_RESPONDER, fcgi::KEEP_CONN);
@@ -309,7 +317,9 @@ impl Process {
             // Nothing came back on a connection the worker had kept: it
             // closed that connection rather than failing this request.
             match result {
-                Err(e @ Error::Worker(_)) if reused && !received => return Err(Failure::Stale(e)),
+                Err(e) if reused && !received && e.retry() == Retry::ReusedConnection => {
+                    return Err(Failure::Stale(e))
+                }
                 other => other.map_err(Failure::Other)?,
             }
         };
@@ -332,16 +342,15 @@ impl Process {
         let mut phase = Phase::Head(BytesMut::new());
         loop {
             while let Some(record) = fcgi::decode(buf)
-                .map_err(|e| Error::Worker(format!("FastCGI protocol error: {e}")))?
+                .map_err(|e| Error::Worker(Cause::new("FastCGI protocol error", e)))?
             {
                 if record.request_id != REQUEST_ID {
                     if record.request_id == fcgi::NULL_REQUEST_ID {
                         continue;
                     }
-                    return Err(Error::Worker(format!(
-                        "record for unknown request id {}",
-                        record.request_id
-                    )));
+                    return Err(Error::Worker(
+                        format!("record for unknown request id {}", record.request_id).into(),
+                    ));
                 }
                 match record.kind {
                     RecordType::Stdout => match &mut phase {
@@ -373,7 +382,7 @@ impl Process {
                     }
                     RecordType::EndRequest => {
                         let end = EndRequest::parse(&record.content)
-                            .map_err(|e| Error::Worker(format!("FastCGI protocol error: {e}")))?;
+                            .map_err(|e| Error::Worker(Cause::new("FastCGI protocol error", e)))?;
                         return match phase {
                             // The whole response was in what was read: one
                             // body, no channel, no streaming.
@@ -391,7 +400,8 @@ impl Process {
                                 _ => format!(
                                     "response ended inside its headers ({} bytes)",
                                     head.len()
-                                ),
+                                )
+                                .into(),
                             })),
                         };
                     }
@@ -417,12 +427,14 @@ impl Process {
                 _ => head_deadline.saturating_duration_since(Instant::now()),
             };
             let failure = match timeout(wait, rd.read_buf(buf)).await {
-                Ok(Ok(0)) => Error::Worker("worker closed the connection mid-request".into()),
+                Ok(Ok(0)) => {
+                    Error::WorkerConnection("worker closed the connection mid-request".into())
+                }
                 Ok(Ok(_)) => {
                     *received = true;
                     continue;
                 }
-                Ok(Err(e)) => Error::Worker(format!("reading from worker: {e}")),
+                Ok(Err(e)) => Error::WorkerConnection(Cause::new("reading from worker", e)),
                 Err(_) => Error::Timeout(timeout_after),
             };
             if let Phase::Streaming(tx) = phase {
@@ -442,7 +454,7 @@ impl Process {
     /// SIGTERM, then SIGKILL if the worker is still there after `grace`.
     pub async fn stop(&self, grace: Duration) {
         let closed = self.idle.lock().expect("idle list lock").drain(..).count();
-        self.workers.release_connections(closed);
+        self.processes.release_connections(closed);
         self.proc.stop(grace).await;
     }
 }
@@ -466,7 +478,7 @@ fn parse_head(head: &mut BytesMut) -> Result<Option<Phase>, Error> {
         return Ok(None);
     };
     let parsed = cgi::parse_head(&head[..head_len])
-        .map_err(|e| Error::BadResponse(format!("invalid CGI response: {e}")))?;
+        .map_err(|e| Error::BadResponse(Cause::new("invalid CGI response", e)))?;
     let rest = head.split_off(body_start);
     Ok(Some(Phase::Held(parsed, rest)))
 }
@@ -494,7 +506,7 @@ async fn send_request(
     mut body: RequestBody,
     limit: u64,
 ) -> Result<(), Error> {
-    let worker_io = |e: io::Error| Error::Worker(format!("writing to worker: {e}"));
+    let worker_io = |e: io::Error| Error::WorkerConnection(Cause::new("writing to worker", e));
     if body.is_end_stream() {
         // No body: the whole request in one write. libfcgi discards what it
         // read past the PARAMS along with the request, but an empty STDIN
@@ -506,7 +518,7 @@ async fn send_request(
     wr.write_all(out).await.map_err(worker_io)?;
     let mut sent: u64 = 0;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Error::BadRequest(format!("reading request body: {e}")))?;
+        let frame = frame.map_err(|e| Error::BadRequest(Cause::new("reading request body", e)))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };

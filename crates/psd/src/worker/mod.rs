@@ -53,7 +53,7 @@ pub(crate) struct RequestMeta {
     /// The host's `ServerName`.
     pub server_name: Option<Arc<str>>,
     /// The `<Location>` prefix as taken off paths: empty for `/`.
-    pub mount: Arc<str>,
+    pub prefix: Arc<str>,
     /// `SCRIPT_NAME` as the client sees it: a trusted proxy's
     /// `X-Forwarded-Prefix`, then the mount.
     pub script_name: Arc<str>,
@@ -73,7 +73,7 @@ pub(crate) struct Spawn<'a> {
     pub location: &'a Arc<LocationConfig>,
     pub resumed: bool,
     pub run_dir: &'a PathBuf,
-    pub workers: &'a Arc<process::Workers>,
+    pub processes: &'a Arc<process::ProcessTable>,
     pub activity: &'a Arc<Activity>,
 }
 
@@ -125,9 +125,9 @@ impl Drop for OpenGuard {
 /// A running worker; clones share it.
 #[derive(Clone)]
 pub(crate) enum Worker {
-    FastCgi(Arc<fastcgi::Process>),
-    Http(Arc<proxy::Process>),
-    Stdio(Arc<stdio::Process>),
+    FastCgi(Arc<fastcgi::FastCgiWorker>),
+    Http(Arc<proxy::HttpWorker>),
+    Stdio(Arc<stdio::StdioWorker>),
     InProcess(inproc::Task),
 }
 
@@ -141,13 +141,13 @@ impl Worker {
             .expect("validated locations have a handler")
         {
             Handler::Process(command) => match command.protocol {
-                Protocol::FastCgi => fastcgi::Process::start(&spawn, command)
+                Protocol::FastCgi => fastcgi::FastCgiWorker::start(&spawn, command)
                     .await
                     .map(Worker::FastCgi),
-                Protocol::Http => proxy::Process::start(&spawn, command)
+                Protocol::Http => proxy::HttpWorker::start(&spawn, command)
                     .await
                     .map(Worker::Http),
-                Protocol::Stdio => stdio::Process::start(&spawn, command)
+                Protocol::Stdio => stdio::StdioWorker::start(&spawn, command)
                     .await
                     .map(Worker::Stdio),
             },

@@ -22,7 +22,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::timeout;
 
 use super::Spawn;
-use crate::error::Error;
+use crate::error::{Cause, Error};
 
 /// psd's worker processes as a whole: their exits, noticed without holding
 /// a descriptor for each, and the descriptors they do hold.
@@ -33,7 +33,7 @@ use crate::error::Error;
 /// are kept in one table, and every `SIGCHLD` has each of them asked
 /// (`waitpid` with `WNOHANG`, by pid, so no other code's children are
 /// touched) whether it has exited.
-pub(crate) struct Workers {
+pub(crate) struct ProcessTable {
     children: Mutex<HashMap<u32, Watched>>,
     reaping: AtomicBool,
     /// The open-file limit psd runs under.
@@ -81,13 +81,13 @@ impl Watched {
 /// when deciding whether another idle connection may be kept.
 const FD_RESERVE: usize = 512;
 
-impl Workers {
-    pub fn new() -> Arc<Workers> {
+impl ProcessTable {
+    pub fn new() -> Arc<ProcessTable> {
         let fd_limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map_or(1024, |(soft, _)| {
                 usize::try_from(soft).unwrap_or(usize::MAX)
             });
-        Arc::new(Workers {
+        Arc::new(ProcessTable {
             children: Mutex::new(HashMap::new()),
             reaping: AtomicBool::new(false),
             fd_limit,
@@ -147,7 +147,7 @@ impl Workers {
                 return Err(e);
             }
         };
-        let workers: Weak<Workers> = Arc::downgrade(self);
+        let workers: Weak<ProcessTable> = Arc::downgrade(self);
         tokio::spawn(async move {
             while sigchld.recv().await.is_some() {
                 let Some(workers) = workers.upgrade() else {
@@ -234,7 +234,7 @@ const DEATH_NOTICE: Duration = Duration::from_secs(1);
 const STDERR_BUFFER: usize = 512;
 
 /// A running child process; the handle does not own it (the exit watcher does).
-pub(crate) struct Proc {
+pub(crate) struct WorkerProcess {
     pid: u32,
     session: Arc<str>,
     done: watch::Receiver<bool>,
@@ -242,7 +242,7 @@ pub(crate) struct Proc {
 
 /// What [`launch`] hands back besides the process.
 pub(crate) struct Launched {
-    pub proc: Proc,
+    pub proc: WorkerProcess,
     pub stdin: Option<ChildStdin>,
     pub stdout: Option<ChildStdout>,
 }
@@ -302,14 +302,14 @@ pub(crate) fn launch(
     cleanup: Option<PathBuf>,
 ) -> Result<Launched, Error> {
     let session = spawn.session_id;
-    let workers = spawn.workers;
+    let table = spawn.processes;
     let failed = |e: io::Error| {
         if let Some(path) = &cleanup {
             let _ = std::fs::remove_file(path);
         }
-        Error::WorkerStart(format!("{}: {e}", program.display()))
+        Error::WorkerStart(Cause::new(program.display().to_string(), e))
     };
-    workers.reap_from_now().map_err(&failed)?;
+    table.reap_from_now().map_err(&failed)?;
     let mut child = cmd.spawn().map_err(&failed)?;
     let pid = child.id();
     // Set from here rather than between fork and exec, which would cost the
@@ -320,8 +320,8 @@ pub(crate) fn launch(
     let stdin = child.stdin.take().map(ChildStdin::from_std).transpose();
     let stdout = child.stdout.take().map(ChildStdout::from_std).transpose();
     let stderr = child.stderr.take().map(ChildStderr::from_std).transpose();
-    let exited = workers.watch(child);
-    workers.tell_reaper('+', pid);
+    let exited = table.watch(child);
+    table.tell_reaper('+', pid);
     let (stdin, stdout, stderr) = match (stdin, stdout, stderr) {
         (Ok(stdin), Ok(stdout), Ok(stderr)) => (stdin, stdout, stderr),
         (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => {
@@ -329,7 +329,7 @@ pub(crate) fn launch(
             return Err(failed(e));
         }
     };
-    workers.live.fetch_add(1, Ordering::Relaxed);
+    table.live.fetch_add(1, Ordering::Relaxed);
     if let Some(stderr) = stderr {
         let session = session.clone();
         tokio::spawn(async move {
@@ -344,7 +344,7 @@ pub(crate) fn launch(
     let (done_tx, done) = watch::channel(false);
     {
         let session = session.clone();
-        let workers = workers.clone();
+        let table = table.clone();
         tokio::spawn(async move {
             match exited.await {
                 Ok(Ok(status)) => tracing::info!(session = %session, pid, %status, "worker exited"),
@@ -355,8 +355,8 @@ pub(crate) fn launch(
             }
             // Whatever the worker left in its group (its children) goes with it.
             signal_group(pid, Signal::SIGKILL);
-            workers.tell_reaper('-', pid);
-            workers.live.fetch_sub(1, Ordering::Relaxed);
+            table.tell_reaper('-', pid);
+            table.live.fetch_sub(1, Ordering::Relaxed);
             if let Some(path) = cleanup {
                 let _ = std::fs::remove_file(path);
             }
@@ -364,7 +364,7 @@ pub(crate) fn launch(
         });
     }
     Ok(Launched {
-        proc: Proc {
+        proc: WorkerProcess {
             pid,
             session: session.clone(),
             done,
@@ -374,7 +374,7 @@ pub(crate) fn launch(
     })
 }
 
-impl Proc {
+impl WorkerProcess {
     pub fn pid(&self) -> u32 {
         self.pid
     }
@@ -404,7 +404,9 @@ impl Proc {
             Err(_) => format!("not ready within WorkerStartTimeout ({limit:?})"),
         };
         self.kill();
-        Err(Error::WorkerStart(format!("{}: {why}", program.display())))
+        Err(Error::WorkerStart(
+            format!("{}: {why}", program.display()).into(),
+        ))
     }
 
     /// Whether the worker is dead, now that its socket failed us (`why`):

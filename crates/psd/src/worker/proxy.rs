@@ -30,18 +30,18 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{timeout, Instant, Sleep};
 
-use super::process::{self, Proc};
+use super::process::{self, WorkerProcess};
 use super::{is_websocket, Activity, Job, RequestMeta, Spawn};
 use crate::body::{BoxError, RequestBody};
 use crate::config::{LocationConfig, WorkerCommand};
-use crate::error::Error;
+use crate::error::{Cause, Error};
 
 /// Moves the listening socket from fd 0 to fd 3 and exports LISTEN_PID as
 /// the pid that then becomes the program's.
 const TRAMPOLINE: &str = r#"exec 3<&0 0</dev/null; export LISTEN_PID=$$; exec "$0" "$@""#;
 
-pub(crate) struct Process {
-    proc: Proc,
+pub(crate) struct HttpWorker {
+    proc: WorkerProcess,
     addr: SocketAddr,
     session_id: Arc<str>,
     location: Arc<LocationConfig>,
@@ -49,13 +49,16 @@ pub(crate) struct Process {
     idle: Mutex<Vec<SendRequest<LimitedBody>>>,
 }
 
-impl Process {
-    pub async fn start(spawn: &Spawn<'_>, command: &WorkerCommand) -> Result<Arc<Process>, Error> {
+impl HttpWorker {
+    pub async fn start(
+        spawn: &Spawn<'_>,
+        command: &WorkerCommand,
+    ) -> Result<Arc<HttpWorker>, Error> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| Error::WorkerStart(format!("binding a worker port: {e}")))?;
+            .map_err(|e| Error::WorkerStart(Cause::new("binding a worker port", e)))?;
         let addr = listener
             .local_addr()
-            .map_err(|e| Error::WorkerStart(format!("worker port: {e}")))?;
+            .map_err(|e| Error::WorkerStart(Cause::new("worker port", e)))?;
         let listener: OwnedFd = listener.into();
         let mut args = vec![
             "-c".to_string(),
@@ -69,7 +72,7 @@ impl Process {
             .env("LISTEN_FDNAMES", "http")
             .env("PORT", addr.port().to_string());
         let launched = process::launch(cmd, spawn, &command.program, None)?;
-        let process = Arc::new(Process {
+        let process = Arc::new(HttpWorker {
             proc: launched.proc,
             addr,
             session_id: spawn.session_id.clone(),
@@ -145,9 +148,9 @@ impl Process {
             // The client broke off its body (`RequestBuffering off`): its
             // request fails, the worker is fine.
             Ok(Err(e)) if caused_by::<ClientBody>(&e) => {
-                Err(Error::BadRequest(format!("request body: {e}")))
+                Err(Error::BadRequest(Cause::new("request body", e)))
             }
-            Ok(Err(e)) => Err(Error::Worker(format!("proxying to worker: {e}"))),
+            Ok(Err(e)) => Err(Error::Worker(Cause::new("proxying to worker", e))),
             Ok(Ok(response)) => Ok(response),
         };
         let (mut response, sender) = match response {
@@ -215,8 +218,7 @@ impl Process {
     ) -> Request<LimitedBody> {
         let (mut parts, body) = request.into_parts();
         let path = parts.uri.path();
-        let under = path.strip_prefix(&*meta.mount).unwrap_or(path);
-        let under = if under.is_empty() { "/" } else { under };
+        let under = crate::path::under(&meta.prefix, path);
         let target = match parts.uri.query() {
             Some(q) => format!("{under}?{q}"),
             None => under.to_string(),

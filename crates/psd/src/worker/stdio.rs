@@ -49,11 +49,11 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use super::process::{self, Proc};
+use super::process::{self, WorkerProcess};
 use super::{is_websocket, Activity, Job, RequestMeta, Spawn};
 use crate::body::{self, Body, BoxError};
 use crate::config::{LocationConfig, WorkerCommand};
-use crate::error::Error;
+use crate::error::{Cause, Error};
 
 /// The longest line psd reads from a worker: a larger response streams.
 const MAX_LINE: usize = 16 << 20;
@@ -123,7 +123,7 @@ impl State {
             self.forget(id);
             match pending {
                 Pending::Head { reply, .. } => {
-                    let _ = reply.send(Err(Error::Worker(why.to_string())));
+                    let _ = reply.send(Err(Error::Worker(why.to_string().into())));
                 }
                 Pending::Streaming { body, .. } => {
                     let _ = body.try_send(Err(why.to_string().into()));
@@ -133,8 +133,8 @@ impl State {
     }
 }
 
-pub(crate) struct Process {
-    proc: Proc,
+pub(crate) struct StdioWorker {
+    proc: WorkerProcess,
     session_id: Arc<str>,
     location: Arc<LocationConfig>,
     activity: Arc<Activity>,
@@ -143,8 +143,11 @@ pub(crate) struct Process {
     next_id: AtomicU64,
 }
 
-impl Process {
-    pub async fn start(spawn: &Spawn<'_>, command: &WorkerCommand) -> Result<Arc<Process>, Error> {
+impl StdioWorker {
+    pub async fn start(
+        spawn: &Spawn<'_>,
+        command: &WorkerCommand,
+    ) -> Result<Arc<StdioWorker>, Error> {
         let mut cmd = process::command(spawn, &command.program, &command.args);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         let launched = process::launch(cmd, spawn, &command.program, None)?;
@@ -162,7 +165,7 @@ impl Process {
         };
         tokio::spawn(read_lines(stdout, reader));
         tracing::info!(session = %spawn.session_id, pid = launched.proc.pid(), program = %command.program.display(), "worker started");
-        Ok(Arc::new(Process {
+        Ok(Arc::new(StdioWorker {
             proc: launched.proc,
             session_id: spawn.session_id.clone(),
             location: spawn.location.clone(),
@@ -186,13 +189,14 @@ impl Process {
     }
 
     async fn write_line(&self, value: &Value) -> Result<(), Error> {
-        let mut line = serde_json::to_vec(value).map_err(|e| Error::Worker(e.to_string()))?;
+        let mut line = serde_json::to_vec(value)
+            .map_err(|e| Error::Worker(Cause::new("encoding a request", e)))?;
         line.push(b'\n');
         let mut stdin = self.stdin.lock().await;
         stdin
             .write_all(&line)
             .await
-            .map_err(|e| Error::Worker(format!("writing to the worker's stdin: {e}")))
+            .map_err(|e| Error::Worker(Cause::new("writing to the worker's stdin", e)))
     }
 
     pub async fn serve(self: Arc<Self>, job: Job) {
@@ -475,7 +479,7 @@ fn check_upgrade(
 /// query, headers, and who is asking.
 fn request_fields(parts: &http::request::Parts, meta: &RequestMeta) -> Map<String, Value> {
     let path = parts.uri.path();
-    let under = path.strip_prefix(&*meta.mount).unwrap_or(path);
+    let under = crate::path::under(&meta.prefix, path);
     let headers: Vec<Value> = parts
         .headers
         .iter()
@@ -483,10 +487,7 @@ fn request_fields(parts: &http::request::Parts, meta: &RequestMeta) -> Map<Strin
         .collect();
     let mut fields = Map::new();
     fields.insert("method".into(), json!(parts.method.as_str()));
-    fields.insert(
-        "path".into(),
-        json!(if under.is_empty() { "/" } else { under }),
-    );
+    fields.insert("path".into(), json!(under));
     fields.insert("query".into(), json!(parts.uri.query().unwrap_or("")));
     fields.insert("headers".into(), Value::Array(headers));
     fields.insert("session".into(), json!(&*meta.session_id));
@@ -559,7 +560,7 @@ impl Reader {
             Some(Pending::Head { reply, done }) => match head(&object) {
                 Err(why) => {
                     self.warn(format_args!("worker answered request {id} with {why}"));
-                    let _ = reply.send(Err(Error::BadResponse(why)));
+                    let _ = reply.send(Err(Error::BadResponse(why.into())));
                 }
                 Ok((response, false)) => {
                     let _ = reply.send(Ok(response.map(body::full)));

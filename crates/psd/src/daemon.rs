@@ -1,0 +1,193 @@
+//! The daemon as a whole: `DataDir`, the session secret, the open-file
+//! limit, and the order of things at start, reload and shutdown.
+//!
+//! [`Server`] wires the listener ([`crate::http`]) to the session registry
+//! ([`crate::session`]); [`run`] is what `main` and the integration tests
+//! call. This module never parses a request and never touches a worker.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::access_log::AccessLog;
+use crate::config::{Config, Handler};
+use crate::http::Shared;
+use crate::mapper::{IdBook, Signer};
+use crate::session::{InMemory, Registry, Sessions};
+
+/// `sun_path` is 108 bytes on Linux, including the final NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Descriptors psd must hold per live process session: the worker's stderr
+/// pipe. (Kept connections to workers use what the limit leaves; a session
+/// without one connects for each request.)
+const FDS_PER_PROCESS_SESSION: u64 = 1;
+
+/// A prepared daemon: `DataDir` ready, secret loaded, nothing listening yet.
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+/// Applies a new configuration to a running [`Server`] (what SIGHUP does).
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+}
+
+impl Reloader {
+    /// New requests follow `config` from now on; live sessions keep their
+    /// worker and the settings they started with, and in-flight requests
+    /// finish. Settings bound at start (listeners, DataDir, the secret,
+    /// MaxSessions, logs) need a restart: a change to them is logged and
+    /// otherwise ignored. On error nothing changes.
+    pub fn reload(&self, config: Config) -> anyhow::Result<()> {
+        let current = self.shared.routing();
+        for directive in current.config.needs_restart(&config) {
+            tracing::warn!("{directive} changed: it takes effect only after a restart");
+        }
+        drop(current);
+        self.shared.route(config, None)?;
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+}
+
+/// Runs the daemon on `listeners` until `shutdown` resolves, then drains and
+/// stops every session. Returns once no worker is left.
+pub async fn run(
+    listeners: Vec<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    Server::new(config)?.run(listeners, shutdown).await
+}
+
+impl Server {
+    /// Prepares `DataDir` (mode 0700), the session secret and the registry.
+    pub fn new(config: Config) -> anyhow::Result<Server> {
+        Ok(Server {
+            shared: Arc::new(prepare(config)?),
+        })
+    }
+
+    /// A handle that applies new configurations to this server once it runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// A handle on the sessions: count, list, stop, end.
+    pub fn sessions(&self) -> Sessions {
+        Sessions::new(self.shared.registry.clone())
+    }
+
+    /// Serves until `shutdown` resolves; see [`run`].
+    pub async fn run(
+        self,
+        listeners: Vec<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let shared = self.shared;
+        let addrs = listeners
+            .iter()
+            .map(TcpListener::local_addr)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        shared.route(shared.routing().config.clone(), Some(addrs))?;
+        let access_log = match &shared.routing().config.access_log {
+            None => None,
+            Some(path) => Some(
+                AccessLog::open(path.as_deref()).with_context(|| match path {
+                    Some(path) => format!("AccessLog {}", path.display()),
+                    None => "AccessLog".into(),
+                })?,
+            ),
+        };
+        let expiry = tokio::spawn(shared.registry.clone().expire_sessions());
+        crate::http::listener::serve(shared.clone(), listeners, access_log, shutdown).await;
+        expiry.abort();
+        shared.registry.shutdown().await;
+        tracing::info!("all sessions stopped");
+        Ok(())
+    }
+}
+
+/// DataDir, the secret, the worker socket folder and the registry.
+fn prepare(config: Config) -> anyhow::Result<Shared> {
+    use std::os::unix::fs::DirBuilderExt;
+    let run_dir = config.data_dir.join("run");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&run_dir)
+        .with_context(|| format!("creating {}", run_dir.display()))?;
+    let socket_len = run_dir.as_os_str().len() + "/0123456789abcdef.sock".len();
+    if socket_len > MAX_SOCKET_PATH {
+        anyhow::bail!(
+            "DataDir {} is too long for worker sockets (a Unix socket path is at most {MAX_SOCKET_PATH} bytes)",
+            config.data_dir.display()
+        );
+    }
+    remove_stale_sockets(&run_dir);
+    warn_if_fds_too_few(&config);
+    if !nix::unistd::geteuid().is_root() {
+        for location in config
+            .locations
+            .iter()
+            .filter(|l| l.user.is_some() || l.group.is_some())
+        {
+            tracing::warn!(location = %location.prefix, "User/Group ignored: psd is not running as root");
+        }
+    }
+    let secret = config
+        .session_secret
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("secret"));
+    let signer = Signer::load_or_create(&secret, &config.node_name)
+        .with_context(|| format!("session secret {}", secret.display()))?;
+    let registry = Registry::new(
+        IdBook::new(signer),
+        Arc::new(InMemory),
+        config.max_sessions,
+        config.max_spawn_rate,
+        run_dir.clone(),
+    );
+    Shared::new(registry, run_dir, config)
+}
+
+/// Says so at start when `MaxSessions` worker processes cannot fit in the
+/// open-file limit: beyond it, new workers fail to start (502).
+fn warn_if_fds_too_few(config: &Config) {
+    let has_processes = config
+        .locations
+        .iter()
+        .any(|l| matches!(l.handler, Some(Handler::Process(_))));
+    let Ok((limit, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    else {
+        return;
+    };
+    let needed = config.max_sessions as u64 * FDS_PER_PROCESS_SESSION + 64;
+    if has_processes && needed > limit {
+        tracing::warn!(
+            "MaxSessions {} worker processes need about {needed} open files, but the limit is {limit}: \
+             at most about {} can run at once (raise LimitNOFILE / ulimit -n)",
+            config.max_sessions,
+            limit.saturating_sub(64) / FDS_PER_PROCESS_SESSION
+        );
+    }
+}
+
+/// Sockets left by a psd that was killed; no worker listens on them any more.
+fn remove_stale_sockets(run_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.path().extension().is_some_and(|e| e == "sock") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! One request in, one response out: the request is checked, routed to its
+//! `<Location>`, its body received (per `RequestBuffering`), its session
+//! found or created, and it goes as a job through the session's door; the
+//! answer is framed ([`body::frame`]) whatever the worker wrote.
+//!
+//! [`handle`] takes a `Request<B>` for any body type and no socket: the
+//! listener gives it hyper's `Incoming`, a unit test a `String`. It never
+//! touches a worker and never holds a lock across an `.await`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HOST, LOCATION, SET_COOKIE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use tokio::sync::oneshot;
+
+use super::{own_urls, Mount, Shared};
+use crate::access_log::{self, AccessLog};
+use crate::body::{self, Body, BoxError};
+use crate::config;
+use crate::error::Error;
+use crate::mapper::{self, client, Access, Hit};
+use crate::session::Target;
+use crate::worker::{Job, RequestMeta};
+
+/// What a request's connection says about it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnInfo {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub https: bool,
+}
+
+/// How the client addressed a request: scheme, host and prefix, as a
+/// trusted proxy reports them or as the connection shows them.
+pub(super) struct View {
+    pub https: bool,
+    pub host: Option<Arc<str>>,
+    /// `SCRIPT_NAME` as the client sees it (outer prefix, then the mount).
+    pub script_name: Arc<str>,
+    pub server_name: Option<Arc<str>>,
+}
+
+impl View {
+    /// The path cookies of this location are set for.
+    fn cookie_path(&self) -> &str {
+        if self.script_name.is_empty() {
+            "/"
+        } else {
+            &self.script_name
+        }
+    }
+}
+
+/// Answers one request; with an access log, logs it once its body is sent.
+pub(crate) async fn handle<B>(
+    shared: &Shared,
+    log: Option<&AccessLog>,
+    request: Request<B>,
+    conn: ConnInfo,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut trace = Trace::default();
+    let Some(log) = log else {
+        return respond(shared, request, conn, &mut trace).await;
+    };
+    let mut entry = access_log::Entry::new(&request);
+    let response = respond(shared, request, conn, &mut trace).await;
+    entry.client = trace.client;
+    entry.session = trace.session;
+    entry.upstream = trace.upstream;
+    entry.finish(log, response)
+}
+
+/// What handling a request learned, for the access log.
+#[derive(Default)]
+struct Trace {
+    client: Option<IpAddr>,
+    session: Option<Arc<str>>,
+    upstream: Option<Duration>,
+}
+
+async fn respond<B>(
+    shared: &Shared,
+    mut request: Request<B>,
+    conn: ConnInfo,
+    trace: &mut Trace,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if let Err(e) = strict(&request) {
+        return Error::BadRequest(e.into()).to_response();
+    }
+    // HTTP/2 carries the host as :authority, HTTP/1.1's absolute-form in the
+    // request target, which then wins over Host (RFC 9112 §3.2.2); workers
+    // want a Host header either way.
+    if request.version() != http::Version::HTTP_2 || !request.headers().contains_key(HOST) {
+        if let Some(v) = request
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            request.headers_mut().insert(HOST, v);
+        }
+    }
+    let routing = shared.routing();
+    let trusted = &routing.config.trusted_proxies;
+    let forwarded = client::forwarded(conn.remote.ip(), request.headers(), trusted);
+    let client = client::client_addr(conn.remote.ip(), request.headers(), trusted);
+    trace.client = Some(client);
+    let host_header = request
+        .headers()
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let vhost = routing
+        .config
+        .select_host(conn.local, host_header.as_deref().map(config::strip_port));
+    let normal = match crate::path::normalize(request.uri().path()) {
+        Ok(normal) => normal,
+        Err(e) => return Error::BadRequest(e.to_string().into()).to_response(),
+    };
+    let path = &*normal.decoded;
+    let Some(mount) = routing.mount_for(vhost, path) else {
+        return Error::NotFound.to_response();
+    };
+    let location = &mount.config;
+    let under = crate::path::under(&mount.prefix, path).to_string();
+    // Workers see the normalised path, encoded one canonical way.
+    if let std::borrow::Cow::Owned(encoded) = normal.encoded {
+        let target = match request.uri().query() {
+            Some(q) => format!("{encoded}?{q}"),
+            None => encoded,
+        };
+        match target.parse() {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(_) => return Error::BadRequest("unparsable path".into()).to_response(),
+        }
+    }
+    let view = View {
+        https: forwarded.https.unwrap_or(conn.https),
+        host: forwarded.host.or(host_header).map(Arc::from),
+        script_name: match &forwarded.prefix {
+            Some(outer) => format!("{outer}{}", mount.prefix).into(),
+            None => mount.prefix.clone(),
+        },
+        server_name: match vhost {
+            Some(v) => routing.vhost_names[v].clone(),
+            None => routing.main_name.clone(),
+        },
+    };
+    if under == "/.psd" || under.starts_with("/.psd/") {
+        return own_urls::answer(shared, mount, &request, &under, client, &view);
+    }
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > location.max_request_body) {
+        return Error::BodyTooLarge {
+            limit: location.max_request_body,
+        }
+        .to_response();
+    }
+
+    let (mut parts, incoming) = request.into_parts();
+    let mut params = mapper::params(parts.uri.query(), None);
+    let form = parts.method == Method::POST && mapper::is_form(&parts.headers);
+    let body = if location.mapper.reads_form_fields() && form {
+        match body::read_all(body::streamed(incoming), location.max_request_body).await {
+            Ok(bytes) => {
+                params.extend(mapper::params(None, Some(&bytes)));
+                set_length(&mut parts.headers, bytes.len() as u64);
+                body::buffered(bytes)
+            }
+            Err(e) => return e.to_response(),
+        }
+    } else if location.request_buffering && !incoming.is_end_stream() {
+        // Received before the request takes the session's turn: a slow or
+        // broken upload holds up nobody but its own client.
+        let received = body::receive(
+            body::streamed(incoming),
+            location.max_request_body,
+            &shared.spool,
+            location.request_timeout,
+        )
+        .await;
+        match received {
+            Ok(received) => {
+                set_length(&mut parts.headers, received.len());
+                received.into_body()
+            }
+            Err(e) => {
+                if let Error::Internal(_) = e {
+                    tracing::error!("{e}");
+                }
+                return e.to_response();
+            }
+        }
+    } else {
+        body::streamed(incoming)
+    };
+    let hit = Hit {
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &parts.headers,
+        path: &under,
+        client,
+        params: &params,
+    };
+    let target = match shared.registry.resolve(&mount.app, location, &hit).await {
+        Ok(target) => target,
+        Err(e) => {
+            tracing::warn!(%client, "{e}");
+            return e.to_response();
+        }
+    };
+    if target.access == Access::ReadOnly && !matches!(parts.method, Method::GET | Method::HEAD) {
+        return Error::ReadOnly.to_response();
+    }
+    if let Some(redirect) = query_redirect(&target, &parts.uri, &under, &view) {
+        return redirect;
+    }
+
+    let head_request = parts.method == Method::HEAD;
+    let upgrade = crate::worker::is_websocket(&parts.headers);
+    let (reply, answer) = oneshot::channel();
+    let job = Job {
+        request: Request::from_parts(parts, body),
+        meta: meta(mount, &target, client, conn, &view),
+        reply,
+    };
+    trace.session = Some(target.token.clone());
+    let asked = tokio::time::Instant::now();
+    let answer = target.door.call(target.queue.as_ref(), job, answer).await;
+    trace.upstream = Some(asked.elapsed());
+    let framed = answer.and_then(|r| body::frame(r, head_request, upgrade, &target.token));
+    let mut response = framed.unwrap_or_else(|e| {
+        if let Error::BadResponse(_) = e {
+            tracing::warn!(session = %target.token, "{e}");
+        }
+        e.to_response()
+    });
+    if let Some(cookie) = target.assigned.as_ref().and_then(|a| a.cookie.as_deref()) {
+        set_cookie(&mut response, cookie, &target.token, &view);
+    }
+    response
+}
+
+/// What the worker learns about a request besides the request itself.
+fn meta(
+    mount: &Mount,
+    target: &Target,
+    client: IpAddr,
+    conn: ConnInfo,
+    view: &View,
+) -> RequestMeta {
+    RequestMeta {
+        client,
+        client_port: (client == conn.remote.ip()).then_some(conn.remote.port()),
+        local: conn.local,
+        https: view.https,
+        host: view.host.clone(),
+        server_name: view.server_name.clone(),
+        prefix: mount.prefix.clone(),
+        script_name: view.script_name.clone(),
+        app: mount.name.clone(),
+        script_filename: mount.script_filename.clone(),
+        document_root: mount.document_root.clone(),
+        session_id: target.token.clone(),
+        access: target.access,
+        session_param: mount.config.mapper.query_name().map(Arc::from),
+    }
+}
+
+/// The longest method name psd accepts; the registered ones are at most 17.
+const MAX_METHOD_LEN: usize = 32;
+
+/// What RFC 9112 §3.2 requires of a request before it is routed: one
+/// `Host` (and in HTTP/1.1, at least one), and a method of sane length.
+fn strict<B>(request: &Request<B>) -> Result<(), &'static str> {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err("more than one Host header"),
+        (None, None) if request.version() == http::Version::HTTP_11 => {
+            return Err("HTTP/1.1 request without Host")
+        }
+        _ => {}
+    }
+    if request.method().as_str().len() > MAX_METHOD_LEN {
+        return Err("method name too long");
+    }
+    Ok(())
+}
+
+/// Query mode: a new session is announced by `303 See Other` to the same URL
+/// with the id added (a POST becomes a GET, as browsers do with 303).
+fn query_redirect(
+    target: &Target,
+    uri: &http::Uri,
+    under: &str,
+    view: &View,
+) -> Option<Response<Body>> {
+    let assigned = target.assigned.as_ref()?;
+    let param = assigned.query.as_deref()?;
+    let path = format!("{}{under}", view.script_name);
+    let mut response = redirect(&mapper::with_param(&path, uri.query(), param, &assigned.id));
+    if let Some(cookie) = assigned.cookie.as_deref() {
+        set_cookie(&mut response, cookie, &assigned.id, view);
+    }
+    Some(response)
+}
+
+pub(super) fn redirect(to: &str) -> Response<Body> {
+    let mut response = Response::new(body::full(Bytes::new()));
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(value) = HeaderValue::from_str(to) {
+        response.headers_mut().insert(LOCATION, value);
+    }
+    response
+}
+
+pub(super) fn set_cookie(response: &mut Response<Body>, name: &str, id: &str, view: &View) {
+    if let Ok(value) = HeaderValue::from_str(&mapper::set_cookie(
+        name,
+        id,
+        view.cookie_path(),
+        view.https,
+    )) {
+        response.headers_mut().append(SET_COOKIE, value);
+    }
+}
+
+/// A received body's length replaces however the client framed it, so
+/// workers get `CONTENT_LENGTH` also for chunked uploads.
+fn set_length(headers: &mut http::HeaderMap, len: u64) {
+    headers.remove(http::header::TRANSFER_ENCODING);
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+}

@@ -1,0 +1,83 @@
+//! psd's own URLs under `PREFIX/.psd/`; applications never see them.
+//!
+//! - `share`: a read-write session gets a link that carries its read-only id;
+//! - `join?id=ID`: sets the cookie to a read-only id and redirects to the app.
+//!
+//! Nothing here creates a session or reaches a worker.
+
+use std::net::IpAddr;
+
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response};
+
+use super::handler::{redirect, set_cookie, View};
+use super::{Mount, Shared};
+use crate::body::{self, Body};
+use crate::error::Error;
+use crate::mapper::{self, Access, Hit, Ids};
+
+pub(super) fn answer<B>(
+    shared: &Shared,
+    mount: &Mount,
+    request: &Request<B>,
+    under: &str,
+    client: IpAddr,
+    view: &View,
+) -> Response<Body> {
+    let mapper = &*mount.config.mapper;
+    let ids = &shared.registry.ids;
+    let app = mount.app.as_str();
+    let params = mapper::params(request.uri().query(), None);
+    let base = format!("{}/", view.script_name);
+    match under {
+        "/.psd/share" => {
+            let hit = Hit {
+                method: request.method(),
+                uri: request.uri(),
+                headers: request.headers(),
+                path: "/",
+                client,
+                params: &params,
+            };
+            // Sharing is of the id: with `path` parts, the read-only id
+            // reaches every path's session of it, as the read-write id does.
+            let presented = mapper
+                .get_session_id_from_hit(&hit, &Ids::new(ids, app))
+                .and_then(|mapped| mapped.presented)
+                .filter(|p| p.access == Access::ReadWrite)
+                .and_then(|p| ids.share(app, &p.id));
+            let Some(read_only) = presented else {
+                return Error::ReadOnly.to_response();
+            };
+            let link = match (mapper.query_name(), mapper.cookie_name()) {
+                (Some(q), _) => mapper::with_param(&base, None, q, &read_only),
+                (None, Some(_)) => format!("{base}.psd/join?id={read_only}"),
+                (None, None) => return Error::NotFound.to_response(),
+            };
+            let mut response = Response::new(body::full(format!(
+                "<!DOCTYPE html>\n<p>Read-only link to this session: <a href=\"{link}\">{link}</a></p>\n"
+            )));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            response
+        }
+        "/.psd/join" => {
+            let token = params
+                .iter()
+                .find(|(k, _)| k == "id")
+                .map(|(_, v)| v.as_str());
+            let valid = token.and_then(|t| ids.verify(app, t));
+            match (valid, mapper.cookie_name()) {
+                (Some(p), Some(cookie)) if p.access == Access::ReadOnly => {
+                    let mut response = redirect(&base);
+                    set_cookie(&mut response, cookie, &p.token, view);
+                    response
+                }
+                _ => Error::NotFound.to_response(),
+            }
+        }
+        _ => Error::NotFound.to_response(),
+    }
+}

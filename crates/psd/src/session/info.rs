@@ -1,0 +1,221 @@
+//! What psd knows about each session, in one record: the admin API, metrics
+//! and the state store all read it, and only the session's lifecycle
+//! ([`super::lifecycle`]) changes its state.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::VirtualHost;
+
+/// An application's identity: the host it is mounted on and its prefix.
+/// It stays the same across reloads and restarts, so a session id signed
+/// for it, and a record stored under it, stay valid.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct AppKey(Arc<str>);
+
+impl AppKey {
+    /// The identity of the `<Location prefix>` of `vhost` (the main server
+    /// when `None`).
+    ///
+    /// The encoding is part of every session id's MAC and of every stored
+    /// record's key: changing it ends every existing session. A unit test
+    /// pins it.
+    pub fn new(vhost: Option<&VirtualHost>, prefix: &str) -> AppKey {
+        AppKey(
+            match vhost {
+                Some(v) => {
+                    let ip = v.ip.map_or("*".to_string(), |ip| ip.to_string());
+                    let name = v.host.server_name.as_deref().unwrap_or("");
+                    format!("{ip}:{} {name} {prefix}", v.port)
+                }
+                None => format!("main {prefix}"),
+            }
+            .into(),
+        )
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AppKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for AppKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AppKey({:?})", &*self.0)
+    }
+}
+
+/// A session's public name: a short hash of its application and key, so
+/// that operators can name a session without holding its id (which is the
+/// user's credential).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Handle(Arc<str>);
+
+impl Handle {
+    /// Hex characters of the hash kept: 64 bits.
+    const LEN: usize = 16;
+
+    pub(crate) fn of(app: &AppKey, key: &str) -> Handle {
+        let mut hash = Sha256::new();
+        hash.update(app.as_str().as_bytes());
+        hash.update([0]);
+        hash.update(key.as_bytes());
+        let digest = hash.finalize();
+        let hex: String = digest
+            .iter()
+            .take(Self::LEN / 2)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Handle(hex.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Handle({})", &*self.0)
+    }
+}
+
+/// Where a session is in its life (DESIGN.md's admin states, plus the
+/// moment of ending).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// Its worker is starting.
+    Starting,
+    /// Its worker runs and no request is in it.
+    Idle,
+    /// A request is in it.
+    Busy,
+    /// No worker: before the first request, or after the worker stopped
+    /// (idle timeout, crash, eviction, `stop`). The next request starts one.
+    Dormant,
+    /// It is ending; it will be gone in a moment.
+    Stopping,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Starting => "starting",
+            SessionState::Idle => "idle",
+            SessionState::Busy => "busy",
+            SessionState::Dormant => "dormant",
+            SessionState::Stopping => "stopping",
+        }
+    }
+}
+
+/// One session, as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub handle: Handle,
+    pub app: AppKey,
+    pub state: SessionState,
+    pub created: SystemTime,
+    /// When its last request ended (or it was created).
+    pub last_active: SystemTime,
+    pub requests: u64,
+    /// The worker process, while one runs.
+    pub pid: Option<u32>,
+    /// The address that created it.
+    pub client: IpAddr,
+}
+
+/// The lifecycle's side of a session's record: what only its transitions
+/// change. The door keeps the per-request side (requests, last activity)
+/// where the requests already pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Dormant,
+    Starting,
+    Running,
+    Stopping,
+}
+
+/// A session's record: fixed at creation, but for its phase and worker pid.
+pub(crate) struct Record {
+    pub handle: Handle,
+    pub app: AppKey,
+    pub created: SystemTime,
+    pub client: IpAddr,
+    now: Mutex<(Phase, Option<u32>)>,
+}
+
+impl Record {
+    pub fn new(app: &AppKey, key: &str, client: IpAddr) -> Arc<Record> {
+        Arc::new(Record {
+            handle: Handle::of(app, key),
+            app: app.clone(),
+            created: SystemTime::now(),
+            client,
+            now: Mutex::new((Phase::Dormant, None)),
+        })
+    }
+
+    /// The lifecycle's one `transition()` calls this.
+    pub fn set(&self, phase: Phase, pid: Option<u32>) {
+        *self.now.lock().expect("record lock") = (phase, pid);
+    }
+
+    pub fn phase(&self) -> (Phase, Option<u32>) {
+        *self.now.lock().expect("record lock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stored sessions and issued ids depend on this encoding: a change
+    /// here would orphan them all.
+    #[test]
+    fn app_keys_keep_their_encoding() {
+        assert_eq!(AppKey::new(None, "/app").as_str(), "main /app");
+        let vhost = VirtualHost {
+            ip: None,
+            port: 8080,
+            host: crate::config::Host {
+                server_name: Some("a.example".into()),
+                ..Default::default()
+            },
+            at: psd_conf::Location {
+                file: std::path::Path::new("t.conf").into(),
+                line: 1,
+            },
+        };
+        assert_eq!(
+            AppKey::new(Some(&vhost), "/").as_str(),
+            "*:8080 a.example /"
+        );
+    }
+
+    #[test]
+    fn handles_are_short_stable_and_do_not_show_the_id() {
+        let app = AppKey::new(None, "/");
+        let h = Handle::of(&app, "id=SECRET\n");
+        assert_eq!(h.as_str().len(), 16);
+        assert_eq!(h, Handle::of(&app, "id=SECRET\n"));
+        assert_ne!(h, Handle::of(&AppKey::new(None, "/x"), "id=SECRET\n"));
+        assert!(!h.as_str().contains("SECRET"));
+    }
+}
