@@ -11,18 +11,14 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
-use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
-use crate::body::{Body, BoxError};
+use crate::body::Body;
 
 /// Where access lines go.
 #[derive(Clone)]
@@ -101,11 +97,10 @@ impl Entry {
     pub fn finish(self, log: &AccessLog, response: Response<Body>) -> Response<Body> {
         let status = response.status().as_u16();
         let (parts, body) = response.into_parts();
-        let counted = Counted {
-            inner: body,
-            sent: 0,
-            pending: Some((self, status, log.clone())),
-        };
+        let log = log.clone();
+        let counted = crate::body::OnEnd::new(body, move |sent| {
+            let _ = log.lines.send(self.line(status, sent));
+        });
         Response::from_parts(parts, counted.boxed())
     }
 
@@ -183,56 +178,6 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
-}
-
-/// A body that counts what it sends and logs its line when done or dropped.
-struct Counted {
-    inner: Body,
-    sent: u64,
-    pending: Option<(Entry, u16, AccessLog)>,
-}
-
-impl Counted {
-    fn log(&mut self) {
-        if let Some((entry, status, log)) = self.pending.take() {
-            let _ = log.lines.send(entry.line(status, self.sent));
-        }
-    }
-}
-
-impl http_body::Body for Counted {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        match &frame {
-            Some(Ok(f)) => {
-                if let Some(data) = f.data_ref() {
-                    self.sent += data.len() as u64;
-                }
-            }
-            _ => self.log(),
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.log();
-    }
 }
 
 #[cfg(test)]

@@ -242,6 +242,204 @@ impl http_body::Body for ChannelBody {
     }
 }
 
+/// The marker error of a request body over `MaxRequestBody`.
+#[derive(Debug)]
+pub(crate) struct TooLarge;
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body over MaxRequestBody")
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+/// The marker error of a request body the client broke off.
+#[derive(Debug)]
+pub(crate) struct ClientBody(BoxError);
+
+impl std::fmt::Display for ClientBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client's request body failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBody {}
+
+/// Whether `e` or any error under it is a `T`.
+pub(crate) fn caused_by<T: std::error::Error + 'static>(e: &BoxError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(err) = source {
+        if err.is::<T>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// A request body on its way to a worker: fails with [`TooLarge`] past
+/// `limit`, and marks the client's own failures [`ClientBody`], so that
+/// neither is taken for the worker's.
+pub(crate) struct Limited {
+    inner: RequestBody,
+    left: u64,
+}
+
+impl Limited {
+    pub fn new(inner: RequestBody, limit: u64) -> Limited {
+        Limited { inner, left: limit }
+    }
+}
+
+impl http_body::Body for Limited {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let frame = frame.map(|f| f.map_err(|e| Box::new(ClientBody(e)) as BoxError));
+        if let Some(Ok(frame)) = &frame {
+            if let Some(data) = frame.data_ref() {
+                let len = data.len() as u64;
+                if len > self.left {
+                    return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                }
+                self.left -= len;
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A body that fails once its source has been silent for `idle` (a worker
+/// that stops writing mid-response).
+pub(crate) struct IdleTimeout<B> {
+    inner: B,
+    idle: std::time::Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> IdleTimeout<B> {
+    pub fn new(inner: B, idle: std::time::Duration) -> IdleTimeout<B> {
+        IdleTimeout {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl<B> http_body::Body for IdleTimeout<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        use std::future::Future;
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + self.idle;
+                self.deadline.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err("went silent mid-body".into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A body that counts the bytes it passes on and calls `done` with their
+/// number once: at its end, at an error, or when it is dropped unfinished.
+pub(crate) struct OnEnd<B, F: FnOnce(u64)> {
+    inner: B,
+    sent: u64,
+    done: Option<F>,
+}
+
+impl<B, F: FnOnce(u64)> OnEnd<B, F> {
+    pub fn new(inner: B, done: F) -> OnEnd<B, F> {
+        OnEnd {
+            inner,
+            sent: 0,
+            done: Some(done),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(self.sent);
+        }
+    }
+}
+
+impl<B, F> http_body::Body for OnEnd<B, F>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+    F: FnOnce(u64) + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    self.sent += data.len() as u64;
+                }
+            }
+            _ => self.finish(),
+        }
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B, F: FnOnce(u64)> Drop for OnEnd<B, F> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 /// Frames a worker's response before it reaches the client: psd, not the
 /// worker, decides where a response ends, so a worker's bytes can never
 /// become the start of the next response on a kept-alive connection

@@ -185,7 +185,7 @@ pub fn parse_head(head: &[u8]) -> Result<Head, String> {
                     .ok_or_else(|| format!("invalid Status: {:?}", value))?;
                 status = Some(code);
             }
-            "connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "te" | "trailer" => {}
+            hop if super::upstream::is_hop_by_hop(hop) => {}
             _ => {
                 headers.append(name, value);
             }

@@ -1,11 +1,13 @@
 //! Workers: what actually answers a session's requests.
 //!
-//! A worker is a process speaking FastCGI ([`fastcgi`]), HTTP ([`proxy`]) or
-//! JSON lines ([`stdio`]),
-//! or an async task in this process ([`inproc`]). Both offer the same four operations to
-//! the session that owns them: start, serve one request, notice when they are
-//! gone, and stop. This module never decides *when* to start or stop a worker
-//! (the session's lifecycle does) and never sees other sessions.
+//! A worker is a process speaking FastCGI ([`fastcgi`]), HTTP ([`proxy`],
+//! through an [`upstream`]) or JSON lines ([`stdio`]), or an async task in
+//! this process ([`inproc`]). All four offer the same operations to the
+//! session that owns them: start, serve one request, notice when they are
+//! gone, and stop. [`process`] is what the three process kinds share:
+//! spawning, the process table, stopping. This module never decides *when*
+//! to start or stop a worker (the session's lifecycle does) and never sees
+//! other sessions.
 
 pub(crate) mod cgi;
 pub(crate) mod fastcgi;
@@ -14,6 +16,7 @@ pub(crate) mod process;
 pub(crate) mod proxy;
 pub(crate) mod sched;
 pub(crate) mod stdio;
+pub(crate) mod upstream;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

@@ -667,10 +667,7 @@ fn head(object: &Map<String, Value>) -> Result<(Response<Bytes>, bool), String> 
             .map_err(|_| format!("invalid header name {name:?}"))?;
         let value =
             HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {name}"))?;
-        if !matches!(
-            name.as_str(),
-            "connection" | "transfer-encoding" | "keep-alive" | "upgrade"
-        ) {
+        if !super::upstream::is_hop_by_hop(name.as_str()) {
             response.headers_mut().append(name, value);
         }
     }
