@@ -669,3 +669,64 @@ fn request_bodies_are_streamed_to_the_worker_not_buffered_whole() {
         "psd's peak RSS grew by {grown} KiB for a 64 MiB body"
     );
 }
+
+/// What the admin API will be a thin layer on: `Sessions` lists a session
+/// with its real worker's pid, `stop` ends the worker and keeps the
+/// session (its next request resumes it), `end` ends the session (its id
+/// then names nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_lists_stops_and_ends_sessions_by_handle() {
+    use psd::config::{Handler, LocationConfig, Protocol, WorkerCommand};
+    let dir = TempDir::new("operator");
+    let mut location = LocationConfig::new("/");
+    location.handler = Some(Handler::Process(WorkerCommand {
+        protocol: Protocol::FastCgi,
+        program: perl_counter(),
+        args: vec![],
+    }));
+    let (base, stop, server, sessions) = serve_with_handle(&dir, vec![location], 10).await;
+    let jar = TempDir::new("operator-jar");
+    let client = std::sync::Arc::new(Client::with_jar(&jar, "c"));
+    let get = |client: std::sync::Arc<Client>, url: String| blocking(move || client.get(&url));
+
+    let first = get(client.clone(), format!("{base}/")).await;
+    let list = sessions.list();
+    assert_eq!(list.len(), 1);
+    let info = &list[0];
+    assert_eq!(info.pid, Some(first.pid()));
+    assert_eq!(info.state, psd::SessionState::Idle);
+    assert_eq!(info.requests, 1);
+    assert_eq!(info.app.as_str(), "main /");
+    let session = first.field("session").unwrap();
+    assert!(!info.handle.as_str().contains(&session));
+
+    assert!(sessions.stop(info.handle.as_str()));
+    let pid = first.pid();
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(pid)),
+        "worker {pid} still runs"
+    );
+    assert!(eventually(Duration::from_secs(5), || {
+        sessions.get(info.handle.as_str()).map(|i| i.state) == Some(psd::SessionState::Dormant)
+    }));
+    assert_eq!(sessions.get(info.handle.as_str()).unwrap().pid, None);
+    let resumed = get(client.clone(), format!("{base}/")).await;
+    assert_eq!(resumed.field("session"), Some(session.clone()));
+    assert_eq!(resumed.field("resumed").as_deref(), Some("1"));
+    assert_ne!(resumed.pid(), pid);
+    assert!(sessions.stop(info.handle.as_str()), "stop is idempotent");
+
+    assert!(sessions.end(info.handle.as_str()));
+    assert!(eventually(Duration::from_secs(5), || sessions.count() == 0));
+    assert!(!sessions.end(info.handle.as_str()));
+    let after = get(client, format!("{base}/")).await;
+    assert_ne!(
+        after.field("session"),
+        Some(session),
+        "an ended session's id names nothing"
+    );
+    assert_eq!(after.field("resumed").as_deref(), Some("0"));
+
+    drop(stop);
+    server.await.unwrap().unwrap();
+}

@@ -345,3 +345,178 @@ fn set_length(headers: &mut http::HeaderMap, len: u64) {
     headers.remove(http::header::TRANSFER_ENCODING);
     headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
 }
+
+/// The handler without a socket: requests built in memory, answered by the
+/// built-in counter as an in-process application.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::config::{Config, LocationConfig};
+
+    fn shared(locations: Vec<LocationConfig>) -> Shared {
+        let config = Config {
+            locations,
+            ..Config::default()
+        };
+        let registry = crate::session::tests::registry(4);
+        Shared::new(registry, std::env::temp_dir(), config).unwrap()
+    }
+
+    fn counter_at(prefix: &str) -> LocationConfig {
+        LocationConfig::in_process(prefix, crate::demo::counter())
+    }
+
+    const CONN: ConnInfo = ConnInfo {
+        remote: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000),
+        local: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080),
+        https: false,
+    };
+
+    fn get(uri: &str) -> http::request::Builder {
+        Request::get(uri).header(HOST, "example.org")
+    }
+
+    /// The request's answer: status, headers and the body as text.
+    async fn oneshot(
+        shared: &Shared,
+        request: Request<String>,
+    ) -> (StatusCode, http::HeaderMap, String) {
+        let response = handle(shared, None, request, CONN).await;
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&bytes).into(),
+        )
+    }
+
+    /// `name=value` of the response's session cookie.
+    fn cookie(headers: &http::HeaderMap) -> String {
+        let set = headers[SET_COOKIE].to_str().unwrap();
+        set.split(';').next().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_session_is_created_then_found_by_its_cookie() {
+        let shared = shared(vec![counter_at("/app")]);
+        let (status, headers, body) =
+            oneshot(&shared, get("/app/?option=++").body(String::new()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("Count: 1"), "{body}");
+        let set = headers[SET_COOKIE].to_str().unwrap();
+        assert!(set.contains("Path=/app; HttpOnly; SameSite=Lax"), "{set}");
+        let request = get("/app/?option=++")
+            .header("cookie", cookie(&headers))
+            .body(String::new())
+            .unwrap();
+        let (status, headers, body) = oneshot(&shared, request).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("Count: 2"), "{body}");
+        assert!(
+            !headers.contains_key(SET_COOKIE),
+            "no new id for a known session"
+        );
+        assert_eq!(shared.registry.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn requests_that_cannot_be_routed_get_their_status_and_no_session() {
+        let shared = shared(vec![counter_at("/app")]);
+        let cases = [
+            (
+                get("/other").body(String::new()).unwrap(),
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                Request::get("/app/").body(String::new()).unwrap(),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                get("/app/")
+                    .header(HOST, "second.example")
+                    .body(String::new())
+                    .unwrap(),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                get("/app/%00").body(String::new()).unwrap(),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Request::post("/app/")
+                    .header(HOST, "example.org")
+                    .header(CONTENT_LENGTH, "99999999999")
+                    .body(String::new())
+                    .unwrap(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            (
+                get("/app/.psd/nothing").body(String::new()).unwrap(),
+                StatusCode::NOT_FOUND,
+            ),
+        ];
+        for (request, want) in cases {
+            let what = format!("{} {:?}", request.uri(), request.headers());
+            let (status, _, _) = oneshot(&shared, request).await;
+            assert_eq!(status, want, "{what}");
+        }
+        assert_eq!(shared.registry.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_read_only_id_reads_but_may_not_post() {
+        let shared = shared(vec![counter_at("/")]);
+        let (_, headers, _) = oneshot(&shared, get("/").body(String::new()).unwrap()).await;
+        let rw = cookie(&headers);
+        let request = get("/.psd/share")
+            .header("cookie", &rw)
+            .body(String::new())
+            .unwrap();
+        let (status, _, page) = oneshot(&shared, request).await;
+        assert_eq!(status, StatusCode::OK);
+        let join = page
+            .split("href=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let (status, headers, _) = oneshot(&shared, get(join).body(String::new()).unwrap()).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let ro = cookie(&headers);
+        assert_ne!(ro, rw);
+        let read = get("/").header("cookie", &ro).body(String::new()).unwrap();
+        let (status, _, body) = oneshot(&shared, read).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("Count: 0"), "{body}");
+        let write = Request::post("/")
+            .header(HOST, "example.org")
+            .header("cookie", &ro)
+            .body("option=++".to_string())
+            .unwrap();
+        let (status, _, _) = oneshot(&shared, write).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(shared.registry.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn query_mode_announces_a_new_session_by_redirect() {
+        let mut location = counter_at("/q");
+        location.mapper =
+            Arc::new(crate::mapper::SessionKey::parse(&["query".into(), "sid".into()]).unwrap());
+        let shared = shared(vec![location]);
+        let (status, headers, _) =
+            oneshot(&shared, get("/q/page?x=1").body(String::new()).unwrap()).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let to = headers[LOCATION].to_str().unwrap();
+        assert!(to.starts_with("/q/page?x=1&sid=n."), "{to}");
+        let (status, _, body) = oneshot(&shared, get(to).body(String::new()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(shared.registry.count(), 1);
+    }
+}

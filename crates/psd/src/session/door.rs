@@ -287,3 +287,125 @@ impl Drop for Exchange {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::config::LocationConfig;
+
+    /// A worker for the door to hold: an in-process task nobody runs.
+    fn worker() -> Worker {
+        let app = crate::demo::counter();
+        let location = Arc::new(LocationConfig::in_process("/", app.clone()));
+        let (task, _main) =
+            crate::worker::inproc::Task::new(&"x".into(), &location, &app, Arc::default());
+        Worker::InProcess(task)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn turns_go_one_at_a_time_in_arrival_order() {
+        let door = Door::new(1);
+        let first = door.turn().await.unwrap();
+        let order = Arc::new(Mutex::new(vec![]));
+        let mut waiting = vec![];
+        for i in 0..3 {
+            let (door, order) = (door.clone(), order.clone());
+            waiting.push(tokio::spawn(async move {
+                let turn = door.turn().await.unwrap();
+                order.lock().unwrap().push(i);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                drop(turn);
+            }));
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            order.lock().unwrap().is_empty(),
+            "nobody overtakes the turn held"
+        );
+        drop(first);
+        for task in waiting {
+            task.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2]);
+        assert_eq!(door.served(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_with_too_many_waiting_is_busy() {
+        let door = Door::new(1);
+        let _held = door.turn().await.unwrap();
+        let mut waiting = vec![];
+        for _ in 0..MAX_WAITING {
+            let door = door.clone();
+            waiting.push(tokio::spawn(async move { door.turn().await.map(drop) }));
+        }
+        while door.waiting.load(Ordering::Relaxed) < MAX_WAITING {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(door.turn().await, Err(Error::SessionBusy)));
+        for task in &waiting {
+            task.abort();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_worker_is_taken_only_after_the_idle_time_with_no_request_in() {
+        let door = Door::new(2);
+        door.set_worker(Some(worker()));
+        let turn = door.turn().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(
+            door.take_if_idle_for(Duration::from_secs(10)).is_none(),
+            "a request is in"
+        );
+        let check = door.idle_check(Duration::from_secs(10), Instant::now());
+        assert_eq!(
+            check - Instant::now(),
+            Duration::from_secs(1),
+            "busy: look again soon"
+        );
+        drop(turn);
+        assert!(
+            door.take_if_idle_for(Duration::from_secs(10)).is_none(),
+            "just active"
+        );
+        let check = door.idle_check(Duration::from_secs(10), Instant::now());
+        assert_eq!(check - Instant::now(), Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(door.take_if_idle_for(Duration::from_secs(10)).is_some());
+        assert!(
+            door.take_if_idle_for(Duration::from_secs(10)).is_none(),
+            "taken once"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_an_idle_one_request_session_may_be_evicted_and_only_once() {
+        let door = Door::new(1);
+        let min_idle = Duration::from_secs(2);
+        assert!(door.evictable(min_idle, 1).is_none(), "no worker");
+        door.set_worker(Some(worker()));
+        drop(door.turn().await.unwrap());
+        assert!(
+            door.evictable(min_idle, 1).is_none(),
+            "not idle long enough"
+        );
+        tokio::time::sleep(min_idle).await;
+        assert_eq!(door.evictable(min_idle, 1), Some(min_idle));
+        door.choose_for_eviction();
+        assert!(door.evictable(min_idle, 1).is_none(), "chosen already");
+        door.set_worker(Some(worker()));
+        drop(door.turn().await.unwrap());
+        tokio::time::sleep(min_idle).await;
+        assert!(
+            door.evictable(min_idle, 1).is_none(),
+            "served two: in real use"
+        );
+    }
+}
