@@ -16,7 +16,7 @@ use crate::access_log::AccessLog;
 use crate::config::{Config, Handler};
 use crate::http::Shared;
 use crate::mapper::{IdBook, Signer};
-use crate::session::{InMemory, Registry, Sessions};
+use crate::session::{Directory, InMemory, Registry, Sessions};
 
 /// `sun_path` is 108 bytes on Linux, including the final NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -67,9 +67,16 @@ pub async fn run(
 
 impl Server {
     /// Prepares `DataDir` (mode 0700), the session secret and the registry.
+    /// Sessions live in memory only.
     pub fn new(config: Config) -> anyhow::Result<Server> {
+        Server::with_directory(config, Arc::new(InMemory))
+    }
+
+    /// Like [`Server::new`], with `directory` asked about every valid
+    /// session id that names no session in memory (a store, a cluster).
+    pub fn with_directory(config: Config, directory: Arc<dyn Directory>) -> anyhow::Result<Server> {
         Ok(Server {
-            shared: Arc::new(prepare(config)?),
+            shared: Arc::new(prepare(config, directory)?),
         })
     }
 
@@ -116,7 +123,7 @@ impl Server {
 }
 
 /// DataDir, the secret, the worker socket folder and the registry.
-fn prepare(config: Config) -> anyhow::Result<Shared> {
+fn prepare(config: Config, directory: Arc<dyn Directory>) -> anyhow::Result<Shared> {
     use std::os::unix::fs::DirBuilderExt;
     let run_dir = config.data_dir.join("run");
     std::fs::DirBuilder::new()
@@ -150,7 +157,7 @@ fn prepare(config: Config) -> anyhow::Result<Shared> {
         .with_context(|| format!("session secret {}", secret.display()))?;
     let registry = Registry::new(
         IdBook::new(signer),
-        Arc::new(InMemory),
+        directory,
         config.max_sessions,
         config.max_spawn_rate,
         run_dir.clone(),

@@ -730,3 +730,67 @@ async fn an_operator_lists_stops_and_ends_sessions_by_handle() {
     drop(stop);
     server.await.unwrap().unwrap();
 }
+
+/// A directory that says every valid id it is asked about is a dormant
+/// session: what a store will say of sessions that outlived psd.
+struct EverySessionIsDormant;
+
+impl psd::session::Directory for EverySessionIsDormant {
+    fn find<'a>(
+        &'a self,
+        _app: &'a psd::session::AppKey,
+        _id: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<psd::session::Found, psd::Error>> + Send + 'a>,
+    > {
+        Box::pin(async { Ok(psd::session::Found::Dormant) })
+    }
+}
+
+/// The registry's miss path, end to end: after a restart, a valid id that
+/// no session in memory has goes to the directory, and when it says the
+/// session exists, the session comes back with its id and a resumed worker
+/// instead of a new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_the_directory_knows_resumes_after_a_restart() {
+    use psd::config::{Handler, LocationConfig, Protocol, WorkerCommand};
+    let dir = TempDir::new("directory");
+    let jar = TempDir::new("directory-jar");
+    let client = std::sync::Arc::new(Client::with_jar(&jar, "c"));
+    let mut sessions = vec![];
+    for _ in 0..2 {
+        let mut location = LocationConfig::new("/");
+        location.handler = Some(Handler::Process(WorkerCommand {
+            protocol: Protocol::FastCgi,
+            program: perl_counter(),
+            args: vec![],
+        }));
+        let config = psd::Config {
+            data_dir: dir.join("data"),
+            locations: vec![location],
+            ..psd::Config::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let server =
+            psd::Server::with_directory(config, std::sync::Arc::new(EverySessionIsDormant))
+                .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(vec![listener], async move {
+            let _ = stopped.await;
+        }));
+        let c = client.clone();
+        sessions.push(blocking(move || c.get(&url)).await);
+        drop(stop);
+        running.await.unwrap().unwrap();
+    }
+    let (before, after) = (&sessions[0], &sessions[1]);
+    assert_eq!(before.field("resumed").as_deref(), Some("0"));
+    assert_eq!(
+        after.field("session"),
+        before.field("session"),
+        "same id after the restart"
+    );
+    assert_eq!(after.field("resumed").as_deref(), Some("1"));
+    assert!(after.header("set-cookie").is_none(), "no new id handed out");
+}
