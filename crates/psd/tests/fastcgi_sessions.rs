@@ -14,6 +14,18 @@ fn perl_counter() -> PathBuf {
     repo().join("examples/counter-perl/counter.pl")
 }
 
+/// The Perl counter at `/`, configured in code.
+fn perl_location() -> psd::config::LocationConfig {
+    use psd::config::{Handler, LocationConfig, Protocol, WorkerCommand};
+    let mut location = LocationConfig::new("/");
+    location.handler = Some(Handler::Process(WorkerCommand {
+        protocol: Protocol::FastCgi,
+        program: perl_counter(),
+        args: vec![],
+    }));
+    location
+}
+
 fn misbehave() -> PathBuf {
     test_worker("misbehave.pl")
 }
@@ -676,15 +688,8 @@ fn request_bodies_are_streamed_to_the_worker_not_buffered_whole() {
 /// then names nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_lists_stops_and_ends_sessions_by_handle() {
-    use psd::config::{Handler, LocationConfig, Protocol, WorkerCommand};
     let dir = TempDir::new("operator");
-    let mut location = LocationConfig::new("/");
-    location.handler = Some(Handler::Process(WorkerCommand {
-        protocol: Protocol::FastCgi,
-        program: perl_counter(),
-        args: vec![],
-    }));
-    let (base, stop, server, sessions) = serve_with_handle(&dir, vec![location], 10).await;
+    let (base, stop, server, sessions) = serve_with_handle(&dir, vec![perl_location()], 10).await;
     let jar = TempDir::new("operator-jar");
     let client = std::sync::Arc::new(Client::with_jar(&jar, "c"));
     let get = |client: std::sync::Arc<Client>, url: String| blocking(move || client.get(&url));
@@ -753,21 +758,14 @@ impl psd::session::Directory for EverySessionIsDormant {
 /// instead of a new id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_the_directory_knows_resumes_after_a_restart() {
-    use psd::config::{Handler, LocationConfig, Protocol, WorkerCommand};
     let dir = TempDir::new("directory");
     let jar = TempDir::new("directory-jar");
     let client = std::sync::Arc::new(Client::with_jar(&jar, "c"));
     let mut sessions = vec![];
     for _ in 0..2 {
-        let mut location = LocationConfig::new("/");
-        location.handler = Some(Handler::Process(WorkerCommand {
-            protocol: Protocol::FastCgi,
-            program: perl_counter(),
-            args: vec![],
-        }));
         let config = psd::Config {
             data_dir: dir.join("data"),
-            locations: vec![location],
+            locations: vec![perl_location()],
             ..psd::Config::default()
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
