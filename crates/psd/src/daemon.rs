@@ -1,7 +1,7 @@
 //! The daemon as a whole: `DataDir`, the session secret, the open-file
 //! limit, and the order of things at start, reload and shutdown.
 //!
-//! [`Server`] wires the listener ([`crate::http`]) to the session registry
+//! [`Server`] wires the listener (`http`) to the session registry
 //! ([`crate::session`]); [`run`] is what `main` and the integration tests
 //! call. This module never parses a request and never touches a worker.
 

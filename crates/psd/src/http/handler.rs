@@ -20,7 +20,7 @@ use super::{own_urls, Mount, Shared};
 use crate::access_log::{self, AccessLog};
 use crate::body::{self, Body, BoxError};
 use crate::config;
-use crate::error::Error;
+use crate::error::{Error, Side};
 use crate::mapper::{self, client, Access, Hit};
 use crate::session::Target;
 use crate::worker::{Job, RequestMeta};
@@ -219,7 +219,10 @@ where
     let target = match shared.registry.resolve(&mount.app, location, &hit).await {
         Ok(target) => target,
         Err(e) => {
-            tracing::warn!(%client, "{e}");
+            match e.side() {
+                Side::Client => tracing::info!(%client, "{e}"),
+                _ => tracing::warn!(%client, "{e}"),
+            }
             return e.to_response();
         }
     };

@@ -2,7 +2,7 @@
 //! the rightmost untrusted address it forwarded (`Forwarded`, RFC 7239, or
 //! else `X-Forwarded-For`). Headers from untrusted peers are ignored, so a
 //! client cannot claim another address. And how much each address holds
-//! ([`PerClient`]): the one count behind `MaxSessionsPerClient` and
+//! (`PerClient`): the one count behind `MaxSessionsPerClient` and
 //! `MaxConnectionsPerClient`.
 
 use std::collections::HashMap;

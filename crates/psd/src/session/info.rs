@@ -162,17 +162,19 @@ pub(crate) struct Record {
 }
 
 impl Record {
-    pub fn new(app: &AppKey, key: &str, client: IpAddr) -> Arc<Record> {
+    /// A new session's record; it starts in `phase` (`Dormant` for a
+    /// process session, `Running` for an in-process one).
+    pub fn new(app: &AppKey, key: &str, client: IpAddr, phase: Phase) -> Arc<Record> {
         Arc::new(Record {
             handle: Handle::of(app, key),
             app: app.clone(),
             created: SystemTime::now(),
             client,
-            now: Mutex::new((Phase::Dormant, None)),
+            now: Mutex::new((phase, None)),
         })
     }
 
-    /// The lifecycle's one `transition()` calls this.
+    /// Only the lifecycle's `transition()` calls this.
     pub fn set(&self, phase: Phase, pid: Option<u32>) {
         *self.now.lock().expect("record lock") = (phase, pid);
     }

@@ -59,6 +59,16 @@ pub(super) struct Core {
 }
 
 impl Core {
+    /// The one place a session changes state: its record (what the admin
+    /// API reads) follows.
+    fn transition(&self, from: &mut Phase, to: Phase, pid: Option<u32>) {
+        if *from != to {
+            tracing::debug!(session = %self.id, ?pid, "{from:?} -> {to:?}");
+            *from = to;
+        }
+        self.record.set(to, pid);
+    }
+
     /// Leaves the registry: the id names nothing from now on.
     fn leave(&self) {
         self.registry.remove(&self.app, &self.key, self.serial);
@@ -263,14 +273,9 @@ impl Supervisor {
         });
     }
 
-    /// The one place a session changes state.
     fn transition(&self, life: &mut Life, to: Phase) {
         let pid = life.worker.as_ref().and_then(Worker::pid);
-        if life.phase != to {
-            tracing::debug!(session = %self.core.id, ?pid, "{:?} -> {:?}", life.phase, to);
-            life.phase = to;
-        }
-        self.core.record.set(to, pid);
+        self.core.transition(&mut life.phase, to, pid);
     }
 }
 
@@ -317,7 +322,7 @@ impl Continuation {
                 }
             }
         };
-        core.record.set(Phase::Stopping, None);
+        core.transition(&mut Phase::Running, Phase::Stopping, None);
         if let Some(Worker::InProcess(task)) = core.door.set_worker(None) {
             task.close();
         }
@@ -357,7 +362,12 @@ mod tests {
         super::Core {
             id: "x".into(),
             key: "k".into(),
-            record: Record::new(&app, "k", "127.0.0.1".parse().unwrap()),
+            record: Record::new(
+                &app,
+                "k",
+                "127.0.0.1".parse().unwrap(),
+                super::Phase::Dormant,
+            ),
             app,
             serial: 0,
             location,

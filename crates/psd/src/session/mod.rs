@@ -6,10 +6,10 @@
 //! map (the hit path, no await); a miss goes through an async step —
 //! the [`Directory`] (store, cluster) for an id it does not hold, then
 //! creation — outside the lock. A running session's requests go through its
-//! [`Door`] straight to the worker, in the task of the connection that
+//! `Door` straight to the worker, in the task of the connection that
 //! brought them; everything else about a session — starting and stopping
-//! its worker, its timers, its [`Record`] — belongs to that session's own
-//! task ([`lifecycle`]). Beside the map: the `IdBook` (which ids are live,
+//! its worker, its timers, its `Record` — belongs to that session's own
+//! task (`lifecycle`). Beside the map: the `IdBook` (which ids are live,
 //! and the read-only ids handed out for them) and the live-session slots
 //! that enforce `MaxSessions` and `MaxSessionsPerClient`. [`Sessions`] is
 //! the public handle on all of it: count, list, stop, end.
@@ -294,7 +294,11 @@ impl Registry {
         };
         let orders = Arc::new(Orders::default());
         let door = Door::new(location.worker_concurrency);
-        let record = Record::new(app, &new.key, client);
+        let phase = match location.handler {
+            Some(Handler::InProcess(_)) => Phase::Running,
+            _ => Phase::Dormant,
+        };
+        let record = Record::new(app, &new.key, client, phase);
         // Process sessions have a task that starts their worker, fed by a
         // queue; an in-process session's task is the application itself.
         let (queue, requests, main) = match &location.handler {
@@ -302,7 +306,6 @@ impl Registry {
                 let (task, main) =
                     inproc::Task::new(&new.id, location, application, orders.end.clone());
                 door.set_worker(Some(Worker::InProcess(task)));
-                record.set(Phase::Running, None);
                 (None, None, Some(main))
             }
             _ => {
