@@ -16,7 +16,7 @@ use crate::access_log::AccessLog;
 use crate::config::{Config, Handler};
 use crate::http::Shared;
 use crate::mapper::{IdBook, Signer};
-use crate::session::{Directory, InMemory, Registry, Sessions};
+use crate::session::{Directory, Registry, Sessions, Stored};
 
 /// `sun_path` is 108 bytes on Linux, including the final NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -69,12 +69,16 @@ impl Server {
     /// Prepares `DataDir` (mode 0700), the session secret and the registry.
     /// Sessions live in memory only.
     pub fn new(config: Config) -> anyhow::Result<Server> {
-        Server::with_directory(config, Arc::new(InMemory))
+        Server::prepare(config, None)
     }
 
     /// Like [`Server::new`], with `directory` asked about every valid
     /// session id that names no session in memory (a store, a cluster).
     pub fn with_directory(config: Config, directory: Arc<dyn Directory>) -> anyhow::Result<Server> {
+        Server::prepare(config, Some(directory))
+    }
+
+    fn prepare(config: Config, directory: Option<Arc<dyn Directory>>) -> anyhow::Result<Server> {
         Ok(Server {
             shared: Arc::new(prepare(config, directory)?),
         })
@@ -122,8 +126,10 @@ impl Server {
     }
 }
 
-/// DataDir, the secret, the worker socket folder and the registry.
-fn prepare(config: Config, directory: Arc<dyn Directory>) -> anyhow::Result<Shared> {
+/// DataDir, the secret, the worker socket folder, the state store and the
+/// registry; the store's records answer the registry's misses unless
+/// `directory` is given.
+fn prepare(config: Config, directory: Option<Arc<dyn Directory>>) -> anyhow::Result<Shared> {
     use std::os::unix::fs::DirBuilderExt;
     let run_dir = config.data_dir.join("run");
     std::fs::DirBuilder::new()
@@ -155,9 +161,13 @@ fn prepare(config: Config, directory: Arc<dyn Directory>) -> anyhow::Result<Shar
         .unwrap_or_else(|| config.data_dir.join("secret"));
     let signer = Signer::load_or_create(&secret, &config.node_name)
         .with_context(|| format!("session secret {}", secret.display()))?;
+    let store = crate::store::open(&config.state_store, &config.data_dir)?;
+    let directory = directory.unwrap_or_else(|| Arc::new(Stored(store.clone())));
     let registry = Registry::new(
         IdBook::new(signer),
         directory,
+        store,
+        &config.node_name,
         config.max_sessions,
         config.max_spawn_rate,
         run_dir.clone(),

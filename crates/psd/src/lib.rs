@@ -31,6 +31,7 @@ mod http;
 pub mod mapper;
 mod path;
 pub mod session;
+pub mod store;
 pub mod tls;
 mod worker;
 

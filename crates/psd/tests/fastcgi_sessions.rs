@@ -748,7 +748,11 @@ impl psd::session::Directory for EverySessionIsDormant {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<psd::session::Found, psd::Error>> + Send + 'a>,
     > {
-        Box::pin(async { Ok(psd::session::Found::Dormant) })
+        Box::pin(async {
+            Ok(psd::session::Found::Dormant {
+                created: std::time::SystemTime::now(),
+            })
+        })
     }
 }
 

@@ -234,6 +234,22 @@ pub const DIRECTIVES: &[Directive] = &[
         }),
     },
     Directive {
+        name: "StateStore",
+        scope: Scope::Server,
+        reload: Reload::Restart,
+        syntax: "StateStore embedded|memory",
+        default: "embedded",
+        help: "Where session records live. embedded: `DataDir/state.redb`, written durably (writes batched into shared commits); a session whose worker stopped, or that outlived a restart of psd (SIGTERM or kill -9), resumes with its id and `PSD_RESUMED=1` until its SessionLifetime. A store file psd cannot read stops psd from starting, naming the file. memory: nothing survives psd.",
+        apply: Apply::Server(|c, a, _| {
+            c.state_store = match one(a)?.to_ascii_lowercase().as_str() {
+                "embedded" => crate::store::StoreKind::Embedded,
+                "memory" => crate::store::StoreKind::Memory,
+                other => return Err(format!("'{other}': expected embedded or memory")),
+            };
+            Ok(())
+        }),
+    },
+    Directive {
         name: "MaxSessions",
         scope: Scope::Server,
         reload: Reload::Restart,
@@ -541,6 +557,22 @@ pub const DIRECTIVES: &[Directive] = &[
         help: "Larger request bodies get 413.",
         apply: Apply::Location(|l, a| {
             l.max_request_body = size(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "OnTimeout",
+        scope: Scope::Location,
+        reload: Reload::NewSessions,
+        syntax: "OnTimeout resume|restart",
+        default: "resume",
+        help: "What SessionTimeout (idle) does. resume: the worker stops and the session stays, dormant, until SessionLifetime: its next request starts a worker with `PSD_RESUMED=1` under the same id. restart: the session ends (its record deleted); the old id then gets a new session.",
+        apply: Apply::Location(|l, a| {
+            l.resume_on_timeout = match one(a)?.to_ascii_lowercase().as_str() {
+                "resume" => true,
+                "restart" => false,
+                other => return Err(format!("'{other}': expected resume or restart")),
+            };
             Ok(())
         }),
     },

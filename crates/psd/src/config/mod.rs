@@ -50,6 +50,8 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
     pub log_level: String,
     pub node_name: String,
+    /// `StateStore`.
+    pub state_store: crate::store::StoreKind,
     /// The main server: the host of every request no virtual host takes.
     pub main: Host,
     pub vhosts: Vec<VirtualHost>,
@@ -109,6 +111,8 @@ pub struct LocationConfig {
     /// `RequestBuffering`: receive the whole body before the request takes
     /// the session's turn.
     pub request_buffering: bool,
+    /// `OnTimeout resume` (true) or `restart`.
+    pub resume_on_timeout: bool,
     pub set_env: Vec<(String, String)>,
     pub pass_env: Vec<String>,
     pub working_directory: Option<PathBuf>,
@@ -175,6 +179,7 @@ impl Default for Config {
             pid_file: None,
             log_level: "info".into(),
             node_name: "psd".into(),
+            state_store: crate::store::StoreKind::Embedded,
             main: Host::default(),
             vhosts: vec![],
             locations: vec![],
@@ -200,6 +205,7 @@ impl LocationConfig {
             scheduling: SchedulingPolicy::Batch,
             max_request_body: 10 << 20,
             request_buffering: true,
+            resume_on_timeout: true,
             set_env: vec![],
             pass_env: vec![],
             working_directory: None,

@@ -4,13 +4,17 @@
 //!
 //! The registry asks its [`Directory`] only on a miss — a request whose id
 //! verifies but names no session in memory — and never under its lock; the
-//! hit path never awaits. [`InMemory`], the default, knows nothing beyond
-//! the registry's own map, which is psd's behaviour without a store.
+//! hit path never awaits. [`Stored`] answers from the state store;
+//! [`InMemory`] knows nothing beyond the registry's own map.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 
 use super::AppKey;
-use crate::error::Error;
+use crate::error::{Cause, Error};
+use crate::store::{unix_ms, Store};
 
 /// What the directory knows of a session id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,9 +22,10 @@ pub enum Found {
     /// No such session (never created, ended, or forgotten): the request
     /// gets a new one.
     Nowhere,
-    /// The session exists and nobody runs it: it resumes here, with its id,
-    /// and its first worker starts with `PSD_RESUMED=1`.
-    Dormant,
+    /// The session exists and nobody runs it: it resumes here, with its id
+    /// and its creation time (its `SessionLifetime` runs from then), and its
+    /// first worker starts with `PSD_RESUMED=1`.
+    Dormant { created: SystemTime },
 }
 
 /// The sessions beyond this process's memory.
@@ -36,5 +41,32 @@ pub struct InMemory;
 impl Directory for InMemory {
     fn find<'a>(&'a self, _app: &'a AppKey, _id: &'a str) -> BoxFuture<'a, Result<Found, Error>> {
         Box::pin(std::future::ready(Ok(Found::Nowhere)))
+    }
+}
+
+/// The state store's records: a session whose record is there, and not past
+/// its lifetime, is dormant; one past it is forgotten on the way.
+pub struct Stored(pub Arc<dyn Store>);
+
+impl Directory for Stored {
+    fn find<'a>(&'a self, app: &'a AppKey, id: &'a str) -> BoxFuture<'a, Result<Found, Error>> {
+        Box::pin(async move {
+            let record = self
+                .0
+                .session(app.as_str(), id)
+                .await
+                .map_err(|e| Error::Store(Cause::new("reading a session record", e)))?;
+            match record {
+                Some(r) if !r.expired_at(unix_ms(SystemTime::now())) => Ok(Found::Dormant {
+                    created: UNIX_EPOCH + Duration::from_millis(r.created),
+                }),
+                Some(_) => {
+                    // Past its lifetime: gone, as if the sweep had got to it first.
+                    let _ = self.0.forget(app.as_str(), id).await;
+                    Ok(Found::Nowhere)
+                }
+                None => Ok(Found::Nowhere),
+            }
+        })
     }
 }

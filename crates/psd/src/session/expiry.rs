@@ -2,7 +2,9 @@
 //!
 //! One task looks a few times per the shortest lifetime any session has
 //! (between 50 ms and 5 s apart), and sooner when a session with a shorter
-//! one appears.
+//! one appears. Dormant sessions that only the state store still holds
+//! (their worker stopped, or psd restarted) are purged from it at start and
+//! then every [`PURGE_PERIOD`].
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,11 +14,24 @@ use super::Registry;
 
 const MIN_PERIOD: Duration = Duration::from_millis(50);
 const MAX_PERIOD: Duration = Duration::from_secs(5);
+/// How often records past their lifetime are deleted from the store. A
+/// request for one meanwhile finds it expired and gets a new session.
+const PURGE_PERIOD: Duration = Duration::from_secs(60);
 
 impl Registry {
     /// Ends sessions as they pass their `SessionLifetime`, until dropped.
     pub async fn expire_sessions(self: Arc<Self>) {
+        let mut next_purge = tokio::time::Instant::now();
         loop {
+            if tokio::time::Instant::now() >= next_purge {
+                next_purge += PURGE_PERIOD;
+                let now = crate::store::unix_ms(std::time::SystemTime::now());
+                match self.store.purge_expired(now).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("{n} dormant sessions reached their SessionLifetime"),
+                    Err(e) => tracing::warn!("state store: purging expired sessions: {e}"),
+                }
+            }
             let shortest = Duration::from_millis(self.shortest_lifetime.load(Ordering::Relaxed));
             let period = (shortest / 4).clamp(MIN_PERIOD, MAX_PERIOD);
             tokio::select! {

@@ -164,11 +164,17 @@ pub(crate) struct Record {
 impl Record {
     /// A new session's record; it starts in `phase` (`Dormant` for a
     /// process session, `Running` for an in-process one).
-    pub fn new(app: &AppKey, key: &str, client: IpAddr, phase: Phase) -> Arc<Record> {
+    pub fn new(
+        app: &AppKey,
+        key: &str,
+        client: IpAddr,
+        phase: Phase,
+        created: SystemTime,
+    ) -> Arc<Record> {
         Arc::new(Record {
             handle: Handle::of(app, key),
             app: app.clone(),
-            created: SystemTime::now(),
+            created,
             client,
             now: Mutex::new((phase, None)),
         })

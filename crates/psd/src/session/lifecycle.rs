@@ -29,7 +29,9 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::BoxFuture;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
@@ -40,6 +42,7 @@ use super::{AppKey, Orders, Registry, Slot};
 use crate::app::SessionFuture;
 use crate::config::LocationConfig;
 use crate::error::Error;
+use crate::store::{unix_ms, SessionRecord, StoreError};
 use crate::worker::{Activity, Job, Spawn, Worker};
 
 /// What both kinds of session task hold: who they are, and their ties to
@@ -58,7 +61,49 @@ pub(super) struct Core {
     pub _alive: mpsc::Sender<()>,
 }
 
+/// What becomes of a process session's record when its task ends.
+#[derive(Clone, Copy)]
+enum Fate {
+    /// It stays in the store: psd is shutting down, and the session resumes
+    /// when psd is back.
+    Keep,
+    /// The session is over: its id names nothing any more.
+    Forget,
+}
+use Fate::{Forget, Keep};
+
 impl Core {
+    /// Writes the session's record to the store, without waiting for the
+    /// write (the store keeps one session's writes in order).
+    fn save(&self) {
+        let (_, idle, _) = self.door.activity();
+        let created = self.record.created;
+        let record = SessionRecord {
+            app: self.app.as_str().into(),
+            id: self.id.to_string(),
+            created: unix_ms(created),
+            last_active: unix_ms(SystemTime::now() - idle).max(unix_ms(created)),
+            expires: unix_ms(created + self.location.session_lifetime),
+            node: self.registry.node.to_string(),
+        };
+        self.acknowledged(self.registry.store.save(record), "saving");
+    }
+
+    /// Deletes the session's record, without waiting for it.
+    fn forget(&self) {
+        let write = self.registry.store.forget(self.app.as_str(), &self.id);
+        self.acknowledged(write, "deleting");
+    }
+
+    fn acknowledged(&self, write: BoxFuture<'static, Result<(), StoreError>>, doing: &'static str) {
+        let session = self.id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = write.await {
+                tracing::warn!(%session, "state store: {doing} the session's record: {e}");
+            }
+        });
+    }
+
     /// The one place a session changes state: its record (what the admin
     /// API reads) follows.
     fn transition(&self, from: &mut Phase, to: Phase, pid: Option<u32>) {
@@ -120,7 +165,8 @@ impl Supervisor {
         };
         tracing::debug!(session = %self.core.id, app = %self.core.app, resumed = life.resumed, "session created");
 
-        let reason = loop {
+        self.core.save();
+        let (fate, reason) = loop {
             let door = &self.core.door;
             let timeout = if door.served() <= 1 {
                 session_timeout.min(FIRST_VISIT_TIMEOUT)
@@ -133,8 +179,8 @@ impl Supervisor {
             let never_used = !has_worker && !life.resumed;
             let orders = self.core.orders.clone();
             tokio::select! {
-                _ = shutdown.changed() => break "psd is shutting down",
-                () = orders.end.notified() => break "ended (reaped, past SessionLifetime, or by an operator)",
+                _ = shutdown.changed() => break (Keep, "psd is shutting down"),
+                () = orders.end.notified() => break (Forget, "ended (reaped, past SessionLifetime, or by an operator)"),
                 _ = async move { gone.expect("guarded").await }, if has_worker => {
                     door.set_worker(None);
                     life.worker = None;
@@ -152,10 +198,14 @@ impl Supervisor {
                         // A request is in flight, or one came meanwhile.
                         continue;
                     };
+                    if !self.core.location.resume_on_timeout {
+                        life.worker = Some(worker);
+                        break (Forget, "idle for SessionTimeout (OnTimeout restart)");
+                    }
                     tracing::info!(session = %self.core.id, "idle for {timeout:?}: stopping the worker");
                     self.stop_worker(&mut life, worker, grace).await;
                 }
-                _ = sleep_until(idle_end), if never_used => break "never used within SessionTimeout",
+                _ = sleep_until(idle_end), if never_used => break (Forget, "never used within SessionTimeout"),
                 () = orders.evict.notified(), if has_worker => {
                     if let Some(worker) = door.take_if_idle_for(super::EVICT_MIN_IDLE) {
                         self.stop_worker(&mut life, worker, grace).await;
@@ -172,13 +222,17 @@ impl Supervisor {
                         let Admitted { job, turn } = *admitted;
                         self.accept(&mut life, job, turn).await;
                     }
-                    None => break "its queue closed",
+                    None => break (Keep, "its queue closed"),
                 },
             }
         };
 
         self.transition(&mut life, Phase::Stopping);
         self.core.door.set_worker(None);
+        match fate {
+            Keep => self.core.save(),
+            Forget => self.core.forget(),
+        }
         self.core.leave();
         requests.close();
         while let Ok(admitted) = requests.try_recv() {
@@ -197,6 +251,7 @@ impl Supervisor {
         Box::pin(worker.stop(grace)).await;
         self.slot = None;
         self.transition(life, Phase::Dormant);
+        self.core.save();
     }
 
     /// Starts a worker if there is none, then serves the job on it in a task
@@ -367,6 +422,7 @@ mod tests {
                 "k",
                 "127.0.0.1".parse().unwrap(),
                 super::Phase::Dormant,
+                std::time::SystemTime::now(),
             ),
             app,
             serial: 0,

@@ -20,7 +20,7 @@ mod expiry;
 mod info;
 mod lifecycle;
 
-pub use directory::{Directory, Found, InMemory};
+pub use directory::{Directory, Found, InMemory, Stored};
 pub(crate) use door::{Admitted, Door};
 pub use info::{AppKey, Handle, SessionInfo, SessionState};
 
@@ -38,6 +38,7 @@ use crate::config::{Handler, LocationConfig};
 use crate::error::Error;
 use crate::mapper::client::{Held, PerClient};
 use crate::mapper::{Access, Assigned, Hit, IdBook, Ids, Mapped};
+use crate::store::Store;
 use crate::worker::{inproc, process, Worker};
 use info::{Phase, Record};
 
@@ -63,6 +64,10 @@ pub(crate) struct Registry {
     sessions: Mutex<HashMap<AppKey, HashMap<String, Entry>>>,
     pub(crate) ids: IdBook,
     directory: Arc<dyn Directory>,
+    /// Where process sessions' records are written as they change.
+    store: Arc<dyn Store>,
+    /// `NodeName`, written into records.
+    node: Arc<str>,
     slots: Slots,
     run_dir: PathBuf,
     processes: Arc<process::ProcessTable>,
@@ -160,6 +165,8 @@ struct New {
     id: Arc<str>,
     /// How the client holds the id, for a resumed session.
     presented: Option<(Arc<str>, Access)>,
+    /// When it was first created: now, or (resumed) what the directory says.
+    created: SystemTime,
     /// Whether it existed before (the directory found it).
     resumed: bool,
     assigned: Option<Assigned>,
@@ -169,6 +176,8 @@ impl Registry {
     pub fn new(
         ids: IdBook,
         directory: Arc<dyn Directory>,
+        store: Arc<dyn Store>,
+        node: &str,
         max_sessions: usize,
         max_spawn_rate: u32,
         run_dir: PathBuf,
@@ -178,6 +187,8 @@ impl Registry {
             sessions: Mutex::new(HashMap::new()),
             ids,
             directory,
+            store,
+            node: node.into(),
             slots: Slots {
                 live: Arc::new(Semaphore::new(max_sessions)),
                 max: max_sessions,
@@ -238,9 +249,11 @@ impl Registry {
             presented: Some(presented),
         }) = mapped
         {
-            if !self.ids.in_use(&presented.id)
-                && self.directory.find(app, &presented.id).await? == Found::Dormant
-            {
+            let found = match self.ids.in_use(&presented.id) {
+                true => Found::Nowhere,
+                false => self.directory.find(app, &presented.id).await?,
+            };
+            if let Found::Dormant { created } = found {
                 return self.create(
                     app,
                     location,
@@ -249,6 +262,7 @@ impl Registry {
                         key,
                         id: presented.id,
                         presented: Some((presented.token, presented.access)),
+                        created,
                         resumed: true,
                         assigned: None,
                     },
@@ -266,6 +280,7 @@ impl Registry {
                 key: assigned.key.clone(),
                 id: assigned.id.clone(),
                 presented: None,
+                created: SystemTime::now(),
                 resumed: false,
                 assigned: Some(assigned),
             },
@@ -298,7 +313,7 @@ impl Registry {
             Some(Handler::InProcess(_)) => Phase::Running,
             _ => Phase::Dormant,
         };
-        let record = Record::new(app, &new.key, client, phase);
+        let record = Record::new(app, &new.key, client, phase, new.created);
         // Process sessions have a task that starts their worker, fed by a
         // queue; an in-process session's task is the application itself.
         let (queue, requests, main) = match &location.handler {
@@ -334,7 +349,10 @@ impl Registry {
                     queue: queue.clone(),
                     door: door.clone(),
                     created: now,
-                    expires: now + location.session_lifetime,
+                    expires: now
+                        + location
+                            .session_lifetime
+                            .saturating_sub(new.created.elapsed().unwrap_or_default()),
                     orders: orders.clone(),
                 },
             );

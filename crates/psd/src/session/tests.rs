@@ -16,6 +16,8 @@ fn registry_with(max_sessions: usize, directory: Arc<dyn Directory>) -> Arc<Regi
     Registry::new(
         IdBook::new(Signer::new("n", b"0123456789abcdef")),
         directory,
+        Arc::new(crate::store::Memory::default()),
+        "n",
         max_sessions,
         64,
         std::env::temp_dir(),
@@ -96,7 +98,9 @@ impl Directory for OneDormant {
         Box::pin(async move {
             tokio::task::yield_now().await;
             Ok(if known {
-                Found::Dormant
+                Found::Dormant {
+                    created: SystemTime::now(),
+                }
             } else {
                 Found::Nowhere
             })

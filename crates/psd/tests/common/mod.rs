@@ -95,53 +95,23 @@ impl Daemon {
             format!("DataDir {}\n{body}", dir.join("data").display()),
         )
         .unwrap();
-        let mut command = match nofile {
-            None => Command::new(PSD),
-            Some(n) => {
-                let mut sh = Command::new("sh");
-                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")])
-                    .arg(PSD);
-                sh
-            }
-        };
-        let mut child = command
-            .args(["serve", "-c"])
-            .arg(&config)
-            .env("RUST_LOG", filter)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn psd");
-        let log = Arc::new(Mutex::new(vec![]));
-        let (port_tx, port_rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let port = rest
-                        .trim()
-                        .rsplit(':')
-                        .next()
-                        .and_then(|p| p.parse::<u16>().ok());
-                    let _ = port_tx.send(port.unwrap());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let port = match port_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(port) => port,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("psd did not start: {:?}", log.lock().unwrap());
-            }
-        };
+        let (child, port, log) = launch(&config, filter, nofile);
         Daemon {
             child,
             port,
             dir,
             log,
         }
+    }
+
+    /// Starts psd again with the same configuration and `DataDir`, once the
+    /// previous one has exited (after `signal`, say); on a new port.
+    pub fn restart(&mut self) {
+        self.wait_exit(Duration::from_secs(10));
+        let (child, port, log) = launch(&self.config_path(), "info", None);
+        self.child = child;
+        self.port = port;
+        self.log = log;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -220,6 +190,56 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Spawns `psd serve -c config` and waits for its first listener: the
+/// process, the port and its collected log.
+fn launch(
+    config: &Path,
+    filter: &str,
+    nofile: Option<u32>,
+) -> (Child, u16, Arc<Mutex<Vec<String>>>) {
+    let mut command = match nofile {
+        None => Command::new(PSD),
+        Some(n) => {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")])
+                .arg(PSD);
+            sh
+        }
+    };
+    let mut child = command
+        .args(["serve", "-c"])
+        .arg(config)
+        .env("RUST_LOG", filter)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn psd");
+    let log = Arc::new(Mutex::new(vec![]));
+    let (port_tx, port_rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let port = rest
+                    .trim()
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok());
+                let _ = port_tx.send(port.unwrap());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    match port_rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(port) => (child, port, log),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("psd did not start: {:?}", log.lock().unwrap());
+        }
+    }
 }
 
 impl Drop for Daemon {
