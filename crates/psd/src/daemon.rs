@@ -117,10 +117,22 @@ impl Server {
                 })?,
             ),
         };
+        let state_listener = crate::http::state_api::bind(&shared.registry)
+            .await
+            .context("binding the state API on 127.0.0.1")?;
+        let state_api = tokio::spawn(crate::http::state_api::serve(
+            shared.registry.clone(),
+            state_listener,
+        ));
         let expiry = tokio::spawn(shared.registry.clone().expire_sessions());
         crate::http::listener::serve(shared.clone(), listeners, access_log, shutdown).await;
         expiry.abort();
         shared.registry.shutdown().await;
+        state_api.abort();
+        let _ = state_api.await;
+        let _ = expiry.await;
+        // Records written at shutdown are committed before `run` returns.
+        shared.registry.store.close();
         tracing::info!("all sessions stopped");
         Ok(())
     }

@@ -270,7 +270,11 @@ fn idle_timeout_stops_the_worker_and_the_session_resumes_with_a_new_one() {
         "same session id resumes"
     );
     assert_eq!(again.field("resumed").as_deref(), Some("1"));
-    assert_eq!(again.count(), 1, "a new process starts counting again");
+    assert_eq!(
+        again.count(),
+        2,
+        "the new process reads the count from the session's state"
+    );
 }
 
 #[test]

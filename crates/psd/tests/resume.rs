@@ -13,12 +13,15 @@ fn perl_counter() -> PathBuf {
     repo().join("examples/counter-perl/counter.pl")
 }
 
-/// A first request, psd stopped by `signal` and started again, a second
-/// request from the same browser: both answers.
+/// Five requests, psd stopped by `signal` and started again, a sixth
+/// request from the same browser: the fifth answer and the sixth.
 fn across_a_restart(config: &str, signal: &str) -> (Reply, Reply, Daemon) {
     let mut d = Daemon::start(config);
     let c = Client::with_jar(&d.dir, "c");
-    let before = c.get(&d.url("/"));
+    let mut before = c.get(&d.url("/"));
+    for _ in 0..4 {
+        before = c.get(&d.url("/"));
+    }
     assert_eq!(before.status, 200, "{}", d.log_text());
     d.signal(signal);
     d.restart();
@@ -29,6 +32,12 @@ fn across_a_restart(config: &str, signal: &str) -> (Reply, Reply, Daemon) {
 
 fn assert_resumed(before: &Reply, after: &Reply) {
     assert_eq!(before.field("resumed").as_deref(), Some("0"));
+    assert_eq!(before.count(), 5);
+    assert_eq!(
+        after.count(),
+        6,
+        "the count comes back from the session's state"
+    );
     assert_eq!(after.field("session"), before.field("session"), "same id");
     assert_eq!(after.field("resumed").as_deref(), Some("1"));
     assert!(after.header("set-cookie").is_none(), "no new id handed out");
@@ -119,5 +128,173 @@ fn a_corrupt_store_file_stops_psd_from_starting_and_names_the_file() {
         std::fs::read(&store).unwrap(),
         vec![0x5a; 8192],
         "left as it was"
+    );
+}
+
+/// `curl` with a method and extra arguments, against a state API URL.
+fn call(method: &str, url: &str, extra: &[&str]) -> Reply {
+    let mut args = vec!["-X", method];
+    args.extend_from_slice(extra);
+    Client::anonymous().request(url, &args)
+}
+
+#[test]
+fn the_state_api_does_compare_and_set_limits_and_dies_with_the_worker() {
+    let d = Daemon::start(&location(
+        "/",
+        &perl_counter(),
+        "MaxSessionState 64\nSessionTimeout 2s",
+    ));
+    let c = Client::with_jar(&d.dir, "c");
+    let first = c.get(&d.url("/"));
+    let state = first.field("state").unwrap();
+    assert!(state.starts_with("http://127.0.0.1:"), "{state}");
+
+    // The worker wrote its count; the list shows it with its size.
+    let list = Client::anonymous().get(&state);
+    assert_eq!(list.status, 200);
+    assert!(
+        list.body.contains(r#"{"key":"count","size":1}"#),
+        "{}",
+        list.body
+    );
+
+    // Two writers with the same ETag: one wins, the other gets 412.
+    let got = Client::anonymous().get(&format!("{state}note"));
+    assert_eq!(got.status, 404);
+    let created = call(
+        "PUT",
+        &format!("{state}note"),
+        &["-H", "If-None-Match: *", "-d", "a"],
+    );
+    assert_eq!(created.status, 201);
+    let etag = created.header("etag").unwrap().to_string();
+    let one = call(
+        "PUT",
+        &format!("{state}note"),
+        &["-H", &format!("If-Match: {etag}"), "-d", "b"],
+    );
+    let two = call(
+        "PUT",
+        &format!("{state}note"),
+        &["-H", &format!("If-Match: {etag}"), "-d", "c"],
+    );
+    assert_eq!((one.status, two.status), (204, 412));
+    let again = call(
+        "PUT",
+        &format!("{state}note"),
+        &["-H", "If-None-Match: *", "-d", "d"],
+    );
+    assert_eq!(again.status, 412);
+    let read = Client::anonymous().get(&format!("{state}note"));
+    assert_eq!((read.status, read.body.as_str()), (200, "b"));
+
+    // Past MaxSessionState: 413, and nothing written.
+    let big = "x".repeat(100);
+    assert_eq!(
+        call("PUT", &format!("{state}big"), &["-d", &big]).status,
+        413
+    );
+    assert_eq!(Client::anonymous().get(&format!("{state}big")).status, 404);
+    assert_eq!(
+        call("PUT", &format!("{state}bad//key"), &["-d", "x"]).status,
+        400
+    );
+
+    // Once the worker stops (SessionTimeout), its URL is refused.
+    let pid = first.pid();
+    assert!(eventually(Duration::from_secs(10), || !alive(pid)));
+    assert_eq!(Client::anonymous().get(&format!("{state}note")).status, 404);
+    assert_eq!(
+        call("PUT", &format!("{state}note"), &["-d", "z"]).status,
+        404
+    );
+    // The session resumes with what it had, under a new URL.
+    let resumed = c.get(&d.url("/"));
+    let fresh = resumed.field("state").unwrap();
+    assert_ne!(fresh, state);
+    assert_eq!(Client::anonymous().get(&format!("{fresh}note")).body, "b");
+}
+
+#[test]
+fn add_on_the_shared_space_from_twenty_sessions_sums_exactly() {
+    let d = Daemon::start(&location("/", &perl_counter(), ""));
+    let shared: Vec<String> = (0..20)
+        .map(|_| {
+            Client::anonymous()
+                .get(&d.url("/"))
+                .field("shared")
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        shared
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        20,
+        "a URL per worker"
+    );
+    let threads: Vec<_> = shared
+        .iter()
+        .cloned()
+        .map(|url| {
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    assert_eq!(call("POST", &format!("{url}hits?add=1"), &[]).status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let total = Client::anonymous().get(&format!("{}hits", shared[0]));
+    assert_eq!(total.body, "200");
+}
+
+#[test]
+fn client_state_decides_what_clients_reach_by_url() {
+    let off = Daemon::start(&location("/", &perl_counter(), ""));
+    let c = Client::with_jar(&off.dir, "c");
+    c.get(&off.url("/"));
+    assert_eq!(
+        c.get(&off.url("/.psd/state/count")).status,
+        404,
+        "off by default"
+    );
+
+    let d = Daemon::start(&location("/", &perl_counter(), "ClientState write"));
+    let c = Client::with_jar(&d.dir, "c");
+    c.get(&d.url("/"));
+    c.get(&d.url("/"));
+    let count = c.get(&d.url("/.psd/state/count"));
+    assert_eq!((count.status, count.body.as_str()), (200, "2"));
+    assert_eq!(
+        c.request(&d.url("/.psd/state/mine"), &["-X", "PUT", "-d", "v"])
+            .status,
+        201
+    );
+    assert_eq!(c.get(&d.url("/.psd/state/mine")).body, "v");
+    assert_eq!(
+        c.request(&d.url("/.psd/shared/x"), &["-X", "PUT", "-d", "v"])
+            .status,
+        403,
+        "shared values are read only for clients"
+    );
+    assert_eq!(
+        Client::anonymous().get(&d.url("/.psd/state/count")).status,
+        404,
+        "no id, no state"
+    );
+
+    let r = Daemon::start(&location("/", &perl_counter(), "ClientState read"));
+    let c = Client::with_jar(&r.dir, "c");
+    c.get(&r.url("/"));
+    assert_eq!(c.get(&r.url("/.psd/state/count")).body, "1");
+    assert_eq!(
+        c.request(&r.url("/.psd/state/count"), &["-X", "PUT", "-d", "9"])
+            .status,
+        403
     );
 }

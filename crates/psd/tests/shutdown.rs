@@ -90,8 +90,22 @@ fn workers_run_as_user_and_group_when_psd_is_root() {
     let dir = TempDir::new("user");
     let script = dir.join("counter.pl");
     std::fs::copy(repo().join("examples/counter-perl/counter.pl"), &script).unwrap();
+    // With the state helper it uses, found through PERL5LIB.
+    std::fs::create_dir_all(dir.join("lib/PSD")).unwrap();
+    std::fs::copy(
+        repo().join("clients/perl/PSD/State.pm"),
+        dir.join("lib/PSD/State.pm"),
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for folder in ["", "lib", "lib/PSD"] {
+        std::fs::set_permissions(dir.join(folder), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(
+        dir.join("lib/PSD/State.pm"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let nobody = nix::unistd::User::from_name("nobody")
         .unwrap()
@@ -99,7 +113,11 @@ fn workers_run_as_user_and_group_when_psd_is_root() {
     let d = Daemon::start(&location(
         "/",
         &script,
-        &format!("User nobody\nWorkingDirectory {}", dir.0.display()),
+        &format!(
+            "User nobody\nWorkingDirectory {}\nSetEnv PERL5LIB {}",
+            dir.0.display(),
+            dir.join("lib").display()
+        ),
     ));
     let r = Client::anonymous().get(&d.url("/"));
     assert_eq!(

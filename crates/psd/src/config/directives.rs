@@ -577,6 +577,35 @@ pub const DIRECTIVES: &[Directive] = &[
         }),
     },
     Directive {
+        name: "MaxSessionState",
+        scope: Scope::Location,
+        reload: Reload::NewSessions,
+        syntax: "MaxSessionState SIZE",
+        default: "10M",
+        help: "Bytes one session's values may hold in all (and the application's shared values, likewise): a write past it gets 413.",
+        apply: Apply::Location(|l, a| {
+            l.max_session_state = size(one(a)?)?;
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "ClientState",
+        scope: Scope::Location,
+        reload: Reload::Requests,
+        syntax: "ClientState off|read|write",
+        default: "off",
+        help: "Whether clients reach their own session's values at `PREFIX/.psd/state/KEY` (found by their session id; `write` lets a read-write id PUT, DELETE and `POST ?add=N`; a read-only id only reads) and the application's shared values at `PREFIX/.psd/shared/KEY` (read only). off: both answer 404.",
+        apply: Apply::Location(|l, a| {
+            l.client_state = match one(a)?.to_ascii_lowercase().as_str() {
+                "off" => super::ClientState::Off,
+                "read" => super::ClientState::Read,
+                "write" => super::ClientState::Write,
+                other => return Err(format!("'{other}': expected off, read or write")),
+            };
+            Ok(())
+        }),
+    },
+    Directive {
         name: "RequestBuffering",
         scope: Scope::Location,
         reload: Reload::Requests,

@@ -113,6 +113,11 @@ pub struct LocationConfig {
     pub request_buffering: bool,
     /// `OnTimeout resume` (true) or `restart`.
     pub resume_on_timeout: bool,
+    /// `MaxSessionState`: bytes one session's (or the application's shared)
+    /// values may hold.
+    pub max_session_state: u64,
+    /// `ClientState`: what clients may do with their state by URL.
+    pub client_state: ClientState,
     pub set_env: Vec<(String, String)>,
     pub pass_env: Vec<String>,
     pub working_directory: Option<PathBuf>,
@@ -134,6 +139,18 @@ pub enum SchedulingPolicy {
     Batch,
     /// `SCHED_IDLE`: runs only when nothing else wants the CPU.
     Idle,
+}
+
+/// `ClientState`: whether clients reach `PREFIX/.psd/state/` and
+/// `PREFIX/.psd/shared/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    Off,
+    /// Their own session's values, and the shared ones, read only.
+    Read,
+    /// Their own session's values read and written (not with a read-only
+    /// id); the shared ones read only.
+    Write,
 }
 
 /// What serves a location's sessions.
@@ -206,6 +223,8 @@ impl LocationConfig {
             max_request_body: 10 << 20,
             request_buffering: true,
             resume_on_timeout: true,
+            max_session_state: 10 * 1024 * 1024,
+            client_state: ClientState::Off,
             set_env: vec![],
             pass_env: vec![],
             working_directory: None,

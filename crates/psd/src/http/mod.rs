@@ -4,7 +4,9 @@
 //! - [`listener`]: sockets, TLS, connection limits and timeouts, draining;
 //! - [`handler`]: one `Request<B>` to one response (a job for a session, or
 //!   an error), with no socket of its own, so tests call it directly;
-//! - [`own_urls`]: psd's own URLs under `PREFIX/.psd/`.
+//! - [`own_urls`]: psd's own URLs under `PREFIX/.psd/`;
+//! - [`state_api`]: sessions' values over HTTP, for workers (an internal
+//!   listener) and clients (`ClientState`).
 //!
 //! This module never touches a worker: it hands a job to the session's door
 //! and frames what comes back.
@@ -12,6 +14,7 @@
 pub(crate) mod handler;
 pub(crate) mod listener;
 mod own_urls;
+pub(crate) mod state_api;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,9 @@
 //! psd's own URLs under `PREFIX/.psd/`; applications never see them.
 //!
 //! - `share`: a read-write session gets a link that carries its read-only id;
-//! - `join?id=ID`: sets the cookie to a read-only id and redirects to the app.
+//! - `join?id=ID`: sets the cookie to a read-only id and redirects to the app;
+//! - `state/KEY`, `shared/KEY`: the client's session's values and the
+//!   application's, as `ClientState` allows ([`super::state_api`]).
 //!
 //! Nothing here creates a session or reaches a worker.
 
@@ -12,9 +14,84 @@ use http::{HeaderValue, Request, Response};
 
 use super::handler::{redirect, set_cookie, View};
 use super::{Mount, Shared};
-use crate::body::{self, Body};
+use bytes::Bytes;
+
+use super::state_api::{self, Allowed};
+use crate::body::{self, Body, BoxError};
+use crate::config::ClientState;
 use crate::error::Error;
 use crate::mapper::{self, Access, Hit, Ids};
+use crate::store::Space;
+
+/// `PREFIX/.psd/state/KEY` and `PREFIX/.psd/shared/KEY`: the values of the
+/// session the client's id names (which must exist, live or dormant), and
+/// the application's shared ones.
+pub(super) async fn state<B>(
+    shared: &Shared,
+    mount: &Mount,
+    request: Request<B>,
+    shared_space: bool,
+    key: &str,
+    client: IpAddr,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let location = &mount.config;
+    if location.client_state == ClientState::Off {
+        return Error::NotFound.to_response();
+    }
+    let ids = &shared.registry.ids;
+    let app = mount.app.as_str();
+    let params = mapper::params(request.uri().query(), None);
+    let hit = Hit {
+        method: request.method(),
+        uri: request.uri(),
+        headers: request.headers(),
+        path: "/",
+        client,
+        params: &params,
+    };
+    let mapped = location
+        .mapper
+        .get_session_id_from_hit(&hit, &Ids::new(ids, app));
+    let Some((session_key, presented)) = mapped.and_then(|m| Some((m.key, m.presented?))) else {
+        return Error::NotFound.to_response();
+    };
+    let store = &*shared.registry.store;
+    let known =
+        ids.in_use(&presented.id) || matches!(store.session(app, &session_key).await, Ok(Some(_)));
+    if !known {
+        return Error::NotFound.to_response();
+    }
+    let (space, allowed) = if shared_space {
+        (Space::Shared { app: app.into() }, Allowed::Read)
+    } else {
+        let writes =
+            location.client_state == ClientState::Write && presented.access == Access::ReadWrite;
+        (
+            Space::Session {
+                app: app.into(),
+                key: session_key,
+            },
+            if writes {
+                Allowed::ReadWrite
+            } else {
+                Allowed::Read
+            },
+        )
+    };
+    state_api::answer(
+        store,
+        &space,
+        key,
+        allowed,
+        location.max_session_state,
+        request,
+    )
+    .await
+}
 
 pub(super) fn answer<B>(
     shared: &Shared,

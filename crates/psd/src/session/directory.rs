@@ -30,16 +30,17 @@ pub enum Found {
 
 /// The sessions beyond this process's memory.
 pub trait Directory: Send + Sync + 'static {
-    /// Looks up the read-write session id `id` of `app`, which has no entry
-    /// in the registry.
-    fn find<'a>(&'a self, app: &'a AppKey, id: &'a str) -> BoxFuture<'a, Result<Found, Error>>;
+    /// Looks up the session with `key` in `app` (the mapper's key: its
+    /// read-write id, and the other parts of `SessionKey`), which has no
+    /// entry in the registry.
+    fn find<'a>(&'a self, app: &'a AppKey, key: &'a str) -> BoxFuture<'a, Result<Found, Error>>;
 }
 
 /// No store: a session lives exactly as long as its registry entry.
 pub struct InMemory;
 
 impl Directory for InMemory {
-    fn find<'a>(&'a self, _app: &'a AppKey, _id: &'a str) -> BoxFuture<'a, Result<Found, Error>> {
+    fn find<'a>(&'a self, _app: &'a AppKey, _key: &'a str) -> BoxFuture<'a, Result<Found, Error>> {
         Box::pin(std::future::ready(Ok(Found::Nowhere)))
     }
 }
@@ -49,11 +50,11 @@ impl Directory for InMemory {
 pub struct Stored(pub Arc<dyn Store>);
 
 impl Directory for Stored {
-    fn find<'a>(&'a self, app: &'a AppKey, id: &'a str) -> BoxFuture<'a, Result<Found, Error>> {
+    fn find<'a>(&'a self, app: &'a AppKey, key: &'a str) -> BoxFuture<'a, Result<Found, Error>> {
         Box::pin(async move {
             let record = self
                 .0
-                .session(app.as_str(), id)
+                .session(app.as_str(), key)
                 .await
                 .map_err(|e| Error::Store(Cause::new("reading a session record", e)))?;
             match record {
@@ -62,7 +63,7 @@ impl Directory for Stored {
                 }),
                 Some(_) => {
                     // Past its lifetime: gone, as if the sweep had got to it first.
-                    let _ = self.0.forget(app.as_str(), id).await;
+                    let _ = self.0.forget(app.as_str(), key).await;
                     Ok(Found::Nowhere)
                 }
                 None => Ok(Found::Nowhere),

@@ -17,11 +17,13 @@
 mod directory;
 mod door;
 mod expiry;
+mod grants;
 mod info;
 mod lifecycle;
 
 pub use directory::{Directory, Found, InMemory, Stored};
 pub(crate) use door::{Admitted, Door};
+pub(crate) use grants::{Grant, Grants};
 pub use info::{AppKey, Handle, SessionInfo, SessionState};
 
 use std::collections::HashMap;
@@ -64,10 +66,13 @@ pub(crate) struct Registry {
     sessions: Mutex<HashMap<AppKey, HashMap<String, Entry>>>,
     pub(crate) ids: IdBook,
     directory: Arc<dyn Directory>,
-    /// Where process sessions' records are written as they change.
-    store: Arc<dyn Store>,
+    /// Where process sessions' records are written as they change, and
+    /// their values kept.
+    pub(crate) store: Arc<dyn Store>,
     /// `NodeName`, written into records.
     node: Arc<str>,
+    /// The state API's capabilities, one per running worker.
+    pub(crate) grants: Grants,
     slots: Slots,
     run_dir: PathBuf,
     processes: Arc<process::ProcessTable>,
@@ -189,6 +194,7 @@ impl Registry {
             directory,
             store,
             node: node.into(),
+            grants: Grants::default(),
             slots: Slots {
                 live: Arc::new(Semaphore::new(max_sessions)),
                 max: max_sessions,
@@ -251,7 +257,7 @@ impl Registry {
         {
             let found = match self.ids.in_use(&presented.id) {
                 true => Found::Nowhere,
-                false => self.directory.find(app, &presented.id).await?,
+                false => self.directory.find(app, &key).await?,
             };
             if let Found::Dormant { created } = found {
                 return self.create(

@@ -5,7 +5,8 @@
 //! fsync), then answers each: under load, many writes share an fsync; alone,
 //! a write is committed at once. A write is answered only once committed, so
 //! whatever was answered survives a kill -9 of psd. Reads run beside it on
-//! the blocking pool, each in its own read transaction.
+//! the blocking pool, each in its own read transaction. What each operation
+//! means is in [`super::ops`].
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,38 +17,105 @@ use futures_util::future::BoxFuture;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use super::{SessionRecord, Store, StoreError};
+use super::ops::{self, Kv, KvRead};
+use super::{Condition, SessionRecord, Space, Store, StoreError, Value, Written};
 
-/// Session records by `app NUL id`, as JSON.
-const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// The one table: see [`super::ops`] for its keyspace.
+const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("psd");
 
 /// Writes applied in one commit at most.
 const MAX_BATCH: usize = 1024;
 
-enum Op {
-    Save(SessionRecord),
-    Forget(String, String),
-    Purge(u64),
-}
-
-struct Write {
-    op: Op,
-    done: oneshot::Sender<Result<usize, StoreError>>,
-}
+/// Called once the batch's commit is known: `Ok` or why it failed.
+type Deliver = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// One write: applied inside the batch's transaction, it keeps its result
+/// and returns how to deliver it.
+type Job = Box<dyn for<'t> FnOnce(&mut TableKv<'t>) -> Deliver + Send>;
 
 pub struct Embedded {
-    db: Arc<Database>,
-    writes: Mutex<Option<mpsc::Sender<Write>>>,
+    /// `None` once closed.
+    db: Mutex<Option<Arc<Database>>>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     commits: Arc<AtomicU64>,
 }
 
-fn key(app: &str, id: &str) -> String {
-    format!("{app}\0{id}")
-}
-
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+/// The write transaction's table as a [`Kv`]; remembers whether redb
+/// failed anywhere, which dooms the whole batch.
+struct TableKv<'t> {
+    table: redb::Table<'t, &'static str, &'static [u8]>,
+    failed: Option<String>,
+}
+
+impl TableKv<'_> {
+    fn note<T>(&mut self, r: Result<T, redb::StorageError>) -> Result<T, StoreError> {
+        r.map_err(|e| {
+            self.failed.get_or_insert_with(|| e.to_string());
+            backend(e)
+        })
+    }
+}
+
+fn scan_table(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    prefix: &str,
+) -> Result<Vec<(String, Vec<u8>)>, redb::StorageError> {
+    let mut out = vec![];
+    for entry in table.range(prefix..)? {
+        let (k, v) = entry?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        out.push((k.value().to_string(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+impl KvRead for TableKv<'_> {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .table
+            .get(key)
+            .map_err(backend)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        scan_table(&self.table, prefix).map_err(backend)
+    }
+}
+
+impl Kv for TableKv<'_> {
+    fn insert(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let r = self.table.insert(key, value).map(drop);
+        self.note(r)
+    }
+
+    fn remove(&mut self, key: &str) -> Result<bool, StoreError> {
+        let r = self.table.remove(key).map(|old| old.is_some());
+        self.note(r)
+    }
+}
+
+/// A read transaction's table as a [`KvRead`].
+struct ReadKv(redb::ReadOnlyTable<&'static str, &'static [u8]>);
+
+impl KvRead for ReadKv {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .0
+            .get(key)
+            .map_err(backend)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        scan_table(&self.0, prefix).map_err(backend)
+    }
 }
 
 impl Embedded {
@@ -56,10 +124,10 @@ impl Embedded {
         let db = Database::create(path).map_err(backend)?;
         // The table exists from the start, so reads never race its creation.
         let txn = db.begin_write().map_err(backend)?;
-        txn.open_table(SESSIONS).map_err(backend)?;
+        txn.open_table(TABLE).map_err(backend)?;
         txn.commit().map_err(backend)?;
         let db = Arc::new(db);
-        let (writes, queue) = mpsc::channel();
+        let (jobs, queue) = mpsc::channel();
         let commits = Arc::new(AtomicU64::new(0));
         let writer = std::thread::Builder::new()
             .name("psd-store".into())
@@ -70,8 +138,8 @@ impl Embedded {
             })
             .map_err(backend)?;
         Ok(Embedded {
-            db,
-            writes: Mutex::new(Some(writes)),
+            db: Mutex::new(Some(db)),
+            jobs: Mutex::new(Some(jobs)),
             writer: Mutex::new(Some(writer)),
             commits,
         })
@@ -82,34 +150,58 @@ impl Embedded {
         self.commits.load(Ordering::Relaxed)
     }
 
-    fn write(&self, op: Op) -> BoxFuture<'static, Result<usize, StoreError>> {
-        let (done, answer) = oneshot::channel();
+    /// Queues `f` for the writer now; the future answers once committed.
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl for<'t> FnOnce(&mut TableKv<'t>) -> Result<T, StoreError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |kv| {
+            let result = f(kv);
+            Box::new(move |committed: Result<(), String>| {
+                let _ = tx.send(committed.map_err(StoreError::Backend).and(result));
+            })
+        });
         let sent = self
-            .writes
+            .jobs
             .lock()
             .expect("store lock")
             .as_ref()
-            .map(|w| w.send(Write { op, done }).is_ok());
+            .is_some_and(|jobs| jobs.send(job).is_ok());
         Box::pin(async move {
-            if sent != Some(true) {
+            if !sent {
                 return Err(StoreError::Closed);
             }
-            answer.await.unwrap_or(Err(StoreError::Closed))
+            rx.await.unwrap_or(Err(StoreError::Closed))
+        })
+    }
+
+    /// Runs `f` in a read transaction on the blocking pool.
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ReadKv) -> Result<T, StoreError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let db = self.db.lock().expect("store lock").clone();
+        Box::pin(async move {
+            let db = db.ok_or(StoreError::Closed)?;
+            tokio::task::spawn_blocking(move || {
+                let txn = db.begin_read().map_err(backend)?;
+                let table = txn.open_table(TABLE).map_err(backend)?;
+                f(&ReadKv(table))
+            })
+            .await
+            .map_err(backend)?
         })
     }
 }
 
 impl Drop for Embedded {
     fn drop(&mut self) {
-        // The writer finishes what was sent, then closes the file.
-        drop(self.writes.lock().expect("store lock").take());
-        if let Some(writer) = self.writer.lock().expect("store lock").take() {
-            let _ = writer.join();
-        }
+        self.close();
     }
 }
 
-fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>, commits: &AtomicU64) {
+fn write_loop(db: &Database, queue: &mpsc::Receiver<Job>, commits: &AtomicU64) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -118,93 +210,131 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>, commits: &AtomicU64)
                 Err(_) => break,
             }
         }
-        match apply(db, &batch) {
-            Ok(results) => {
-                commits.fetch_add(1, Ordering::Relaxed);
-                for (write, result) in batch.into_iter().zip(results) {
-                    let _ = write.done.send(Ok(result));
-                }
-            }
-            Err(e) => {
-                tracing::error!("state store: a commit failed: {e}");
-                for write in batch {
-                    let _ = write.done.send(Err(backend(&e)));
-                }
-            }
+        let (delivers, outcome) = apply(db, batch);
+        if outcome.is_ok() {
+            commits.fetch_add(1, Ordering::Relaxed);
+        } else if let Err(e) = &outcome {
+            tracing::error!("state store: a commit failed: {e}");
+        }
+        for deliver in delivers {
+            deliver(outcome.clone());
         }
     }
 }
 
-/// Applies a batch in one transaction; the result of each write.
-fn apply(db: &Database, batch: &[Write]) -> Result<Vec<usize>, redb::Error> {
-    let txn = db.begin_write()?;
-    let mut results = Vec::with_capacity(batch.len());
-    {
-        let mut table = txn.open_table(SESSIONS)?;
-        for write in batch {
-            results.push(match &write.op {
-                Op::Save(record) => {
-                    let value = serde_json::to_vec(record).expect("records serialize");
-                    table.insert(key(&record.app, &record.id).as_str(), value.as_slice())?;
-                    1
-                }
-                Op::Forget(app, id) => usize::from(table.remove(key(app, id).as_str())?.is_some()),
-                Op::Purge(now) => {
-                    let mut expired = vec![];
-                    for entry in table.iter()? {
-                        let (k, v) = entry?;
-                        let record: Result<SessionRecord, _> = serde_json::from_slice(v.value());
-                        if record.map_or(true, |r| r.expired_at(*now)) {
-                            expired.push(k.value().to_string());
-                        }
-                    }
-                    for k in &expired {
-                        table.remove(k.as_str())?;
-                    }
-                    expired.len()
-                }
-            });
+/// Applies a batch in one transaction and commits it: each job's delivery,
+/// and whether the commit happened.
+fn apply(db: &Database, batch: Vec<Job>) -> (Vec<Deliver>, Result<(), String>) {
+    let txn = match db.begin_write() {
+        Ok(txn) => txn,
+        Err(e) => {
+            let delivers = batch.into_iter().map(|_| -> Deliver { Box::new(|_| {}) });
+            // Jobs never run: their senders drop, and each caller learns the
+            // store failed (`Closed`).
+            return (delivers.collect(), Err(e.to_string()));
         }
-    }
-    txn.commit()?;
-    Ok(results)
+    };
+    let mut delivers = Vec::with_capacity(batch.len());
+    let failed = {
+        let table = match txn.open_table(TABLE) {
+            Ok(table) => table,
+            Err(e) => return (vec![], Err(e.to_string())),
+        };
+        let mut kv = TableKv {
+            table,
+            failed: None,
+        };
+        for job in batch {
+            delivers.push(job(&mut kv));
+        }
+        kv.failed
+    };
+    let outcome = match failed {
+        Some(e) => {
+            let _ = txn.abort();
+            Err(e)
+        }
+        None => txn.commit().map_err(|e| e.to_string()),
+    };
+    (delivers, outcome)
 }
 
 impl Store for Embedded {
-    fn session<'a>(
-        &'a self,
-        app: &'a str,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<SessionRecord>, StoreError>> {
-        let db = self.db.clone();
-        let key = key(app, id);
-        Box::pin(async move {
-            let bytes = tokio::task::spawn_blocking(move || -> Result<_, redb::Error> {
-                let txn = db.begin_read()?;
-                let table = txn.open_table(SESSIONS)?;
-                Ok(table.get(key.as_str())?.map(|v| v.value().to_vec()))
-            })
-            .await
-            .map_err(backend)?
-            .map_err(backend)?;
-            Ok(match bytes {
-                Some(bytes) => Some(serde_json::from_slice(&bytes)?),
-                None => None,
-            })
-        })
+    fn session(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> BoxFuture<'static, Result<Option<SessionRecord>, StoreError>> {
+        let (app, id) = (app.to_string(), id.to_string());
+        self.read(move |kv| ops::session(kv, &app, &id))
     }
 
     fn save(&self, record: SessionRecord) -> BoxFuture<'static, Result<(), StoreError>> {
-        let write = self.write(Op::Save(record));
-        Box::pin(async move { write.await.map(drop) })
+        self.write(move |kv| ops::save(kv, &record))
     }
 
     fn forget(&self, app: &str, id: &str) -> BoxFuture<'static, Result<(), StoreError>> {
-        let write = self.write(Op::Forget(app.into(), id.into()));
-        Box::pin(async move { write.await.map(drop) })
+        let (app, id) = (app.to_string(), id.to_string());
+        self.write(move |kv| ops::forget(kv, &app, &id).map(drop))
     }
 
     fn purge_expired(&self, now: u64) -> BoxFuture<'static, Result<usize, StoreError>> {
-        self.write(Op::Purge(now))
+        self.write(move |kv| ops::purge_expired(kv, now))
+    }
+
+    fn value(
+        &self,
+        space: &Space,
+        key: &str,
+    ) -> BoxFuture<'static, Result<Option<Value>, StoreError>> {
+        let (space, key) = (space.clone(), key.to_string());
+        self.read(move |kv| ops::value(kv, &space, &key))
+    }
+
+    fn keys(&self, space: &Space) -> BoxFuture<'static, Result<Vec<(String, u64)>, StoreError>> {
+        let space = space.clone();
+        self.read(move |kv| ops::keys(kv, &space))
+    }
+
+    fn put(
+        &self,
+        space: &Space,
+        key: &str,
+        data: Vec<u8>,
+        when: Condition,
+        limit: u64,
+    ) -> BoxFuture<'static, Result<Written, StoreError>> {
+        let (space, key) = (space.clone(), key.to_string());
+        self.write(move |kv| ops::put(kv, &space, &key, &data, when, limit))
+    }
+
+    fn delete(
+        &self,
+        space: &Space,
+        key: &str,
+        when: Condition,
+    ) -> BoxFuture<'static, Result<Written, StoreError>> {
+        let (space, key) = (space.clone(), key.to_string());
+        self.write(move |kv| ops::delete(kv, &space, &key, when))
+    }
+
+    fn add(
+        &self,
+        space: &Space,
+        key: &str,
+        n: i64,
+        limit: u64,
+    ) -> BoxFuture<'static, Result<(Written, i64), StoreError>> {
+        let (space, key) = (space.clone(), key.to_string());
+        self.write(move |kv| ops::add(kv, &space, &key, n, limit))
+    }
+
+    fn close(&self) {
+        // The writer finishes what was sent, then lets go of the file.
+        drop(self.jobs.lock().expect("store lock").take());
+        if let Some(writer) = self.writer.lock().expect("store lock").take() {
+            let _ = writer.join();
+        }
+        drop(self.db.lock().expect("store lock").take());
     }
 }

@@ -10,6 +10,7 @@
 
 mod embedded;
 mod memory;
+mod ops;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,6 +34,9 @@ pub enum StoreKind {
 pub struct SessionRecord {
     /// The application's identity ([`crate::session::AppKey`]'s encoding).
     pub app: String,
+    /// The session's key: its read-write id, and with `path` or `ip` parts
+    /// in `SessionKey`, those too (one id can name several sessions).
+    pub key: String,
     /// The read-write session id.
     pub id: String,
     /// Milliseconds since the Unix epoch.
@@ -70,28 +74,110 @@ pub enum StoreError {
     Closed,
 }
 
-/// Session records, durable or not.
+/// Whose values: one session's, or one application's (shared by all its
+/// sessions).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Space {
+    /// By the session's key (see [`SessionRecord::key`]).
+    Session {
+        app: String,
+        key: String,
+    },
+    Shared {
+        app: String,
+    },
+}
+
+/// A stored value and its version (its `ETag`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Value {
+    pub version: u64,
+    pub data: Vec<u8>,
+}
+
+/// When a write may happen: compare-and-set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    Always,
+    /// `If-None-Match: *`.
+    Absent,
+    /// `If-Match: *`.
+    Present,
+    /// `If-Match: ETAG`.
+    Version(u64),
+}
+
+/// Why a write did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Its condition does not hold (412).
+    Precondition,
+    /// The space would exceed its limit (413).
+    TooLarge,
+    /// Nothing to delete (404).
+    Missing,
+    /// `add` on a value that is not a decimal integer, or an overflow (409).
+    NotANumber,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// A new value, with its version.
+    Created(u64),
+    /// A value replaced (or deleted), with the new (or deleted) version.
+    Replaced(u64),
+    Refused(Refused),
+}
+
+type Answer<T> = BoxFuture<'static, Result<T, StoreError>>;
+
+/// Session records and the values of session and shared spaces, durable or
+/// not.
+///
+/// Writes are queued when called, in call order; their futures only wait
+/// for the write to be as durable as the store makes anything. A caller
+/// may send a write off without awaiting it and still keep its writes in
+/// order.
 pub trait Store: Send + Sync + 'static {
-    /// The record of session `id` of `app`, if any.
-    fn session<'a>(
-        &'a self,
-        app: &'a str,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<SessionRecord>, StoreError>>;
+    /// The record of the session with `key` in `app`, if any.
+    fn session(&self, app: &str, key: &str) -> Answer<Option<SessionRecord>>;
 
     /// Creates or replaces a record.
-    ///
-    /// Writes are queued when called, in call order; the future only waits
-    /// for the write to be as durable as the store makes anything, so a
-    /// caller may send it off without awaiting and still keep its writes
-    /// in order.
-    fn save(&self, record: SessionRecord) -> BoxFuture<'static, Result<(), StoreError>>;
+    fn save(&self, record: SessionRecord) -> Answer<()>;
 
-    /// Deletes a session's record: its id names nothing any more.
-    fn forget(&self, app: &str, id: &str) -> BoxFuture<'static, Result<(), StoreError>>;
+    /// Deletes a session's record and all its values: its id names nothing
+    /// any more.
+    fn forget(&self, app: &str, key: &str) -> Answer<()>;
 
-    /// Deletes every record past its lifetime at `now`; returns how many.
-    fn purge_expired(&self, now: u64) -> BoxFuture<'static, Result<usize, StoreError>>;
+    /// Deletes every session past its lifetime at `now`; returns how many.
+    fn purge_expired(&self, now: u64) -> Answer<usize>;
+
+    fn value(&self, space: &Space, key: &str) -> Answer<Option<Value>>;
+
+    /// The keys of a space, with their values' sizes, in key order.
+    fn keys(&self, space: &Space) -> Answer<Vec<(String, u64)>>;
+
+    /// Writes a value if `when` holds and the space stays within `limit`
+    /// bytes in all.
+    fn put(
+        &self,
+        space: &Space,
+        key: &str,
+        data: Vec<u8>,
+        when: Condition,
+        limit: u64,
+    ) -> Answer<Written>;
+
+    fn delete(&self, space: &Space, key: &str, when: Condition) -> Answer<Written>;
+
+    /// Adds `n` to a decimal integer value (0 when absent), atomically;
+    /// the outcome and the new number.
+    fn add(&self, space: &Space, key: &str, n: i64, limit: u64) -> Answer<(Written, i64)>;
+
+    /// Finishes the writes queued so far and lets go of the store (its file,
+    /// its connection); everything after fails with [`StoreError::Closed`].
+    fn close(&self) {}
 }
 
 /// Opens the store `kind` for `data_dir`. An embedded store that cannot be
@@ -117,6 +203,7 @@ mod tests {
     fn record(app: &str, id: &str, expires: u64) -> SessionRecord {
         SessionRecord {
             app: app.into(),
+            key: id.into(),
             id: id.into(),
             created: 1,
             last_active: 2,
@@ -149,6 +236,102 @@ mod tests {
         store.forget("b", "x").await.unwrap();
         store.forget("b", "x").await.unwrap();
         assert_eq!(store.session("b", "x").await.unwrap(), None);
+        values(store).await;
+    }
+
+    /// Values: versions, compare-and-set, limits, add, and what forgetting
+    /// a session takes with it.
+    async fn values(store: &dyn Store) {
+        let mine = Space::Session {
+            app: "a".into(),
+            key: "x".into(),
+        };
+        let shared = Space::Shared { app: "a".into() };
+        let put = |space: &Space, key: &str, data: &str, when| {
+            store.put(space, key, data.as_bytes().to_vec(), when, 10)
+        };
+        let Written::Created(v1) = put(&mine, "k", "one", Condition::Absent).await.unwrap() else {
+            panic!("created")
+        };
+        assert_eq!(
+            put(&mine, "k", "again", Condition::Absent).await.unwrap(),
+            Written::Refused(Refused::Precondition)
+        );
+        let got = store.value(&mine, "k").await.unwrap().unwrap();
+        assert_eq!((got.version, &got.data[..]), (v1, &b"one"[..]));
+        let Written::Replaced(v2) = put(&mine, "k", "two", Condition::Version(v1))
+            .await
+            .unwrap()
+        else {
+            panic!("replaced")
+        };
+        assert!(v2 > v1);
+        assert_eq!(
+            put(&mine, "k", "three", Condition::Version(v1))
+                .await
+                .unwrap(),
+            Written::Refused(Refused::Precondition),
+            "a stale ETag loses"
+        );
+        assert_eq!(
+            put(&mine, "big", "12345678", Condition::Always)
+                .await
+                .unwrap(),
+            Written::Refused(Refused::TooLarge),
+            "3 + 8 bytes is over the limit of 10"
+        );
+        assert!(matches!(
+            put(&mine, "big", "1234567", Condition::Always)
+                .await
+                .unwrap(),
+            Written::Created(_)
+        ));
+        assert_eq!(
+            store.keys(&mine).await.unwrap(),
+            [("big".to_string(), 7), ("k".to_string(), 3)]
+        );
+        assert!(
+            store.value(&shared, "k").await.unwrap().is_none(),
+            "spaces are apart"
+        );
+        assert!(matches!(
+            store.delete(&mine, "big", Condition::Always).await.unwrap(),
+            Written::Replaced(_)
+        ));
+        assert_eq!(
+            store.delete(&mine, "big", Condition::Always).await.unwrap(),
+            Written::Refused(Refused::Missing)
+        );
+        for _ in 0..3 {
+            store.add(&shared, "n", 2, 10).await.unwrap();
+        }
+        assert_eq!(store.add(&shared, "n", -1, 10).await.unwrap().1, 5);
+        assert_eq!(store.value(&shared, "n").await.unwrap().unwrap().data, b"5");
+        assert_eq!(
+            store.add(&mine, "k", 1, 10).await.unwrap().0,
+            Written::Refused(Refused::NotANumber)
+        );
+        store.save(record("a", "x", u64::MAX)).await.unwrap();
+        store.forget("a", "x").await.unwrap();
+        assert!(
+            store.keys(&mine).await.unwrap().is_empty(),
+            "gone with the session"
+        );
+        assert!(
+            matches!(
+                put(&mine, "k", "0123456789", Condition::Always)
+                    .await
+                    .unwrap(),
+                Written::Created(_)
+            ),
+            "its bytes are free again"
+        );
+        store.forget("a", "x").await.unwrap();
+        assert_eq!(
+            store.keys(&shared).await.unwrap().len(),
+            1,
+            "shared values stay"
+        );
     }
 
     #[tokio::test]

@@ -15,7 +15,10 @@ pub const MAX_HEAD_LEN: usize = 64 * 1024;
 
 /// The meta-variables of one request, encoded as FastCGI name-value pairs
 /// (the body of its PARAMS stream), straight into one buffer.
-pub fn params(parts: &Parts, meta: &RequestMeta) -> Bytes {
+/// `worker` adds what belongs to the worker rather than the request (its
+/// state API URLs): FastCGI libraries replace the process environment with
+/// each request's variables, so these must come with every request.
+pub fn params(parts: &Parts, meta: &RequestMeta, worker: &[(&str, std::sync::Arc<str>)]) -> Bytes {
     let path = parts.uri.path();
     let path_info = crate::path::after_prefix(&meta.prefix, path);
     let path_info: Vec<u8> = percent_encoding::percent_decode_str(path_info).collect();
@@ -70,6 +73,9 @@ pub fn params(parts: &Parts, meta: &RequestMeta) -> Bytes {
     put("PSD_ACCESS", meta.access.as_str().as_bytes());
     if let Some(param) = &meta.session_param {
         put("PSD_SESSION_PARAM", param.as_bytes());
+    }
+    for (name, value) in worker {
+        put(name, value.as_bytes());
     }
     if let Some(v) = parts.headers.get(CONTENT_TYPE) {
         put("CONTENT_TYPE", v.as_bytes());

@@ -48,6 +48,8 @@ pub(crate) struct FastCgiWorker {
     idle: Mutex<Vec<Conn>>,
     /// The budget kept connections count against.
     processes: Arc<process::ProcessTable>,
+    /// Variables of the worker sent with every request: its state URLs.
+    env: Vec<(&'static str, Arc<str>)>,
 }
 
 impl Drop for FastCgiWorker {
@@ -105,6 +107,15 @@ impl FastCgiWorker {
             proc: launched.proc,
             socket,
             session_id: spawn.session_id.clone(),
+            env: spawn
+                .state_urls
+                .map(|(state, shared)| {
+                    vec![
+                        ("PSD_STATE_URL", state.into()),
+                        ("PSD_SHARED_URL", shared.into()),
+                    ]
+                })
+                .unwrap_or_default(),
             location: location.clone(),
             idle: Mutex::new(vec![]),
             processes: spawn.processes.clone(),
@@ -222,7 +233,7 @@ impl FastCgiWorker {
         } = job;
         let mut reply = Some(reply);
         let (parts, mut body) = request.into_parts();
-        let params = cgi::params(&parts, &meta);
+        let params = cgi::params(&parts, &meta, &self.env);
         let mut fresh = false;
         let mut conn = Some(first);
         let outcome = loop {

@@ -75,6 +75,8 @@ pub(crate) struct Spawn<'a> {
     pub session_id: &'a Arc<str>,
     pub location: &'a Arc<LocationConfig>,
     pub resumed: bool,
+    /// `PSD_STATE_URL` and `PSD_SHARED_URL`, when the state API listens.
+    pub state_urls: Option<(&'a str, &'a str)>,
     pub run_dir: &'a PathBuf,
     pub processes: &'a Arc<process::ProcessTable>,
     pub activity: &'a Arc<Activity>,

@@ -276,6 +276,10 @@ pub(crate) fn command(spawn: &Spawn<'_>, program: &Path, args: &[String]) -> Com
         // Its own process group: a terminal's ^C reaches psd only, and a
         // stop reaches the worker's own children too.
         .process_group(0);
+    if let Some((state, shared)) = spawn.state_urls {
+        cmd.env("PSD_STATE_URL", state)
+            .env("PSD_SHARED_URL", shared);
+    }
     if let Some(dir) = &location.working_directory {
         cmd.current_dir(dir);
     }
