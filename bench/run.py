@@ -173,7 +173,7 @@ class Bench:
         self.c_worker = self.work / "counter-c"
         subprocess.run(["gcc", "-O2", "-o", str(self.c_worker), str(ROOT / "bench/workers/counter.c"), "-lfcgi"],
                        check=True)
-        self.perl_worker = ROOT / "examples/counter-perl/counter.pl"
+        self.perl_worker = ROOT / "bench/workers/counter.pl"
 
     # -- systems --------------------------------------------------------------
     def psd(self, name, body):

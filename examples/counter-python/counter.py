@@ -1,18 +1,25 @@
 #!/usr/bin/env python3
 """A psd worker in Python with flup: one process per session, so `count` is
 that session's own. WSGIServer() without bindAddress accepts on fd 0, where
-psd puts the listening socket."""
+psd puts the listening socket. The count is kept in the session's state
+(PSD_STATE_URL), so a resumed session goes on counting where it was."""
 import os
 import sys
 
-from flup.server.fcgi import WSGIServer
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
 
-count = 0
+from flup.server.fcgi import WSGIServer  # noqa: E402
+from psd_state import State  # noqa: E402
+
+state = State()
+count = int(state.get("count") or 0) if state else 0
 
 
 def app(environ, start_response):
     global count
     count += 1
+    if state:
+        state.put("count", str(count))
     length = int(environ.get("CONTENT_LENGTH") or 0)
     body = environ["wsgi.input"].read(length) if length else b""
     start_response("200 OK", [("Content-Type", "text/plain")])

@@ -66,7 +66,21 @@ pub(crate) enum Received {
     File(tokio::fs::File, u64),
 }
 
+/// A request body psd holds whole in memory, kept beside the request (in
+/// its extensions) so that a worker that turns out dead can be sent the
+/// same request again: the body it streams is spent once sent.
+#[derive(Clone)]
+pub(crate) struct Replay(pub Bytes);
+
 impl Received {
+    /// The body's bytes, when they are in memory.
+    pub fn replay(&self) -> Option<Replay> {
+        match self {
+            Received::Memory(bytes) => Some(Replay(bytes.clone())),
+            Received::File(..) => None,
+        }
+    }
+
     pub fn len(&self) -> u64 {
         match self {
             Received::Memory(bytes) => bytes.len() as u64,

@@ -51,6 +51,12 @@ impl Reloader {
         drop(current);
         self.shared.route(config, None)?;
         tracing::info!("configuration reloaded");
+        // Sessions of removed locations end (outside a runtime, at the next start).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let apps = self.shared.apps();
+            let registry = self.shared.registry.clone();
+            runtime.spawn(async move { registry.retain_apps(&apps).await });
+        }
         Ok(())
     }
 }
@@ -108,6 +114,7 @@ impl Server {
             .map(TcpListener::local_addr)
             .collect::<std::io::Result<Vec<_>>>()?;
         shared.route(shared.routing().config.clone(), Some(addrs))?;
+        shared.registry.retain_apps(&shared.apps()).await;
         let access_log = match &shared.routing().config.access_log {
             None => None,
             Some(path) => Some(

@@ -298,3 +298,125 @@ fn client_state_decides_what_clients_reach_by_url() {
         403
     );
 }
+
+/// Every write answered 2xx survives a kill -9 of psd in the middle of a
+/// burst of writes: writes are answered only once committed.
+#[test]
+fn acknowledged_state_writes_survive_a_kill_in_the_middle_of_a_burst() {
+    let mut d = Daemon::start(&location("/", &perl_counter(), ""));
+    let c = Client::with_jar(&d.dir, "c");
+    let state = c.get(&d.url("/")).field("state").unwrap();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let state = state.clone();
+            std::thread::spawn(move || {
+                let mut acknowledged = vec![];
+                for i in 0.. {
+                    let key = format!("w{w}-{i}");
+                    let reply = std::process::Command::new("curl")
+                        .args([
+                            "-s",
+                            "-o",
+                            "/dev/null",
+                            "-w",
+                            "%{http_code}",
+                            "--max-time",
+                            "5",
+                        ])
+                        .args(["-X", "PUT", "-d", &key])
+                        .arg(format!("{state}{key}"))
+                        .output()
+                        .unwrap();
+                    if String::from_utf8_lossy(&reply.stdout) == "201" {
+                        acknowledged.push(key);
+                    } else {
+                        return acknowledged;
+                    }
+                }
+                unreachable!()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    d.signal("KILL");
+    let acknowledged: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(
+        acknowledged.len() > 20,
+        "only {} writes before the kill",
+        acknowledged.len()
+    );
+    d.restart();
+    let fresh = c.get(&d.url("/")).field("state").unwrap();
+    let list = Client::anonymous().get(&fresh).body;
+    let missing: Vec<_> = acknowledged
+        .iter()
+        .filter(|k| !list.contains(&format!("\"key\":\"{k}\"")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes lost: {missing:?}",
+        missing.len(),
+        acknowledged.len()
+    );
+}
+
+/// A `<Location>` removed by a reload takes its sessions with it; one
+/// removed across a restart leaves no session to resume when it comes back.
+#[test]
+fn sessions_of_a_removed_location_end() {
+    let both = format!(
+        "Listen 127.0.0.1:0\n{}{}",
+        location("/a", &perl_counter(), ""),
+        location("/b", &perl_counter(), "")
+    );
+    let only_a = format!(
+        "Listen 127.0.0.1:0\n{}",
+        location("/a", &perl_counter(), "")
+    );
+    let mut d = Daemon::start_raw(&both);
+    let c = Client::with_jar(&d.dir, "c");
+    let b = c.get(&d.url("/b/"));
+    let a = c.get(&d.url("/a/"));
+    assert!(d.reload(&only_a));
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(b.pid())),
+        "the removed location's worker still runs"
+    );
+    assert!(alive(a.pid()), "the other location's session goes on");
+
+    // /a's session goes away while psd is down; /a comes back after it.
+    d.signal("TERM");
+    d.wait_exit(Duration::from_secs(10));
+    std::fs::write(
+        d.config_path(),
+        format!(
+            "DataDir {}\nListen 127.0.0.1:0\n{}",
+            d.dir.join("data").display(),
+            location("/b", &perl_counter(), "")
+        ),
+    )
+    .unwrap();
+    d.restart();
+    d.signal("TERM");
+    d.wait_exit(Duration::from_secs(10));
+    std::fs::write(
+        d.config_path(),
+        format!("DataDir {}\n{both}", d.dir.join("data").display()),
+    )
+    .unwrap();
+    d.restart();
+    let again = c.get(&d.url("/a/"));
+    assert_ne!(again.field("session"), a.field("session"));
+    assert_eq!(again.field("resumed").as_deref(), Some("0"));
+    assert_eq!(again.count(), 1, "its state went with it");
+}
+
+#[test]
+fn the_python_counter_resumes_its_count_too() {
+    let python = repo().join("examples/counter-python/counter.py");
+    let (before, after, _) = across_a_restart(&location("/", &python, ""), "TERM");
+    assert_resumed(&before, &after);
+}

@@ -190,6 +190,7 @@ where
             Ok(bytes) => {
                 params.extend(mapper::params(None, Some(&bytes)));
                 set_length(&mut parts.headers, bytes.len() as u64);
+                parts.extensions.insert(body::Replay(bytes.clone()));
                 body::buffered(bytes)
             }
             Err(e) => return e.to_response(),
@@ -207,6 +208,9 @@ where
         match received {
             Ok(received) => {
                 set_length(&mut parts.headers, received.len());
+                if let Some(replay) = received.replay() {
+                    parts.extensions.insert(replay);
+                }
                 received.into_body()
             }
             Err(e) => {

@@ -48,6 +48,15 @@ impl Shared {
         self.routing.read().expect("routing lock").clone()
     }
 
+    /// The applications the current configuration mounts.
+    pub fn apps(&self) -> Vec<AppKey> {
+        self.routing()
+            .mounts
+            .iter()
+            .map(|m| m.app.clone())
+            .collect()
+    }
+
     /// Routes by `config` from now on; TLS acceptors are made for the
     /// https listeners among `listeners` (the bound addresses), or for
     /// those of the last call when `None`. On error nothing changes.

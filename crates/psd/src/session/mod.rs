@@ -474,6 +474,22 @@ impl Registry {
         n
     }
 
+    /// Ends the sessions of every application not in `apps` (their
+    /// `<Location>` is gone), live and stored; returns how many were live.
+    pub async fn retain_apps(&self, apps: &[AppKey]) -> usize {
+        let ended = self.end_where(|e| !apps.contains(&e.record.app));
+        let names = apps.iter().map(|a| a.as_str().to_string()).collect();
+        match self.store.retain_apps(names).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("{n} stored sessions of removed locations ended"),
+            Err(e) => tracing::warn!("state store: ending sessions of removed locations: {e}"),
+        }
+        if ended > 0 {
+            tracing::info!("{ended} sessions of removed locations ended");
+        }
+        ended
+    }
+
     /// Sessions in the registry, with or without a running worker.
     pub fn count(&self) -> usize {
         self.sessions

@@ -23,8 +23,17 @@ use super::{Condition, SessionRecord, Space, Store, StoreError, Value, Written};
 /// The one table: see [`super::ops`] for its keyspace.
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("psd");
 
-/// Writes applied in one commit at most.
+/// Writes applied in one commit at most. `PSD_STORE_MAX_BATCH=1` turns
+/// group commit off (one fsync per write), for benchmarks.
 const MAX_BATCH: usize = 1024;
+
+fn max_batch() -> usize {
+    std::env::var("PSD_STORE_MAX_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(MAX_BATCH)
+}
 
 /// Called once the batch's commit is known: `Ok` or why it failed.
 type Deliver = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -134,7 +143,7 @@ impl Embedded {
             .spawn({
                 let db = db.clone();
                 let commits = commits.clone();
-                move || write_loop(&db, &queue, &commits)
+                move || write_loop(&db, &queue, &commits, max_batch())
             })
             .map_err(backend)?;
         Ok(Embedded {
@@ -201,10 +210,10 @@ impl Drop for Embedded {
     }
 }
 
-fn write_loop(db: &Database, queue: &mpsc::Receiver<Job>, commits: &AtomicU64) {
+fn write_loop(db: &Database, queue: &mpsc::Receiver<Job>, commits: &AtomicU64, max_batch: usize) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < max_batch {
             match queue.try_recv() {
                 Ok(more) => batch.push(more),
                 Err(_) => break,
@@ -280,6 +289,10 @@ impl Store for Embedded {
 
     fn purge_expired(&self, now: u64) -> BoxFuture<'static, Result<usize, StoreError>> {
         self.write(move |kv| ops::purge_expired(kv, now))
+    }
+
+    fn retain_apps(&self, apps: Vec<String>) -> BoxFuture<'static, Result<usize, StoreError>> {
+        self.write(move |kv| ops::retain_apps(kv, &apps))
     }
 
     fn value(

@@ -74,6 +74,10 @@ impl Store for Memory {
         self.with(|m| ops::purge_expired(m, now))
     }
 
+    fn retain_apps(&self, apps: Vec<String>) -> BoxFuture<'static, Result<usize, StoreError>> {
+        self.with(|m| ops::retain_apps(m, &apps))
+    }
+
     fn value(
         &self,
         space: &Space,

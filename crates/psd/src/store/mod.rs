@@ -153,6 +153,10 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes every session past its lifetime at `now`; returns how many.
     fn purge_expired(&self, now: u64) -> Answer<usize>;
 
+    /// Deletes every session of an application not in `apps` (its
+    /// `<Location>` was removed); returns how many. Shared values stay.
+    fn retain_apps(&self, apps: Vec<String>) -> Answer<usize>;
+
     fn value(&self, space: &Space, key: &str) -> Answer<Option<Value>>;
 
     /// The keys of a space, with their values' sizes, in key order.
@@ -231,6 +235,15 @@ mod tests {
         store.save(later.clone()).await.unwrap();
         assert_eq!(store.session("a", "x").await.unwrap(), Some(later));
         assert_eq!(store.purge_expired(250).await.unwrap(), 1);
+        store.save(record("gone", "y", u64::MAX)).await.unwrap();
+        assert_eq!(
+            store
+                .retain_apps(vec!["a".into(), "b".into()])
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.session("gone", "y").await.unwrap(), None);
         assert_eq!(store.session("a", "x").await.unwrap(), None);
         assert!(store.session("b", "x").await.unwrap().is_some());
         store.forget("b", "x").await.unwrap();

@@ -106,6 +106,23 @@ pub(super) fn purge_expired(kv: &mut impl Kv, now: u64) -> Result<usize, StoreEr
     Ok(expired.len())
 }
 
+/// Ends every session whose application is not one of `apps` (its
+/// `<Location>` is gone); the applications' shared values stay.
+pub(super) fn retain_apps(kv: &mut impl Kv, apps: &[String]) -> Result<usize, StoreError> {
+    let mut gone = vec![];
+    for (_, bytes) in kv.scan("r\0")? {
+        if let Ok(r) = serde_json::from_slice::<SessionRecord>(&bytes) {
+            if !apps.contains(&r.app) {
+                gone.push((r.app, r.key));
+            }
+        }
+    }
+    for (app, key) in &gone {
+        forget(kv, app, key)?;
+    }
+    Ok(gone.len())
+}
+
 pub(super) fn value(
     kv: &impl KvRead,
     space: &Space,

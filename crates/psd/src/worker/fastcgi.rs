@@ -217,9 +217,17 @@ impl FastCgiWorker {
     pub async fn serve(self: Arc<Self>, job: Job) -> Option<Job> {
         // A worker may close a kept connection just after psd took it for
         // the next request (libfcgi decides to close only once it finishes a
-        // request). Nothing reached the worker then, so a request without a
-        // body is safe to send again, once, on a fresh connection.
-        let replayable = job.request.body().is_end_stream();
+        // request), or die just then (killed). Nothing reached the worker,
+        // so a request is safe to send again, once, on a fresh connection
+        // (or, if the worker is dead, to its successor) when psd can send
+        // its body again: none, or one it holds in memory.
+        let replay = job
+            .request
+            .extensions()
+            .get::<body::Replay>()
+            .map(|r| r.0.clone());
+        let replayable = job.request.body().is_end_stream() || replay.is_some();
+        let again = move || body::buffered(replay.clone().unwrap_or_default());
         // The connection first, so that a dead worker is found out with the
         // job still whole.
         let first = match self.checkout(false, replayable).await {
@@ -246,8 +254,7 @@ impl FastCgiWorker {
                     // Killed while its connection was kept: nothing reached it.
                     if self.proc.found_dead(&e).await {
                         let reply = reply.take()?;
-                        let request =
-                            http::Request::from_parts(parts, body::buffered(Bytes::new()));
+                        let request = http::Request::from_parts(parts, again());
                         return Some(Job {
                             request,
                             meta,
@@ -256,7 +263,7 @@ impl FastCgiWorker {
                     }
                     tracing::debug!(session = %self.session_id, "kept connection was closed ({e}); retrying on a new one");
                     fresh = true;
-                    body = crate::body::buffered(Bytes::new());
+                    body = again();
                 }
                 Err(Failure::Stale(e) | Failure::Other(e)) => break Err(e),
                 Ok(conn) => break Ok(conn),
