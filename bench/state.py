@@ -7,7 +7,9 @@ Rows, each run with the same wrk on loopback:
 - PUT and GET of a 1 KiB value through PSD_STATE_URL from 50 sessions, 50
   connections: StateStore embedded (every 2xx committed to disk, concurrent
   writes sharing one commit), the same with group commit off
-  (PSD_STORE_MAX_BATCH=1: one fsync per write), and StateStore memory.
+  (PSD_STORE_MAX_BATCH=1: one fsync per write), StateStore redis:// (a
+  redis-server of the bench's own, no persistence configured) and
+  StateStore memory.
 - Restart: a DataDir holding N dormant sessions (each with a 1 KiB value),
   written by `cargo run --example store_fill`; the time from starting psd to
   the first resumed request answered, and the store file's size per session.
@@ -62,21 +64,33 @@ def lua(work, name, method, urls):
 
 
 def api_rows(binary, work, args):
+    redis_port = free_port()
+    redis = Proc(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                  "no"], stdout=subprocess.DEVNULL)
+    wait_port(redis_port)
     systems = [("embedded", "", None), ("embedded, group commit off", "", {"PSD_STORE_MAX_BATCH": "1"}),
+               ("redis", f"StateStore redis://127.0.0.1:{redis_port}/0\n", None),
                ("memory", "StateStore memory\n", None)]
     rows = []
-    for label, extra, env in systems:
-        name = re.sub(r"\W+", "-", label)
-        proc, port = start_psd(binary, work, name, extra, env)
-        with proc:
-            urls = state_urls(port, 50)
-            base, put = lua(work, name, "PUT", urls)
-            _, get = lua(work, name, "GET", urls)
-            for method, script in (("PUT", put), ("GET", get)):
-                runs = [wrk(base, 50, args.seconds, script=script) for _ in range(args.rounds)]
-                bad = sum(r["non2xx"] for r in runs)
-                rows.append((label, method, statistics.median(r["rps"] for r in runs),
-                             statistics.median(r["p50"] for r in runs), statistics.median(r["p99"] for r in runs), bad))
+    with redis:
+        for label, extra, env in systems:
+            rows += api_row(binary, work, args, label, extra, env)
+    return rows
+
+
+def api_row(binary, work, args, label, extra, env):
+    rows = []
+    name = re.sub(r"\W+", "-", label)
+    proc, port = start_psd(binary, work, name, extra, env)
+    with proc:
+        urls = state_urls(port, 50)
+        base, put = lua(work, name, "PUT", urls)
+        _, get = lua(work, name, "GET", urls)
+        for method, script in (("PUT", put), ("GET", get)):
+            runs = [wrk(base, 50, args.seconds, script=script) for _ in range(args.rounds)]
+            bad = sum(r["non2xx"] for r in runs)
+            rows.append((label, method, statistics.median(r["rps"] for r in runs),
+                         statistics.median(r["p50"] for r in runs), statistics.median(r["p99"] for r in runs), bad))
     return rows
 
 

@@ -2,7 +2,8 @@
 # Installs what the test suite needs on a fresh Debian machine, idempotently:
 # Perl's FCGI (libfcgi-perl), cgi-fcgi (libfcgi-bin), curl, wrk, nginx, apache2
 # and haproxy (the front-end recipes are tested against them; their services are
-# not started), openssl and procps, and Python's flup and websockets.
+# not started), openssl and procps, redis-server (StateStore redis://; the tests
+# start their own on a free port), and Python's flup and websockets.
 set -euo pipefail
 
 need_apt=()
@@ -17,6 +18,7 @@ command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 # nothing) and pgrep (a worker's process group).
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v pgrep >/dev/null || need_apt+=(procps)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 
 . "$(dirname "$0")/apt-install.sh"
 apt_install "${need_apt[@]}"

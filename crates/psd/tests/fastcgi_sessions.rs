@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -28,23 +27,6 @@ fn perl_location() -> psd::config::LocationConfig {
 
 fn misbehave() -> PathBuf {
     test_worker("misbehave.pl")
-}
-
-/// The Rust example worker, built once if the test run has not built it.
-fn rust_counter() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = std::process::Command::new(cargo)
-                .args(["build", "--quiet", "-p", "counter-fcgi"])
-                .current_dir(repo())
-                .status()
-                .unwrap();
-            assert!(status.success(), "building counter-fcgi");
-            PathBuf::from(PSD).with_file_name("counter-fcgi")
-        })
-        .clone()
 }
 
 /// Two browsers: separate counts and workers; each keeps its own worker.

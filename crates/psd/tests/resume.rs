@@ -420,3 +420,95 @@ fn the_python_counter_resumes_its_count_too() {
     let (before, after, _) = across_a_restart(&location("/", &python, ""), "TERM");
     assert_resumed(&before, &after);
 }
+
+/// A `redis-server` of the test's own on a free loopback port, on `port`
+/// (0: a free one), stopped by pid when dropped.
+struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start(port: u16) -> RedisServer {
+        let port = if port == 0 { free_port() } else { port };
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/install-test-deps.sh installs it)");
+        assert!(eventually(Duration::from_secs(5), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }));
+        RedisServer { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_session_resumes_from_redis_after_psd_is_killed() {
+    let redis = RedisServer::start(0);
+    let config = format!(
+        "StateStore {}\n{}",
+        redis.url(),
+        location("/", &perl_counter(), "")
+    );
+    let (before, after, _) = across_a_restart(&config, "KILL");
+    assert_resumed(&before, &after);
+}
+
+/// With Redis gone, requests that need a new session get 503 with
+/// Retry-After, live sessions go on, and psd reconnects by itself when
+/// Redis is back.
+#[test]
+fn redis_down_refuses_new_sessions_and_spares_live_ones() {
+    let redis = RedisServer::start(0);
+    let port = redis.port;
+    // A worker that keeps nothing in the store.
+    let liar = repo().join("crates/psd/tests/workers/liar.pl");
+    let d = Daemon::start(&format!(
+        "StateStore {}\n{}",
+        redis.url(),
+        location("/", &liar, "")
+    ));
+    let live = Client::with_jar(&d.dir, "live");
+    assert_eq!(live.get(&d.url("/")).status, 200);
+    drop(redis);
+    assert_eq!(live.get(&d.url("/")).status, 200, "a live session goes on");
+    // The first failure marks the store down; from then on new sessions wait.
+    let mut refused = None;
+    assert!(eventually(Duration::from_secs(10), || {
+        let r = Client::anonymous().get(&d.url("/"));
+        let done = r.status == 503;
+        refused = Some(r);
+        done
+    }));
+    let refused = refused.unwrap();
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(live.get(&d.url("/")).status, 200, "still going");
+    let _back = RedisServer::start(port);
+    assert!(
+        eventually(Duration::from_secs(15), || Client::anonymous()
+            .get(&d.url("/"))
+            .status
+            == 200),
+        "psd did not reconnect: {}",
+        d.log_text()
+    );
+}
+
+#[test]
+fn the_rust_counter_resumes_its_count_too() {
+    let (before, after, _) = across_a_restart(&location("/", &rust_counter(), ""), "TERM");
+    assert_resumed(&before, &after);
+}

@@ -3,8 +3,11 @@
 //! Deliberately plain: blocking std I/O, one connection at a time, with the
 //! record codec from `psd-fcgi`. It answers `FCGI_GET_VALUES`, honours
 //! `FCGI_KEEP_CONN`, and reads the request body (`STDIN`) before answering.
+//! The count is kept in the session's state (`PSD_STATE_URL`, plain HTTP),
+//! so a session that resumes goes on counting where it was.
 
 use std::io::{self, Read, Write};
+use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 
@@ -14,15 +17,85 @@ struct Counter {
     count: u64,
     pid: u32,
     resumed: String,
+    state: Option<State>,
+}
+
+/// The session's values over psd's state API, with nothing but std: one
+/// HTTP/1.1 request per call, `Connection: close`.
+struct State {
+    /// `127.0.0.1:PORT`.
+    host: String,
+    /// `/TOKEN/state/`.
+    path: String,
+}
+
+impl State {
+    fn from_env() -> Option<State> {
+        let url = std::env::var("PSD_STATE_URL").ok()?;
+        let rest = url.strip_prefix("http://")?;
+        let slash = rest.find('/')?;
+        Some(State {
+            host: rest[..slash].to_string(),
+            path: rest[slash..].to_string(),
+        })
+    }
+
+    /// Status and body of `METHOD PATH+key`.
+    fn call(&self, method: &str, key: &str, body: &[u8]) -> io::Result<(u16, Vec<u8>)> {
+        let mut stream = TcpStream::connect(&self.host)?;
+        write!(
+            stream,
+            "{method} {}{key} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.path,
+            self.host,
+            body.len()
+        )?;
+        stream.write_all(body)?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let head_end = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| io::Error::other("no response head"))?;
+        let status = std::str::from_utf8(&response[..head_end])
+            .ok()
+            .and_then(|head| head.split(' ').nth(1)?.parse().ok())
+            .ok_or_else(|| io::Error::other("no status"))?;
+        Ok((status, response.split_off(head_end + 4)))
+    }
+
+    fn get(&self, key: &str) -> io::Result<Option<String>> {
+        match self.call("GET", key, b"")? {
+            (200, body) => Ok(Some(String::from_utf8_lossy(&body).into_owned())),
+            (404, _) => Ok(None),
+            (status, _) => Err(io::Error::other(format!("GET {key}: {status}"))),
+        }
+    }
+
+    fn put(&self, key: &str, value: &str) -> io::Result<()> {
+        match self.call("PUT", key, value.as_bytes())? {
+            (201 | 204, _) => Ok(()),
+            (status, _) => Err(io::Error::other(format!("PUT {key}: {status}"))),
+        }
+    }
 }
 
 fn main() -> io::Result<()> {
     // fd 0 is the listening socket psd made for this session.
     let listener = UnixListener::from(io::stdin().as_fd().try_clone_to_owned()?);
+    let state = State::from_env();
+    let count = match &state {
+        Some(state) => state
+            .get("count")?
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
+        None => 0,
+    };
     let mut counter = Counter {
-        count: 0,
+        count,
         pid: std::process::id(),
         resumed: std::env::var("PSD_RESUMED").unwrap_or_else(|_| "0".into()),
+        state,
     };
     eprintln!("counter-fcgi {} started", counter.pid);
     for conn in listener.incoming() {
@@ -64,6 +137,9 @@ fn serve(mut conn: UnixStream, counter: &mut Counter) -> io::Result<()> {
                         continue;
                     };
                     counter.count += 1;
+                    if let Some(state) = &counter.state {
+                        state.put("count", &counter.count.to_string())?;
+                    }
                     let session = fcgi::NameValueIter::new(&params)
                         .filter_map(Result::ok)
                         .find(|(k, _)| *k == b"PSD_SESSION_ID")

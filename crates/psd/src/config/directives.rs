@@ -237,14 +237,23 @@ pub const DIRECTIVES: &[Directive] = &[
         name: "StateStore",
         scope: Scope::Server,
         reload: Reload::Restart,
-        syntax: "StateStore embedded|memory",
+        syntax: "StateStore embedded|memory|redis://HOST:PORT/DB",
         default: "embedded",
-        help: "Where session records live. embedded: `DataDir/state.redb`, written durably (writes batched into shared commits); a session whose worker stopped, or that outlived a restart of psd (SIGTERM or kill -9), resumes with its id and `PSD_RESUMED=1` until its SessionLifetime. A store file psd cannot read stops psd from starting, naming the file. memory: nothing survives psd.",
+        help: "Where session records live. embedded: `DataDir/state.redb`, written durably (writes batched into shared commits); a session whose worker stopped, or that outlived a restart of psd (SIGTERM or kill -9), resumes with its id and `PSD_RESUMED=1` until its SessionLifetime. A store file psd cannot read stops psd from starting, naming the file. memory: nothing survives psd. redis://: a Redis server (several psd nodes can share it); psd connects on first use and again by itself after Redis went away, and while it is unreachable, requests that need a new or dormant session get 503.",
         apply: Apply::Server(|c, a, _| {
-            c.state_store = match one(a)?.to_ascii_lowercase().as_str() {
+            let value = one(a)?;
+            c.state_store = match value.to_ascii_lowercase().as_str() {
                 "embedded" => crate::store::StoreKind::Embedded,
                 "memory" => crate::store::StoreKind::Memory,
-                other => return Err(format!("'{other}': expected embedded or memory")),
+                url if url.starts_with("redis://") => {
+                    redis_url_ok(value)?;
+                    crate::store::StoreKind::Redis(value.to_string())
+                }
+                other => {
+                    return Err(format!(
+                        "'{other}': expected embedded, memory or redis://HOST:PORT/DB"
+                    ))
+                }
             };
             Ok(())
         }),
@@ -739,6 +748,13 @@ pub fn reference() -> String {
         }
     }
     out
+}
+
+/// Whether `url` is one the Redis client accepts.
+fn redis_url_ok(url: &str) -> Result<(), String> {
+    crate::store::Redis::open(url)
+        .map(drop)
+        .map_err(|e| format!("'{url}': {e}"))
 }
 
 fn find(name: &str) -> Option<&'static Directive> {

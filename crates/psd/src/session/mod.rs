@@ -250,6 +250,13 @@ impl Registry {
         hit: &Hit<'_>,
         mapped: Option<Mapped>,
     ) -> Result<Target, Error> {
+        // Every session here will be written to the store: without one, none.
+        self.store.ready().await.map_err(|e| {
+            Error::Store(crate::error::Cause::new(
+                "the state store is unreachable",
+                e,
+            ))
+        })?;
         if let Some(Mapped {
             key,
             presented: Some(presented),

@@ -11,6 +11,7 @@
 mod embedded;
 mod memory;
 mod ops;
+mod redis;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use futures_util::future::BoxFuture;
 
 pub use embedded::Embedded;
 pub use memory::Memory;
+pub use redis::Redis;
 
 /// Where `StateStore` says session records live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +29,8 @@ pub enum StoreKind {
     /// `DataDir/state.redb`.
     Embedded,
     Memory,
+    /// `redis://HOST:PORT/DB`.
+    Redis(String),
 }
 
 /// A session as the store keeps it: enough to resume it anywhere.
@@ -182,6 +186,12 @@ pub trait Store: Send + Sync + 'static {
     /// Finishes the writes queued so far and lets go of the store (its file,
     /// its connection); everything after fails with [`StoreError::Closed`].
     fn close(&self) {}
+
+    /// Whether the store can be used now: a store that was found down
+    /// (Redis gone) is asked again; the registry answers 503 meanwhile.
+    fn ready(&self) -> Answer<()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// Opens the store `kind` for `data_dir`. An embedded store that cannot be
@@ -190,6 +200,9 @@ pub trait Store: Send + Sync + 'static {
 pub fn open(kind: &StoreKind, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match kind {
         StoreKind::Memory => Arc::new(Memory::default()),
+        StoreKind::Redis(url) => {
+            Arc::new(Redis::open(url).map_err(|e| anyhow::anyhow!("StateStore {url}: {e}"))?)
+        }
         StoreKind::Embedded => {
             let path = data_dir.join("state.redb");
             let store = Embedded::open(&path).map_err(|e| {
@@ -350,6 +363,53 @@ mod tests {
     #[tokio::test]
     async fn the_memory_store_keeps_records() {
         behaves(&Memory::default()).await;
+    }
+
+    /// A `redis-server` of this test's own on a free loopback port, killed
+    /// by pid when dropped.
+    pub(crate) struct RedisServer {
+        child: std::process::Child,
+        pub url: String,
+    }
+
+    impl RedisServer {
+        pub(crate) fn start() -> RedisServer {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server (scripts/install-test-deps.sh installs it)");
+            for _ in 0..200 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            RedisServer {
+                child,
+                url: format!("redis://127.0.0.1:{port}/0"),
+            }
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_redis_store_keeps_records_and_values() {
+        let server = RedisServer::start();
+        let store = Redis::open(&server.url).unwrap();
+        behaves(&store).await;
     }
 
     #[tokio::test]

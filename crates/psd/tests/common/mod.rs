@@ -578,3 +578,20 @@ pub fn location_proto(prefix: &str, protocol: &str, worker: &Path, extra: &str) 
         worker.display()
     )
 }
+
+/// The Rust example worker, built once if the test run has not built it.
+pub fn rust_counter() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "counter-fcgi"])
+                .current_dir(repo())
+                .status()
+                .unwrap();
+            assert!(status.success(), "building counter-fcgi");
+            PathBuf::from(PSD).with_file_name("counter-fcgi")
+        })
+        .clone()
+}
