@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine, idempotently:
-# Perl's FCGI (libfcgi-perl), cgi-fcgi (libfcgi-bin), curl, wrk, nginx, apache2
+# Perl's FCGI (libfcgi-perl) and CGI::Fast (libcgi-fast-perl), cgi-fcgi (libfcgi-bin), curl, wrk, nginx, apache2
 # and haproxy (the front-end recipes are tested against them; their services are
 # not started), openssl and procps, redis-server (StateStore redis://; the tests
 # start their own on a free port), and Python's flup and websockets.
@@ -8,6 +8,7 @@ set -euo pipefail
 
 need_apt=()
 perl -MFCGI -e1 2>/dev/null || need_apt+=(libfcgi-perl)
+perl -MCGI::Fast -e1 2>/dev/null || need_apt+=(libcgi-fast-perl)
 command -v cgi-fcgi >/dev/null || need_apt+=(libfcgi-bin)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v wrk >/dev/null || need_apt+=(wrk)

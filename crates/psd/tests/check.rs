@@ -29,6 +29,7 @@ fn check(text: &str) -> (i32, String, String, std::path::PathBuf, TempDir) {
 fn every_example_config_is_valid() {
     for example in [
         "counter-perl",
+        "cgi-perl",
         "counter-python",
         "counter-rust",
         "http-python",

@@ -512,3 +512,33 @@ fn the_rust_counter_resumes_its_count_too() {
     let (before, after, _) = across_a_restart(&location("/", &rust_counter(), ""), "TERM");
     assert_resumed(&before, &after);
 }
+
+/// A CGI.pm script through PSD::CGI: each request's parameters are its own,
+/// and the count in the session's state survives a restart.
+#[test]
+fn a_cgi_pm_script_keeps_its_count_and_never_sees_old_parameters() {
+    let script = repo().join("examples/cgi-perl/counter.pl");
+    let mut d = Daemon::start(&location("/", &script, ""));
+    let c = Client::with_jar(&d.dir, "c");
+    let first = c.get(&d.url("/?name=ann"));
+    assert_eq!(
+        (first.count(), first.field("name").as_deref()),
+        (1, Some("ann")),
+        "{}",
+        d.log_text()
+    );
+    let second = c.get(&d.url("/"));
+    assert_eq!(
+        (second.count(), second.field("name").as_deref()),
+        (2, Some("-")),
+        "no old parameter"
+    );
+    d.signal("TERM");
+    d.restart();
+    let third = c.get(&d.url("/?name=bob"));
+    assert_eq!(
+        (third.count(), third.field("name").as_deref()),
+        (3, Some("bob"))
+    );
+    assert_eq!(third.field("resumed").as_deref(), Some("1"));
+}

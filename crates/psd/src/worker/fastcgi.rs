@@ -52,6 +52,21 @@ pub(crate) struct FastCgiWorker {
     env: Vec<(&'static str, Arc<str>)>,
 }
 
+/// What a worker's environment says about the worker rather than the
+/// request, sent with every request too: FastCGI libraries (Perl's FCGI,
+/// CGI::Fast, PHP) replace the environment with each request's variables.
+fn worker_env(spawn: &Spawn<'_>) -> Vec<(&'static str, Arc<str>)> {
+    let mut env = vec![(
+        "PSD_RESUMED",
+        Arc::from(if spawn.resumed { "1" } else { "0" }),
+    )];
+    if let Some((state, shared)) = spawn.state_urls {
+        env.push(("PSD_STATE_URL", state.into()));
+        env.push(("PSD_SHARED_URL", shared.into()));
+    }
+    env
+}
+
 impl Drop for FastCgiWorker {
     fn drop(&mut self) {
         let kept = self.idle.get_mut().map_or(0, |idle| idle.len());
@@ -107,15 +122,7 @@ impl FastCgiWorker {
             proc: launched.proc,
             socket,
             session_id: spawn.session_id.clone(),
-            env: spawn
-                .state_urls
-                .map(|(state, shared)| {
-                    vec![
-                        ("PSD_STATE_URL", state.into()),
-                        ("PSD_SHARED_URL", shared.into()),
-                    ]
-                })
-                .unwrap_or_default(),
+            env: worker_env(spawn),
             location: location.clone(),
             idle: Mutex::new(vec![]),
             processes: spawn.processes.clone(),
