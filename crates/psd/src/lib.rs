@@ -11,6 +11,9 @@
 //!   session's lifecycle and record, and [`Sessions`], the handle on them;
 //! - `worker`: what answers a session's requests — FastCGI, HTTP and
 //!   JSON-lines (stdio) processes, and in-process tasks;
+//! - [`store`]: what outlives a worker and psd — session records and values
+//!   (embedded redb, Redis, or memory), read on the registry's miss path and
+//!   over the state API;
 //! - [`error`]: who failed, whether to retry, and the status a client sees.
 //!
 //! Around them: [`daemon`] ([`Server`], [`run`]: DataDir, the secret, start,
