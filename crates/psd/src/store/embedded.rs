@@ -177,12 +177,7 @@ impl Embedded {
             .expect("store lock")
             .as_ref()
             .is_some_and(|jobs| jobs.send(job).is_ok());
-        Box::pin(async move {
-            if !sent {
-                return Err(StoreError::Closed);
-            }
-            rx.await.unwrap_or(Err(StoreError::Closed))
-        })
+        super::when_written(sent, rx)
     }
 
     /// Runs `f` in a read transaction on the blocking pool.

@@ -136,6 +136,20 @@ pub enum Written {
 
 type Answer<T> = BoxFuture<'static, Result<T, StoreError>>;
 
+/// The answer to a write handed to a store's writer (`queued`: whether the
+/// writer took it), which sends its result on `rx`.
+fn when_written<T: Send + 'static>(
+    queued: bool,
+    rx: tokio::sync::oneshot::Receiver<Result<T, StoreError>>,
+) -> Answer<T> {
+    Box::pin(async move {
+        if !queued {
+            return Err(StoreError::Closed);
+        }
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    })
+}
+
 /// Session records and the values of session and shared spaces, durable or
 /// not.
 ///

@@ -90,37 +90,34 @@ pub(super) fn forget(kv: &mut impl Kv, app: &str, key: &str) -> Result<bool, Sto
     kv.remove(&record_key(app, key))
 }
 
-pub(super) fn purge_expired(kv: &mut impl Kv, now: u64) -> Result<usize, StoreError> {
-    let mut expired = vec![];
+/// Forgets every session whose record meets `gone`; returns how many.
+/// A record that cannot be read is left where it is.
+fn forget_where(
+    kv: &mut impl Kv,
+    gone: impl Fn(&SessionRecord) -> bool,
+) -> Result<usize, StoreError> {
+    let mut doomed = vec![];
     for (_, bytes) in kv.scan("r\0")? {
-        // A record that cannot be read is of no use to anyone: it goes too.
-        match serde_json::from_slice::<SessionRecord>(&bytes) {
-            Ok(r) if !r.expired_at(now) => {}
-            Ok(r) => expired.push((r.app, r.key)),
-            Err(_) => {}
+        if let Ok(r) = serde_json::from_slice::<SessionRecord>(&bytes) {
+            if gone(&r) {
+                doomed.push((r.app, r.key));
+            }
         }
     }
-    for (app, key) in &expired {
+    for (app, key) in &doomed {
         forget(kv, app, key)?;
     }
-    Ok(expired.len())
+    Ok(doomed.len())
+}
+
+pub(super) fn purge_expired(kv: &mut impl Kv, now: u64) -> Result<usize, StoreError> {
+    forget_where(kv, |r| r.expired_at(now))
 }
 
 /// Ends every session whose application is not one of `apps` (its
 /// `<Location>` is gone); the applications' shared values stay.
 pub(super) fn retain_apps(kv: &mut impl Kv, apps: &[String]) -> Result<usize, StoreError> {
-    let mut gone = vec![];
-    for (_, bytes) in kv.scan("r\0")? {
-        if let Ok(r) = serde_json::from_slice::<SessionRecord>(&bytes) {
-            if !apps.contains(&r.app) {
-                gone.push((r.app, r.key));
-            }
-        }
-    }
-    for (app, key) in &gone {
-        forget(kv, app, key)?;
-    }
-    Ok(gone.len())
+    forget_where(kv, |r| !apps.contains(&r.app))
 }
 
 pub(super) fn value(

@@ -291,13 +291,7 @@ impl Redis {
                 let _ = tx.send(result);
             })
         });
-        let sent = self.jobs.send(job).is_ok();
-        Box::pin(async move {
-            if !sent {
-                return Err(StoreError::Closed);
-            }
-            rx.await.unwrap_or(Err(StoreError::Closed))
-        })
+        super::when_written(self.jobs.send(job).is_ok(), rx)
     }
 
     fn read<T: Send + 'static>(
