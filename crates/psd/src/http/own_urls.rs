@@ -20,7 +20,7 @@ use super::state_api::{self, Allowed};
 use crate::body::{self, Body, BoxError};
 use crate::config::ClientState;
 use crate::error::Error;
-use crate::mapper::{self, Access, Hit, Ids};
+use crate::mapper::{self, Access, Hit, Ids, Mapped};
 use crate::store::Space;
 
 /// `PREFIX/.psd/state/KEY` and `PREFIX/.psd/shared/KEY`: the values of the
@@ -44,18 +44,7 @@ where
     }
     let ids = &shared.registry.ids;
     let app = mount.app.as_str();
-    let params = mapper::params(request.uri().query(), None);
-    let hit = Hit {
-        method: request.method(),
-        uri: request.uri(),
-        headers: request.headers(),
-        path: "/",
-        client,
-        params: &params,
-    };
-    let mapped = location
-        .mapper
-        .get_session_id_from_hit(&hit, &Ids::new(ids, app));
+    let mapped = session_at_root(shared, mount, &request, client);
     let Some((session_key, presented)) = mapped.and_then(|m| Some((m.key, m.presented?))) else {
         return Error::NotFound.to_response();
     };
@@ -93,6 +82,27 @@ where
     .await
 }
 
+/// The session a request's id names, as if it were for the application's
+/// root: psd's own URLs are about the id, not about a path under it.
+fn session_at_root<B>(
+    shared: &Shared,
+    mount: &Mount,
+    request: &Request<B>,
+    client: IpAddr,
+) -> Option<Mapped> {
+    let params = mapper::params(request.uri().query(), None);
+    let hit = Hit {
+        method: request.method(),
+        uri: request.uri(),
+        headers: request.headers(),
+        path: "/",
+        client,
+        params: &params,
+    };
+    let ids = Ids::new(&shared.registry.ids, mount.app.as_str());
+    mount.config.mapper.get_session_id_from_hit(&hit, &ids)
+}
+
 pub(super) fn answer<B>(
     shared: &Shared,
     mount: &Mount,
@@ -108,18 +118,9 @@ pub(super) fn answer<B>(
     let base = format!("{}/", view.script_name);
     match under {
         "/.psd/share" => {
-            let hit = Hit {
-                method: request.method(),
-                uri: request.uri(),
-                headers: request.headers(),
-                path: "/",
-                client,
-                params: &params,
-            };
             // Sharing is of the id: with `path` parts, the read-only id
             // reaches every path's session of it, as the read-write id does.
-            let presented = mapper
-                .get_session_id_from_hit(&hit, &Ids::new(ids, app))
+            let presented = session_at_root(shared, mount, request, client)
                 .and_then(|mapped| mapped.presented)
                 .filter(|p| p.access == Access::ReadWrite)
                 .and_then(|p| ids.share(app, &p.id));

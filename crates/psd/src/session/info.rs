@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -187,6 +187,15 @@ impl Record {
 
     pub fn phase(&self) -> (Phase, Option<u32>) {
         *self.now.lock().expect("record lock")
+    }
+
+    /// When the session was last active, as wall-clock time, from how long
+    /// it has been idle (the door keeps that on a monotonic clock).
+    pub fn last_active(&self, idle: Duration) -> SystemTime {
+        SystemTime::now()
+            .checked_sub(idle)
+            .unwrap_or(self.created)
+            .max(self.created)
     }
 }
 

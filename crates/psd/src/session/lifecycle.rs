@@ -29,7 +29,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
@@ -83,7 +83,7 @@ impl Core {
             key: self.key.clone(),
             id: self.id.to_string(),
             created: unix_ms(created),
-            last_active: unix_ms(SystemTime::now() - idle).max(unix_ms(created)),
+            last_active: unix_ms(self.record.last_active(idle)),
             expires: unix_ms(created + self.location.session_lifetime),
             node: self.registry.node.to_string(),
         };

@@ -153,10 +153,7 @@ impl Entry {
                 Phase::Stopping => SessionState::Stopping,
             },
             created: self.record.created,
-            last_active: SystemTime::now()
-                .checked_sub(idle_for)
-                .unwrap_or(self.record.created)
-                .max(self.record.created),
+            last_active: self.record.last_active(idle_for),
             requests,
             pid,
             client: self.record.client,
