@@ -157,16 +157,12 @@ where
         },
     };
     if under == "/.psd" || under.starts_with("/.psd/") {
-        if let Some(rest) = under.strip_prefix("/.psd/") {
-            if let Some((space, key)) = rest.split_once('/') {
-                if space == "state" || space == "shared" {
-                    let key = key.to_string();
-                    let answer =
-                        own_urls::state(shared, mount, request, space == "shared", &key, client);
-                    // Boxed: rare, and it would size every request's future.
-                    return Box::pin(answer).await;
-                }
-            }
+        let own = under.strip_prefix("/.psd/").and_then(|r| r.split_once('/'));
+        if let Some((space @ ("state" | "shared"), key)) = own {
+            let key = key.to_string();
+            let answer = own_urls::state(shared, mount, request, space == "shared", &key, client);
+            // Boxed: rare, and it would size every request's future.
+            return Box::pin(answer).await;
         }
         return own_urls::answer(shared, mount, &request, &under, client, &view);
     }
