@@ -32,9 +32,13 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use tokio::sync::oneshot;
 
-use crate::worker::inproc::Inbox;
+use futures_util::future::BoxFuture;
+
+use crate::store::{self, Refused, Space, Store, StoreError, Written};
+use crate::worker::inproc::Link;
 
 pub use crate::mapper::Access;
+pub use crate::store::{Condition, Value};
 
 pub(crate) type SessionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -69,28 +73,43 @@ impl App {
 
 /// One user's session, as its task sees it.
 pub struct Session {
-    id: Arc<str>,
+    link: Arc<Link>,
     resumed: bool,
-    requests: Arc<Inbox>,
 }
 
 impl Session {
-    pub(crate) fn new(id: Arc<str>, resumed: bool, requests: Arc<Inbox>) -> Self {
-        Self {
-            id,
-            resumed,
-            requests,
-        }
+    pub(crate) fn new(link: Arc<Link>, resumed: bool) -> Self {
+        Self { link, resumed }
     }
 
     /// The session id, as the client holds it.
     pub fn id(&self) -> &str {
-        &self.id
+        &self.link.state.id
     }
 
-    /// Whether this session existed before and its task was started again.
+    /// Whether this session existed before (its task ended after an idle
+    /// timeout, a stop, a panic, or a psd restart) and is running again:
+    /// what it kept in [`Session::state`] is there.
     pub fn resumed(&self) -> bool {
         self.resumed
+    }
+
+    /// This session's values in the state store: what a worker process
+    /// reaches at `PSD_STATE_URL`, with the same rules.
+    pub fn state(&self) -> State {
+        State {
+            link: self.link.clone(),
+            shared: false,
+        }
+    }
+
+    /// The application's values, shared by all its sessions: a worker
+    /// process's `PSD_SHARED_URL`.
+    pub fn shared(&self) -> State {
+        State {
+            link: self.link.clone(),
+            shared: true,
+        }
     }
 
     /// Waits for the next request routed to this session. psd ends a
@@ -98,7 +117,174 @@ impl Session {
     /// future, as a task is cancelled, so code waiting here simply stops;
     /// `None` means the session has ended and the task should return.
     pub async fn next(&mut self) -> Option<Request> {
-        self.requests.pop().await.map(|request| *request)
+        self.link.inbox.pop().await.map(|request| *request)
+    }
+}
+
+/// Named values in the state store, which outlive the session's task (and
+/// psd, with `StateStore embedded` or `redis://`): a session's own, or its
+/// application's shared ones. Keys are `[A-Za-z0-9._~-]`, `/` inside,
+/// 1–200 bytes. A write that returns `Ok` is as durable as the store makes
+/// anything (with `embedded`, fsync'd). Once the session has ended, every
+/// call gives [`StateError::Ended`].
+///
+/// ```no_run
+/// use psd::app::{text, App};
+/// let counter = App::new(|mut session| async move {
+///     let state = session.state();
+///     let mut count: i64 = match session.resumed() {
+///         true => state.number("count").await.unwrap_or(0),
+///         false => 0,
+///     };
+///     while let Some(request) = session.next().await {
+///         count += 1;
+///         if state.put("count", count.to_string()).await.is_err() {
+///             // The store is down: the count is only in memory for now.
+///         }
+///         request.respond(text(format!("{count}\n")));
+///     }
+/// });
+/// # drop(counter);
+/// ```
+#[derive(Clone)]
+pub struct State {
+    link: Arc<Link>,
+    shared: bool,
+}
+
+/// Why a state call did nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("invalid key")]
+    InvalidKey,
+    #[error("the condition does not hold")]
+    Precondition,
+    #[error("the space would exceed MaxSessionState")]
+    TooLarge,
+    #[error("the value is not an integer")]
+    NotANumber,
+    #[error("no such value")]
+    Missing,
+    #[error("the session has ended")]
+    Ended,
+    #[error("state store: {0}")]
+    Store(String),
+}
+
+impl From<Refused> for StateError {
+    fn from(why: Refused) -> Self {
+        match why {
+            Refused::Precondition => StateError::Precondition,
+            Refused::TooLarge => StateError::TooLarge,
+            Refused::Missing => StateError::Missing,
+            Refused::NotANumber => StateError::NotANumber,
+        }
+    }
+}
+
+impl From<StoreError> for StateError {
+    fn from(e: StoreError) -> Self {
+        StateError::Store(e.to_string())
+    }
+}
+
+impl State {
+    /// Queues one store call (see [`StateLink::call`]), then waits for it.
+    async fn call<T>(
+        &self,
+        key: Option<&str>,
+        writes: bool,
+        call: impl FnOnce(&dyn Store, &Space, u64) -> BoxFuture<'static, Result<T, StoreError>>,
+    ) -> Result<T, StateError> {
+        if key.is_some_and(|k| !store::valid_key(k)) {
+            return Err(StateError::InvalidKey);
+        }
+        let link = &self.link.state;
+        let space = link.space(self.shared);
+        let limit = link.location().max_session_state;
+        let writes_own = writes && !self.shared;
+        let answer = link
+            .call(writes_own, |store| call(store, &space, limit))
+            .map_err(|_| StateError::Ended)?;
+        Ok(answer.await?)
+    }
+
+    /// The value and its version (an `ETag`), or `None`.
+    pub async fn get(&self, key: &str) -> Result<Option<Value>, StateError> {
+        let key_ = key.to_string();
+        self.call(Some(key), false, move |s, space, _| s.value(space, &key_))
+            .await
+    }
+
+    /// A value that holds a decimal integer (as [`State::add`] keeps them).
+    pub async fn number(&self, key: &str) -> Result<i64, StateError> {
+        let value = self.get(key).await?.ok_or(StateError::Missing)?;
+        std::str::from_utf8(&value.data)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .ok_or(StateError::NotANumber)
+    }
+
+    /// The keys, with the sizes of their values, in key order.
+    pub async fn keys(&self) -> Result<Vec<(String, u64)>, StateError> {
+        self.call(None, false, |s, space, _| s.keys(space)).await
+    }
+
+    /// Writes a value; returns its new version.
+    pub async fn put(&self, key: &str, data: impl Into<Vec<u8>>) -> Result<u64, StateError> {
+        self.put_if(key, data, Condition::Always).await
+    }
+
+    /// Writes a value if `when` holds (compare-and-set: `Version(v)` from a
+    /// [`State::get`], or `Absent`); returns its new version.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        data: impl Into<Vec<u8>>,
+        when: Condition,
+    ) -> Result<u64, StateError> {
+        let (key_, data) = (key.to_string(), data.into());
+        let written = self
+            .call(Some(key), true, move |s, space, limit| {
+                s.put(space, &key_, data, when, limit)
+            })
+            .await?;
+        version(written)
+    }
+
+    /// Deletes a value; `Err(Missing)` if there was none.
+    pub async fn delete(&self, key: &str) -> Result<(), StateError> {
+        self.delete_if(key, Condition::Always).await
+    }
+
+    /// Deletes a value if `when` holds.
+    pub async fn delete_if(&self, key: &str, when: Condition) -> Result<(), StateError> {
+        let key_ = key.to_string();
+        let written = self
+            .call(Some(key), true, move |s, space, _| {
+                s.delete(space, &key_, when)
+            })
+            .await?;
+        version(written).map(drop)
+    }
+
+    /// Adds `n` to an integer value (0 when absent), atomically; returns
+    /// the sum.
+    pub async fn add(&self, key: &str, n: i64) -> Result<i64, StateError> {
+        let key_ = key.to_string();
+        let (written, sum) = self
+            .call(Some(key), true, move |s, space, limit| {
+                s.add(space, &key_, n, limit)
+            })
+            .await?;
+        version(written).map(|_| sum)
+    }
+}
+
+fn version(written: Written) -> Result<u64, StateError> {
+    match written {
+        Written::Created(v) | Written::Replaced(v) => Ok(v),
+        Written::Refused(why) => Err(why.into()),
     }
 }
 

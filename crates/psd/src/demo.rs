@@ -3,6 +3,9 @@
 //! Each browser (cookie) has its own count, kept in a local variable of its
 //! session task. `++` and `--` change it; going below zero first asks "Do you
 //! really want to GO NEGATIVE?" and keeps asking until Yes or No is chosen.
+//! Each change is also written to the session's state, so the count
+//! survives an idle timeout and a restart of psd: a resumed session reads
+//! it back.
 
 use std::path::PathBuf;
 
@@ -28,7 +31,11 @@ pub fn config() -> Config {
 /// The counter application.
 pub fn counter() -> App {
     App::new(|mut session: Session| async move {
-        let mut count: i64 = 0;
+        let state = session.state();
+        let mut count: i64 = match session.resumed() {
+            true => state.number("count").await.unwrap_or(0),
+            false => 0,
+        };
         let Some(mut request) = session.next().await else {
             return;
         };
@@ -49,6 +56,12 @@ pub fn counter() -> App {
                 }
             }
             count += add;
+            if add != 0 {
+                if let Err(e) = state.put("count", count.to_string()).await {
+                    // The page still shows it; it is lost if psd stops.
+                    tracing::warn!(session = %session.id(), "the demo could not keep its count: {e}");
+                }
+            }
             let answer = if count == 42 {
                 "<h1>The Answer to Life, The Universe, and Everything</h1>\n"
             } else {

@@ -18,8 +18,8 @@
 //!
 //! Around them: [`daemon`] ([`Server`], [`run`]: DataDir, the secret, start,
 //! reload, shutdown), [`config`] (the directives), [`app`] (the API for
-//! in-process, Continuity-style applications), [`demo`] (the built-in
-//! counter), [`body`] (request and response bodies) and `connection`
+//! in-process, Continuity-style applications and their state), [`demo`]
+//! (the built-in counter), [`body`] (request and response bodies) and `connection`
 //! (per-connection limits).
 
 mod access_log;

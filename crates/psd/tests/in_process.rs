@@ -4,10 +4,11 @@
 mod common;
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use psd::app::{text, App};
+use psd::app::{text, App, Condition, State, StateError};
 use psd::config::LocationConfig;
 
 fn counts(body: &str) -> String {
@@ -263,6 +264,184 @@ async fn a_custom_mapper_decides_the_session_key() {
         seen[0].1
     );
     assert!(seen.iter().all(|s| !s.2), "this mapper hands out no cookie");
+    drop(stop);
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_counter_keeps_its_count_across_a_restart() {
+    let dir = TempDir::new("demo-restart");
+    let jars = TempDir::new("demo-restart-jar");
+    let demo = || vec![LocationConfig::in_process("/", psd::demo::counter())];
+    let (base, stop, server) = serve(&dir, demo(), 100).await;
+    let c = Client::with_jar(&jars, "browser");
+    let (before, c) = blocking(move || {
+        let seen = ["", "++", "++", "++"]
+            .iter()
+            .map(|o| {
+                counts(
+                    &c.get(&format!("{base}/?option={}", o.replace('+', "%2B")))
+                        .body,
+                )
+            })
+            .collect::<Vec<_>>();
+        (seen, c)
+    })
+    .await;
+    assert_eq!(before, ["0", "1", "2", "3"]);
+    drop(stop);
+    server.await.unwrap().unwrap();
+
+    // The same DataDir, a new server: the browser's id names its session.
+    let (base, stop, server) = serve(&dir, demo(), 100).await;
+    let after = blocking(move || {
+        let other = Client::anonymous();
+        (
+            counts(&c.get(&format!("{base}/?option=%2B%2B")).body),
+            counts(&other.get(&format!("{base}/?option=%2B%2B")).body),
+        )
+    })
+    .await;
+    assert_eq!(after, ("4".into(), "1".into()), "(resumed, a new browser)");
+    drop(stop);
+    server.await.unwrap().unwrap();
+}
+
+/// An app that counts in its state, and hands its `State` out so that the
+/// test can try it once the session has ended.
+fn keeper(stash: Arc<Mutex<Option<State>>>) -> App {
+    App::new(move |mut session| {
+        let stash = stash.clone();
+        async move {
+            let state = session.state();
+            *stash.lock().unwrap() = Some(state.clone());
+            let mut n = match session.resumed() {
+                true => state.number("n").await.unwrap_or(-100),
+                false => 0,
+            };
+            while let Some(request) = session.next().await {
+                if request.path() == "/quit" {
+                    request.respond(text("bye"));
+                    return;
+                }
+                n += 1;
+                state.put("n", n.to_string()).await.unwrap();
+                let resumed = u8::from(session.resumed());
+                request.respond(text(format!("n={n} resumed={resumed}")));
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_session_resumes_with_its_state_after_an_idle_timeout() {
+    for resume in [true, false] {
+        let dir = TempDir::new("keeper");
+        let stash = Arc::new(Mutex::new(None));
+        let mut location = LocationConfig::in_process("/", keeper(stash.clone()));
+        location.session_timeout = Duration::from_millis(300);
+        location.resume_on_timeout = resume;
+        let (base, stop, server) = serve(&dir, vec![location], 100).await;
+        let client = Arc::new(Client::with_jar(&dir, "c"));
+        let get = move |path: &'static str| {
+            let (base, client) = (base.clone(), client.clone());
+            async move {
+                blocking(move || {
+                    let r = client.get(&format!("{base}{path}"));
+                    let n = r.field("n").unwrap_or_default();
+                    (n, r.field("resumed").unwrap_or_default(), r.body)
+                })
+                .await
+            }
+        };
+        let pair = |(n, resumed, _): (String, String, String)| (n, resumed);
+        assert_eq!(pair(get("/").await), ("1".into(), "0".into()));
+        assert_eq!(pair(get("/").await), ("2".into(), "0".into()));
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let expected = match resume {
+            true => ("3".into(), "1".into()),
+            false => ("1".into(), "0".into()),
+        };
+        assert_eq!(pair(get("/").await), expected, "OnTimeout resume: {resume}");
+
+        // An application that returns ends its session: state and all.
+        assert_eq!(get("/quit").await.2, "bye");
+        let stale = stash.lock().unwrap().take().unwrap();
+        assert_eq!(stale.put("n", "7").await, Err(StateError::Ended));
+        assert_eq!(pair(get("/").await), ("1".into(), "0".into()));
+        drop(stop);
+        server.await.unwrap().unwrap();
+    }
+}
+
+/// Runs the state calls of a session on its first request and answers
+/// their outcomes, one a line.
+fn state_rules() -> App {
+    App::new(|mut session| async move {
+        let Some(request) = session.next().await else {
+            return;
+        };
+        let s = session.state();
+        let mut out = vec![];
+        out.push(format!("{:?}", s.put("a", "1").await.is_ok()));
+        let v = s.get("a").await.unwrap().unwrap();
+        out.push(String::from_utf8_lossy(&v.data).into_owned());
+        let swap = s.put_if("a", "2", Condition::Version(v.version)).await;
+        out.push(format!("{:?}", swap.is_ok()));
+        out.push(format!(
+            "{:?}",
+            s.put_if("a", "3", Condition::Version(v.version)).await
+        ));
+        out.push(format!("{:?}", s.put_if("a", "3", Condition::Absent).await));
+        out.push(format!("{:?}", s.add("a", 5).await));
+        out.push(format!("{:?}", s.put("t", "x").await.is_ok()));
+        out.push(format!("{:?}", s.add("t", 1).await));
+        out.push(format!("{:?}", s.put("big", vec![0u8; 2000]).await));
+        out.push(format!("{:?}", s.get("a//b").await));
+        out.push(format!("{:?}", s.keys().await));
+        out.push(format!("{:?}", s.delete("t").await));
+        out.push(format!("{:?}", s.delete("t").await));
+        out.push(format!("{:?}", s.get("t").await));
+        out.push(format!("{:?}", session.shared().add("visits", 1).await));
+        request.respond(text(out.join("\n")));
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_in_process_keeps_the_state_api_rules() {
+    let dir = TempDir::new("state-rules");
+    let mut location = LocationConfig::in_process("/", state_rules());
+    location.max_session_state = 1000;
+    let (base, stop, server) = serve(&dir, vec![location], 100).await;
+    let bodies = blocking(move || {
+        let first = Client::anonymous().get(&format!("{base}/")).body;
+        let second = Client::anonymous().get(&format!("{base}/")).body;
+        (first, second)
+    })
+    .await;
+    let expected = [
+        "true",
+        "1",
+        "true",
+        "Err(Precondition)",
+        "Err(Precondition)",
+        "Ok(7)",
+        "true",
+        "Err(NotANumber)",
+        "Err(TooLarge)",
+        "Err(InvalidKey)",
+        r#"Ok([("a", 1), ("t", 1)])"#,
+        "Ok(())",
+        "Err(Missing)",
+        "Ok(None)",
+        "Ok(1)",
+    ];
+    assert_eq!(bodies.0.lines().collect::<Vec<_>>(), expected);
+    assert_eq!(
+        bodies.1.lines().last(),
+        Some("Ok(2)"),
+        "the shared space is the application's"
+    );
     drop(stop);
     server.await.unwrap().unwrap();
 }

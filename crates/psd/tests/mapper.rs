@@ -170,20 +170,6 @@ fn max_sessions_per_client_gives_503_to_that_client_only() {
     );
 }
 
-/// The link `/.psd/share` hands out, from its HTML.
-fn share_link(reply: &Reply) -> String {
-    assert_eq!(reply.status, 200, "{reply:?}");
-    reply
-        .body
-        .split("href=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn a_read_only_id_sees_the_session_but_cannot_change_or_escalate() {
     let d = Daemon::start(&location_with("cookie psd_sid", ""));

@@ -57,6 +57,42 @@ fn a_session_resumes_after_psd_is_killed() {
 }
 
 #[test]
+fn read_only_ids_still_work_after_psd_is_killed() {
+    let mut d = Daemon::start(&location("/", &perl_counter(), ""));
+    let owner = Client::with_jar(&d.dir, "owner");
+    let first = owner.get(&d.url("/"));
+    let link = share_link(&owner.get(&d.url("/.psd/share")));
+    let read_only = link.split("id=").nth(1).unwrap().to_string();
+    let viewer = Client::with_jar(&d.dir, "viewer");
+    assert_eq!(viewer.get(&d.url(&link)).status, 303);
+    assert_eq!(viewer.get(&d.url("/")).count(), 2);
+    d.signal("KILL");
+    d.restart();
+
+    let seen = viewer.get(&d.url("/"));
+    assert_eq!(seen.status, 200, "{}", d.log_text());
+    assert_eq!(
+        (seen.count(), seen.field("resumed").as_deref()),
+        (3, Some("1")),
+        "the viewer resumed the owner's session"
+    );
+    assert_eq!(seen.field("access").as_deref(), Some("read-only"));
+    assert_eq!(seen.field("session"), Some(read_only));
+    assert_eq!(viewer.request(&d.url("/"), &["--data", "x=1"]).status, 403);
+    let again = owner.get(&d.url("/"));
+    assert_eq!(
+        (again.count(), again.field("access").as_deref()),
+        (4, Some("read-write"))
+    );
+    assert_eq!(again.field("session"), first.field("session"));
+    assert_eq!(
+        share_link(&owner.get(&d.url("/.psd/share"))),
+        link,
+        "the same read-only id as before the restart"
+    );
+}
+
+#[test]
 fn with_state_store_memory_nothing_survives_a_restart() {
     let config = format!("StateStore memory\n{}", location("/", &perl_counter(), ""));
     let (before, after, _) = across_a_restart(&config, "TERM");

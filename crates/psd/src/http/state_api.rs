@@ -29,29 +29,13 @@ use tokio::net::TcpListener;
 use crate::body::{self, Body, BoxError};
 use crate::error::{Cause, Error};
 use crate::session::Registry;
-use crate::store::{Condition, Refused, Space, Store, Written};
-
-/// The longest key.
-const MAX_KEY: usize = 200;
+use crate::store::{valid_key, Condition, Refused, Space, Store, Written};
 
 /// What a caller may do with a space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Allowed {
     Read,
     ReadWrite,
-}
-
-/// Whether `key` is a valid key: `[A-Za-z0-9._~-]`, 1–200 bytes, `/`
-/// inside (not first, not last, never two in a row).
-fn valid_key(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= MAX_KEY
-        && !key.starts_with('/')
-        && !key.ends_with('/')
-        && !key.contains("//")
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._~-/".contains(&b))
 }
 
 fn plain(status: StatusCode, text: &str) -> Response<Body> {

@@ -8,13 +8,16 @@
 //! never choose one. This module owns the secret, issuing, verifying (in
 //! constant time). Read-only ids have the same shape but are signed with a
 //! key derived from the secret for that purpose alone, so neither kind of id
-//! verifies as the other. This module never decides whether a session
+//! verifies as the other; [`ReadOnlyIds`] derives one from a read-write id
+//! and back. This module never decides whether a session
 //! exists: that is the registry's job.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 
+use aes::cipher::{BlockDecrypt, BlockEncrypt};
+use aes::Aes256;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -38,10 +41,14 @@ impl Signer {
     /// The signer for read-only ids: same node, a key derived from this
     /// signer's key for that purpose only.
     pub fn read_only(&self) -> Signer {
+        Signer::new(&self.node, &self.subkey(b"psd read-only session ids v1"))
+    }
+
+    /// A key for one purpose, derived from the secret.
+    fn subkey(&self, purpose: &[u8]) -> [u8; 32] {
         let mut mac = self.mac.clone();
-        mac.update(b"psd read-only session ids v1");
-        let key = mac.finalize().into_bytes();
-        Signer::new(&self.node, &key)
+        mac.update(purpose);
+        mac.finalize().into_bytes().into()
     }
 
     pub fn new(node: &str, secret: &[u8]) -> Self {
@@ -76,31 +83,35 @@ impl Signer {
     pub fn issue(&self, app: &str) -> String {
         let mut random = [0u8; RANDOM_BYTES];
         getrandom::fill(&mut random).expect("the OS random number generator failed");
-        let body = format!("{}.{}", self.node, URL_SAFE_NO_PAD.encode(random));
+        self.sign(app, &self.node, &random)
+    }
+
+    /// The id `node.random`, signed for `app`.
+    fn sign(&self, app: &str, node: &str, random: &[u8; RANDOM_BYTES]) -> String {
+        let body = format!("{node}.{}", URL_SAFE_NO_PAD.encode(random));
         let tag = self.tag(app, body.as_bytes());
         format!("{body}.{}", URL_SAFE_NO_PAD.encode(tag))
     }
 
     /// Whether `id` is well-formed and was issued for `app` with this secret.
     pub fn verify(&self, app: &str, id: &str) -> bool {
-        let Some((body, tag)) = id.rsplit_once('.') else {
-            return false;
-        };
-        let well_formed = body.split_once('.').is_some_and(|(node, random)| {
-            valid_node_name(node)
-                && URL_SAFE_NO_PAD
-                    .decode(random)
-                    .is_ok_and(|r| r.len() == RANDOM_BYTES)
-        });
-        let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else {
-            return false;
-        };
-        if !well_formed || tag.len() != MAC_BYTES {
-            return false;
+        self.verified(app, id).is_some()
+    }
+
+    /// The node and random parts of `id`, if it is well-formed and was
+    /// issued for `app` with this secret.
+    fn verified<'a>(&self, app: &str, id: &'a str) -> Option<(&'a str, [u8; RANDOM_BYTES])> {
+        let (body, tag) = id.rsplit_once('.')?;
+        let (node, random) = body.split_once('.')?;
+        let random: [u8; RANDOM_BYTES] = URL_SAFE_NO_PAD.decode(random).ok()?.try_into().ok()?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        if !valid_node_name(node) || tag.len() != MAC_BYTES {
+            return None;
         }
         let mut mac = self.keyed(app);
         mac.update(body.as_bytes());
-        mac.verify_truncated_left(&tag).is_ok()
+        mac.verify_truncated_left(&tag).ok()?;
+        Some((node, random))
     }
 
     /// The MAC with the application already in it; a NUL ends the name
@@ -119,6 +130,52 @@ impl Signer {
         let mut tag = [0u8; MAC_BYTES];
         tag.copy_from_slice(&full[..MAC_BYTES]);
         tag
+    }
+}
+
+/// Read-only ids: each read-write id has exactly one, derived from it, from
+/// which only the holder of the secret can get back to the read-write id.
+///
+/// A read-only id is `NODE.SEALED.MAC`: the read-write id's node, its
+/// random part encrypted (AES-256, one block, under a key derived from the
+/// secret for this alone), and a MAC with the read-only key. It needs no
+/// table: it keeps working after a restart, and on every node that shares
+/// the secret, for as long as its session exists. What it names is the
+/// registry's business, as for any id: once the session has ended, it
+/// names nothing.
+#[derive(Clone)]
+pub struct ReadOnlyIds {
+    read_write: Signer,
+    read_only: Signer,
+    cipher: Aes256,
+}
+
+impl ReadOnlyIds {
+    pub fn new(read_write: &Signer) -> ReadOnlyIds {
+        let key = read_write.subkey(b"psd read-only id sealing v1");
+        ReadOnlyIds {
+            read_only: read_write.read_only(),
+            read_write: read_write.clone(),
+            cipher: aes::cipher::KeyInit::new(&key.into()),
+        }
+    }
+
+    /// The read-only id of the read-write id `id` of `app` (the same one
+    /// each time); `None` if `id` is not one.
+    pub fn of(&self, app: &str, id: &str) -> Option<String> {
+        let (node, random) = self.read_write.verified(app, id)?;
+        let mut block = random.into();
+        self.cipher.encrypt_block(&mut block);
+        Some(self.read_only.sign(app, node, &block.into()))
+    }
+
+    /// The read-write id a read-only id of `app` stands for; `None` if
+    /// `token` is not a read-only id psd issued.
+    pub fn read_write(&self, app: &str, token: &str) -> Option<String> {
+        let (node, sealed) = self.read_only.verified(app, token)?;
+        let mut block = sealed.into();
+        self.cipher.decrypt_block(&mut block);
+        Some(self.read_write.sign(app, node, &block.into()))
     }
 }
 

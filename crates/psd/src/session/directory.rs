@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 
 use super::AppKey;
 use crate::error::{Cause, Error};
-use crate::store::{unix_ms, Store};
+use crate::store::{unix_ms, Store, StoreError};
 
 /// What the directory knows of a session id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,11 +52,17 @@ pub struct Stored(pub Arc<dyn Store>);
 impl Directory for Stored {
     fn find<'a>(&'a self, app: &'a AppKey, key: &'a str) -> BoxFuture<'a, Result<Found, Error>> {
         Box::pin(async move {
-            let record = self
-                .0
-                .session(app.as_str(), key)
-                .await
-                .map_err(|e| Error::Store(Cause::new("reading a session record", e)))?;
+            let record = match self.0.session(app.as_str(), key).await {
+                Ok(record) => record,
+                // One unreadable record is one session lost, not a store
+                // down: its id gets a new session, and the record goes.
+                Err(e @ StoreError::Corrupt(_)) => {
+                    tracing::warn!(app = %app, "state store: a session record is unreadable and is deleted: {e}");
+                    let _ = self.0.forget(app.as_str(), key).await;
+                    None
+                }
+                Err(e) => return Err(Error::Store(Cause::new("reading a session record", e))),
+            };
             match record {
                 Some(r) if !r.expired_at(unix_ms(SystemTime::now())) => Ok(Found::Dormant {
                     created: UNIX_EPOCH + Duration::from_millis(r.created),

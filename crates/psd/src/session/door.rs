@@ -302,8 +302,9 @@ mod tests {
     fn worker() -> Worker {
         let app = crate::demo::counter();
         let location = Arc::new(LocationConfig::in_process("/", app.clone()));
+        let registry = crate::session::tests::registry(10);
         let (task, _main) =
-            crate::worker::inproc::Task::new(&"x".into(), &location, &app, Arc::default());
+            crate::session::tests::in_process_task(registry, &location, &app, Arc::default());
         Worker::InProcess(task)
     }
 

@@ -58,41 +58,44 @@ impl fmt::Debug for AppKey {
 /// A session's public name: a short hash of its application and key, so
 /// that operators can name a session without holding its id (which is the
 /// user's credential).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Handle(Arc<str>);
+///
+/// Its hex digits are kept inline: every live session has one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Handle([u8; Handle::LEN]);
 
 impl Handle {
     /// Hex characters of the hash kept: 64 bits.
     const LEN: usize = 16;
 
     pub(crate) fn of(app: &AppKey, key: &str) -> Handle {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut hash = Sha256::new();
         hash.update(app.as_str().as_bytes());
         hash.update([0]);
         hash.update(key.as_bytes());
         let digest = hash.finalize();
-        let hex: String = digest
-            .iter()
-            .take(Self::LEN / 2)
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Handle(hex.into())
+        let mut hex = [0u8; Self::LEN];
+        for (pair, byte) in hex.chunks_exact_mut(2).zip(digest.iter()) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
+        }
+        Handle(hex)
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
     }
 }
 
 impl fmt::Display for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Handle({})", &*self.0)
+        write!(f, "Handle({})", self.as_str())
     }
 }
 
@@ -152,13 +155,23 @@ pub(crate) enum Phase {
     Stopping,
 }
 
-/// A session's record: fixed at creation, but for its phase and worker pid.
+/// A session's record: fixed at creation, but for its phase, its worker's
+/// pid, and whether the state store has it.
 pub(crate) struct Record {
     pub handle: Handle,
     pub app: AppKey,
     pub created: SystemTime,
     pub client: IpAddr,
-    now: Mutex<(Phase, Option<u32>)>,
+    now: Mutex<Now>,
+}
+
+struct Now {
+    phase: Phase,
+    pid: Option<u32>,
+    /// Whether the store holds the session's record: always for a process
+    /// session; for an in-process one, once resumed or once its application
+    /// has written a value (one with nothing stored has nothing to resume).
+    stored: bool,
 }
 
 impl Record {
@@ -176,17 +189,60 @@ impl Record {
             app: app.clone(),
             created,
             client,
-            now: Mutex::new((phase, None)),
+            now: Mutex::new(Now {
+                phase,
+                pid: None,
+                stored: false,
+            }),
         })
     }
 
     /// Only the lifecycle's `transition()` calls this.
     pub fn set(&self, phase: Phase, pid: Option<u32>) {
-        *self.now.lock().expect("record lock") = (phase, pid);
+        let mut now = self.now.lock().expect("record lock");
+        (now.phase, now.pid) = (phase, pid);
     }
 
     pub fn phase(&self) -> (Phase, Option<u32>) {
-        *self.now.lock().expect("record lock")
+        let now = self.now.lock().expect("record lock");
+        (now.phase, now.pid)
+    }
+
+    pub fn stored(&self) -> bool {
+        self.now.lock().expect("record lock").stored
+    }
+
+    pub fn mark_stored(&self) {
+        self.now.lock().expect("record lock").stored = true;
+    }
+
+    /// Runs `f` unless the session is ending, holding off its end (and
+    /// the store writes that come with it) until `f` returns; `f` learns
+    /// whether the store has the session, and may say it has now.
+    pub fn while_alive<T>(&self, f: impl FnOnce(&mut bool) -> T) -> Option<T> {
+        let mut now = self.now.lock().expect("record lock");
+        (now.phase != Phase::Stopping).then(|| f(&mut now.stored))
+    }
+
+    /// The session as the state store keeps it, last active at `last_active`.
+    pub fn stored_as(
+        &self,
+        key: &str,
+        id: &str,
+        last_active: SystemTime,
+        lifetime: Duration,
+        node: &str,
+    ) -> crate::store::SessionRecord {
+        use crate::store::unix_ms;
+        crate::store::SessionRecord {
+            app: self.app.as_str().into(),
+            key: key.into(),
+            id: id.into(),
+            created: unix_ms(self.created),
+            last_active: unix_ms(last_active),
+            expires: unix_ms(self.created + lifetime),
+            node: node.into(),
+        }
     }
 
     /// When the session was last active, as wall-clock time, from how long

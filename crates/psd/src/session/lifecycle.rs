@@ -42,14 +42,14 @@ use super::{AppKey, Grant, Orders, Registry, Slot};
 use crate::app::SessionFuture;
 use crate::config::LocationConfig;
 use crate::error::Error;
-use crate::store::{unix_ms, SessionRecord, Space, StoreError};
+use crate::store::{Space, StoreError};
 use crate::worker::{Activity, Job, Spawn, Worker};
 
 /// What both kinds of session task hold: who they are, and their ties to
 /// the registry.
 pub(super) struct Core {
     pub id: Arc<str>,
-    pub key: String,
+    pub key: Arc<str>,
     pub app: AppKey,
     pub serial: u64,
     pub record: Arc<Record>,
@@ -61,7 +61,7 @@ pub(super) struct Core {
     pub _alive: mpsc::Sender<()>,
 }
 
-/// What becomes of a process session's record when its task ends.
+/// What becomes of a session's record when its task ends.
 #[derive(Clone, Copy)]
 enum Fate {
     /// It stays in the store: psd is shutting down, and the session resumes
@@ -77,16 +77,14 @@ impl Core {
     /// write (the store keeps one session's writes in order).
     fn save(&self) {
         let (_, idle, _) = self.door.activity();
-        let created = self.record.created;
-        let record = SessionRecord {
-            app: self.app.as_str().into(),
-            key: self.key.clone(),
-            id: self.id.to_string(),
-            created: unix_ms(created),
-            last_active: unix_ms(self.record.last_active(idle)),
-            expires: unix_ms(created + self.location.session_lifetime),
-            node: self.registry.node.to_string(),
-        };
+        let record = self.record.stored_as(
+            &self.key,
+            &self.id,
+            self.record.last_active(idle),
+            self.location.session_lifetime,
+            &self.registry.node,
+        );
+        self.record.mark_stored();
         self.acknowledged(self.registry.store.save(record), "saving");
     }
 
@@ -317,7 +315,7 @@ impl Supervisor {
         let urls = core.registry.grants.mint(Grant {
             session: Space::Session {
                 app: core.app.as_str().into(),
-                key: core.key.clone(),
+                key: core.key.to_string(),
             },
             shared: Space::Shared {
                 app: core.app.as_str().into(),
@@ -364,6 +362,15 @@ impl Supervisor {
     }
 }
 
+/// Why an in-process session's task stops.
+enum Why {
+    Returned,
+    Panicked,
+    Ended,
+    Stopped,
+    Idle,
+}
+
 /// An in-process session: the application's future, run by the session's
 /// one task with the session's timers around it — Continuity's continuation.
 /// There is no worker to start or stop and no queue: requests reach the
@@ -387,29 +394,48 @@ impl Continuation {
         // clean-up (the panic hook has reported it).
         let mut main = std::panic::AssertUnwindSafe(main).catch_unwind();
         let began = Instant::now();
-        let reason = loop {
+        let why = loop {
             let timeout = core.location.session_timeout;
             let check = core.door.idle_check(timeout, began);
             tokio::select! {
                 ended = &mut main => break match ended {
-                    Ok(()) => "the application's session task ended",
-                    Err(_) => "the application's session task panicked",
+                    Ok(()) => Why::Returned,
+                    Err(_) => Why::Panicked,
                 },
-                () = core.orders.end.notified() => break match *core.registry.shutdown.borrow() {
-                    true => "psd is shutting down",
-                    false => "ended (reaped, past SessionLifetime, by an operator, or a request timed out)",
-                },
+                () = core.orders.end.notified() => break Why::Ended,
+                () = core.orders.stop_worker.notified() => break Why::Stopped,
                 () = sleep_until(check) => {
                     if let Some(Worker::InProcess(task)) = core.door.take_if_idle_for(timeout) {
                         task.close();
-                        break "SessionTimeout reached";
+                        break Why::Idle;
                     }
                 }
             }
         };
+        let (fate, reason) = match why {
+            Why::Returned => (Forget, "the application's session task ended"),
+            // As a crashed worker: the session stays.
+            Why::Panicked => (Keep, "the application's session task panicked"),
+            Why::Ended if *core.registry.shutdown.borrow() => (Keep, "psd is shutting down"),
+            Why::Ended => (
+                Forget,
+                "ended (reaped, past SessionLifetime, or by an operator)",
+            ),
+            Why::Stopped => (Keep, "stopped (by an operator, or a request timed out)"),
+            Why::Idle if core.location.resume_on_timeout => (Keep, "SessionTimeout reached"),
+            Why::Idle => (Forget, "SessionTimeout reached (OnTimeout restart)"),
+        };
         core.transition(&mut Phase::Running, Phase::Stopping, None);
         if let Some(Worker::InProcess(task)) = core.door.set_worker(None) {
             task.close();
+        }
+        // Only a session that stored something has a record to keep; no
+        // value can be written from here on.
+        if core.record.stored() {
+            match fate {
+                Keep => core.save(),
+                Forget => core.forget(),
+            }
         }
         core.leave();
         drop(main);
@@ -485,7 +511,8 @@ mod tests {
     }
 
     /// A million in-process sessions hold a million of these futures: a
-    /// regression test for their size (560 bytes when written).
+    /// regression test for their size (560 bytes when written; 664 since
+    /// it also waits for a stop, which keeps what the session stored).
     #[test]
     fn an_in_process_session_task_stays_small() {
         let size = future_size(|registry| {
@@ -496,14 +523,18 @@ mod tests {
             let app = crate::demo::counter();
             let location = Arc::new(LocationConfig::in_process("/", app.clone()));
             let orders = Arc::new(Orders::default());
-            let (_task, main) =
-                crate::worker::inproc::Task::new(&"x".into(), &location, &app, orders.end.clone());
+            let (_task, main) = crate::session::tests::in_process_task(
+                registry.clone(),
+                &location,
+                &app,
+                orders.clone(),
+            );
             super::Continuation {
                 core: core(registry, location, orders),
                 _slot: slot,
             }
             .run(main)
         });
-        assert!(size <= 640, "Continuation::run is {size} bytes");
+        assert!(size <= 700, "Continuation::run is {size} bytes");
     }
 }

@@ -20,11 +20,13 @@ mod expiry;
 mod grants;
 mod info;
 mod lifecycle;
+mod state;
 
 pub use directory::{Directory, Found, InMemory, Stored};
 pub(crate) use door::{Admitted, Door};
 pub(crate) use grants::{Grant, Grants};
 pub use info::{AppKey, Handle, SessionInfo, SessionState};
+pub(crate) use state::StateLink;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -63,7 +65,7 @@ const PLACE_WAIT: Duration = Duration::from_secs(2);
 pub(crate) struct Registry {
     /// One map per application, by its identity, which stays the same
     /// across configuration reloads.
-    sessions: Mutex<HashMap<AppKey, HashMap<String, Entry>>>,
+    sessions: Mutex<HashMap<AppKey, HashMap<Arc<str>, Entry>>>,
     pub(crate) ids: IdBook,
     directory: Arc<dyn Directory>,
     /// Where process sessions' records are written as they change, and
@@ -104,12 +106,12 @@ struct Entry {
 /// What the registry may tell a session's task to do.
 #[derive(Default)]
 pub(crate) struct Orders {
-    /// End the session (reaped, past its lifetime, ended by an operator,
-    /// or, in process, a request it did not answer in time).
-    pub end: Arc<Notify>,
+    /// End the session (reaped, past its lifetime, ended by an operator).
+    pub end: Notify,
     /// Stop the worker to make room for a new session, if still idle.
     pub evict: Notify,
-    /// Stop the worker now and stay dormant (an operator's `stop`).
+    /// Stop the worker now and stay dormant (an operator's `stop`; in
+    /// process, also a request the task did not answer in time).
     pub stop_worker: Notify,
 }
 
@@ -143,7 +145,7 @@ impl Entry {
         let (phase, pid) = self.record.phase();
         let (requests, idle_for, busy) = self.door.activity();
         SessionInfo {
-            handle: self.record.handle.clone(),
+            handle: self.record.handle,
             app: self.record.app.clone(),
             state: match phase {
                 Phase::Dormant => SessionState::Dormant,
@@ -163,7 +165,8 @@ impl Entry {
 
 /// A session about to be created.
 struct New {
-    key: String,
+    /// The same allocation as `id` when the key is the id alone.
+    key: Arc<str>,
     id: Arc<str>,
     /// How the client holds the id, for a resumed session.
     presented: Option<(Arc<str>, Access)>,
@@ -172,6 +175,15 @@ struct New {
     /// Whether it existed before (the directory found it).
     resumed: bool,
     assigned: Option<Assigned>,
+}
+
+/// A session key as the registry keeps it: the id's own allocation when it
+/// is the id alone (no `path` or `ip` parts in `SessionKey`), as it mostly is.
+fn shared_key(key: String, id: &Arc<str>) -> Arc<str> {
+    match *key == **id {
+        true => id.clone(),
+        false => key.into(),
+    }
 }
 
 impl Registry {
@@ -213,7 +225,7 @@ impl Registry {
     /// under the lock.
     fn find(&self, app: &AppKey, mapped: &Mapped) -> Option<Target> {
         let sessions = self.sessions.lock().expect("registry lock");
-        let entry = sessions.get(app)?.get(&mapped.key)?;
+        let entry = sessions.get(app)?.get(mapped.key.as_str())?;
         Some(match &mapped.presented {
             Some(p) => entry.target(p.token.clone(), p.access),
             None => entry.target(entry.id.clone(), Access::ReadWrite),
@@ -269,7 +281,7 @@ impl Registry {
                     location,
                     hit.client,
                     New {
-                        key,
+                        key: shared_key(key, &presented.id),
                         id: presented.id,
                         presented: Some((presented.token, presented.access)),
                         created,
@@ -287,7 +299,7 @@ impl Registry {
             location,
             hit.client,
             New {
-                key: assigned.key.clone(),
+                key: shared_key(assigned.key.clone(), &assigned.id),
                 id: assigned.id.clone(),
                 presented: None,
                 created: SystemTime::now(),
@@ -324,12 +336,22 @@ impl Registry {
             _ => Phase::Dormant,
         };
         let record = Record::new(app, &new.key, client, phase, new.created);
+        if new.resumed {
+            record.mark_stored();
+        }
         // Process sessions have a task that starts their worker, fed by a
         // queue; an in-process session's task is the application itself.
         let (queue, requests, main) = match &location.handler {
             Some(Handler::InProcess(application)) => {
+                let link = StateLink {
+                    registry: self.clone(),
+                    record: record.clone(),
+                    id: new.id.clone(),
+                    key: new.key.clone(),
+                    location: location.clone(),
+                };
                 let (task, main) =
-                    inproc::Task::new(&new.id, location, application, orders.end.clone());
+                    inproc::Task::new(link, new.resumed, application, orders.clone());
                 door.set_worker(Some(Worker::InProcess(task)));
                 (None, None, Some(main))
             }
@@ -566,15 +588,12 @@ impl Sessions {
 
     /// Stops the session's worker; the session stays, dormant, and its next
     /// request starts a new worker (`PSD_RESUMED=1`). An in-process
-    /// session's task is its worker and its state at once: it ends.
-    /// Returns whether the session exists; stopping a dormant one does
+    /// session's task is its worker: it ends, and the session stays if it
+    /// stored anything ([`crate::app::Session::state`]). Returns whether the session exists; stopping a dormant one does
     /// nothing.
     pub fn stop(&self, handle: &str) -> bool {
         self.registry
-            .with_handle(handle, |e| match e.queue {
-                Some(_) => e.orders.stop_worker.notify_one(),
-                None => e.orders.end.notify_one(),
-            })
+            .with_handle(handle, |e| e.orders.stop_worker.notify_one())
             .is_some()
     }
 

@@ -24,6 +24,31 @@ fn registry_with(max_sessions: usize, directory: Arc<dyn Directory>) -> Arc<Regi
     )
 }
 
+/// An in-process session of `app` that nobody runs: the way in, and the
+/// application's future.
+pub(crate) fn in_process_task(
+    registry: Arc<Registry>,
+    location: &Arc<LocationConfig>,
+    app: &crate::app::App,
+    orders: Arc<Orders>,
+) -> (inproc::Task, crate::app::SessionFuture) {
+    let record = info::Record::new(
+        &AppKey::new(None, "/"),
+        "x",
+        "127.0.0.1".parse().unwrap(),
+        info::Phase::Running,
+        std::time::SystemTime::now(),
+    );
+    let link = StateLink {
+        registry,
+        record,
+        id: "x".into(),
+        key: "x".into(),
+        location: location.clone(),
+    };
+    inproc::Task::new(link, false, app, orders)
+}
+
 /// What a [`Hit`] borrows.
 pub(crate) struct Parts {
     method: Method,
@@ -204,7 +229,7 @@ async fn sessions_are_listed_found_by_handle_and_ended() {
         assert!(info.created <= SystemTime::now());
         assert!(tokens.iter().all(|t| !info.handle.as_str().contains(&**t)));
     }
-    let handle = list[0].handle.clone();
+    let handle = list[0].handle;
     assert_eq!(sessions.get(handle.as_str()).unwrap().handle, handle);
     assert!(sessions.get("0000000000000000").is_none());
     assert!(!sessions.end("0000000000000000"));
@@ -214,7 +239,7 @@ async fn sessions_are_listed_found_by_handle_and_ended() {
     assert!(sessions.get(handle.as_str()).is_none());
     // Ending again is harmless; stopping an in-process session ends it.
     assert!(!sessions.end(handle.as_str()));
-    let other = sessions.list()[0].handle.clone();
+    let other = sessions.list()[0].handle;
     assert!(sessions.stop(other.as_str()));
     assert!(eventually(|| sessions.count() == 1).await);
 }

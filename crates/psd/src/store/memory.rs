@@ -43,6 +43,12 @@ impl Kv for Map {
 }
 
 impl Memory {
+    /// The map itself, for tests that need what no store would write.
+    #[cfg(test)]
+    pub(super) fn raw<T>(&self, f: impl FnOnce(&mut BTreeMap<String, Vec<u8>>) -> T) -> T {
+        f(&mut self.map.lock().expect("store lock").0)
+    }
+
     /// Runs `f` on the map under its lock; the answer, ready.
     fn with<T: Send + 'static>(
         &self,

@@ -78,6 +78,22 @@ pub enum StoreError {
     Closed,
 }
 
+/// The longest key.
+const MAX_KEY: usize = 200;
+
+/// Whether `key` is a valid key: `[A-Za-z0-9._~-]`, 1–200 bytes, `/`
+/// inside (not first, not last, never two in a row).
+pub(crate) fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_KEY
+        && !key.starts_with('/')
+        && !key.ends_with('/')
+        && !key.contains("//")
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~-/".contains(&b))
+}
+
 /// Whose values: one session's, or one application's (shared by all its
 /// sessions).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -377,6 +393,24 @@ mod tests {
     #[tokio::test]
     async fn the_memory_store_keeps_records() {
         behaves(&Memory::default()).await;
+    }
+
+    /// One record that does not parse is that session lost (its id gets a
+    /// new session, the record goes), not the store down for it.
+    #[tokio::test]
+    async fn an_unreadable_record_is_an_unknown_session_and_is_deleted() {
+        use crate::session::{AppKey, Directory, Found, Stored};
+        let memory = Arc::new(Memory::default());
+        let app = AppKey::new(None, "/");
+        let key = ops::record_key(app.as_str(), "x");
+        memory.raw(|m| m.insert(key.clone(), b"{junk".to_vec()));
+        assert!(matches!(
+            memory.session(app.as_str(), "x").await,
+            Err(StoreError::Corrupt(_))
+        ));
+        let found = Stored(memory.clone()).find(&app, "x").await.unwrap();
+        assert_eq!(found, Found::Nowhere);
+        assert!(!memory.raw(|m| m.contains_key(&key)));
     }
 
     /// A `redis-server` of this test's own on a free loopback port, killed

@@ -16,8 +16,8 @@ use tokio::time::timeout;
 use super::Job;
 use crate::app::{decode_params, App, Request, Session, SessionFuture};
 use crate::body;
-use crate::config::LocationConfig;
 use crate::error::Error;
+use crate::session::{Orders, StateLink};
 
 /// Requests that may wait for the task to take them.
 const QUEUE_DEPTH: usize = 16;
@@ -31,12 +31,12 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
-    fn new() -> Arc<Inbox> {
-        Arc::new(Inbox {
+    fn new() -> Inbox {
+        Inbox {
             queue: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
             closed: AtomicBool::new(false),
-        })
+        }
     }
 
     fn push(&self, request: Box<Request>) -> Result<(), Error> {
@@ -74,34 +74,36 @@ impl Inbox {
     }
 }
 
+/// What the two sides of an in-process session share, in one allocation:
+/// its requests, and its tie to the state store.
+pub(crate) struct Link {
+    pub inbox: Inbox,
+    pub state: StateLink,
+}
+
 /// The way into a running session task.
 #[derive(Clone)]
 pub(crate) struct Task {
-    inbox: Arc<Inbox>,
-    /// Ends the session; its task then drops the application's future.
-    end: Arc<Notify>,
-    session_id: Arc<str>,
-    location: Arc<LocationConfig>,
+    link: Arc<Link>,
+    /// Stops the session's task, which then drops the application's future.
+    orders: Arc<Orders>,
 }
 
 impl Task {
-    /// A new session of `app`: the way in, and the application's future,
-    /// which the session's own task runs.
+    /// A session of `app` (`resumed`: one that existed before): the way in,
+    /// and the application's future, which the session's own task runs.
     pub fn new(
-        session_id: &Arc<str>,
-        location: &Arc<LocationConfig>,
+        state: StateLink,
+        resumed: bool,
         app: &App,
-        end: Arc<Notify>,
+        orders: Arc<Orders>,
     ) -> (Task, SessionFuture) {
-        let inbox = Inbox::new();
-        let main = app.start(Session::new(session_id.clone(), false, inbox.clone()));
-        let task = Task {
-            inbox,
-            end,
-            session_id: session_id.clone(),
-            location: location.clone(),
-        };
-        (task, main)
+        let link = Arc::new(Link {
+            inbox: Inbox::new(),
+            state,
+        });
+        let main = app.start(Session::new(link.clone(), resumed));
+        (Task { link, orders }, main)
     }
 
     pub async fn serve(self, job: Job) {
@@ -112,7 +114,7 @@ impl Task {
         } = job;
         let result = self.exchange(request, &meta).await;
         if let Err(e) = &result {
-            tracing::info!(session = %self.session_id, "request failed: {e}");
+            tracing::info!(session = %self.link.state.id, "request failed: {e}");
         }
         let _ = reply.send(result.map(|r| r.map(body::full)));
     }
@@ -122,7 +124,8 @@ impl Task {
         request: http::Request<crate::body::RequestBody>,
         meta: &super::RequestMeta,
     ) -> Result<http::Response<Bytes>, Error> {
-        let limit = self.location.max_request_body;
+        let location = self.link.state.location();
+        let limit = location.max_request_body;
         let (parts, body) = request.into_parts();
         let body = body::read_all(body, limit).await?;
         let (reply, answer) = oneshot::channel();
@@ -137,27 +140,28 @@ impl Task {
             client: meta.client,
             reply,
         };
-        self.inbox.push(Box::new(request))?;
-        match timeout(self.location.request_timeout, answer).await {
+        self.link.inbox.push(Box::new(request))?;
+        match timeout(location.request_timeout, answer).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(_)) => Err(Error::Worker(
                 "the application dropped the request without answering".into(),
             )),
             Err(_) => {
-                // Like a hung process, a task that does not answer is ended.
-                self.end.notify_one();
-                Err(Error::Timeout(self.location.request_timeout))
+                // Like a hung process, a task that does not answer is
+                // stopped; what it stored stays for its next request.
+                self.stop();
+                Err(Error::Timeout(location.request_timeout))
             }
         }
     }
 
-    /// Ends the session.
+    /// Stops the session's task (it resumes if it stored anything).
     pub fn stop(&self) {
-        self.end.notify_one();
+        self.orders.stop_worker.notify_one();
     }
 
     /// Tells the application its session has ended.
     pub fn close(&self) {
-        self.inbox.close();
+        self.link.inbox.close();
     }
 }

@@ -595,3 +595,17 @@ pub fn rust_counter() -> PathBuf {
         })
         .clone()
 }
+
+/// The link `/.psd/share` hands out, from its HTML.
+pub fn share_link(reply: &Reply) -> String {
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply
+        .body
+        .split("href=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string()
+}
