@@ -23,6 +23,7 @@ LogLevel warn
 MaxSessions $((sessions + fresh + 10))
 <Location />
     Worker fastcgi $PWD/target/release/counter-fcgi
+    SetEnv COUNTER_STATELESS 1
     MaxSessionsPerClient $((sessions + fresh + 10))
 </Location>
 CONF

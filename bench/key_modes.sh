@@ -23,6 +23,7 @@ LogLevel warn
 TrustedProxy 127.0.0.1
 <Location />
     Worker fastcgi $PWD/target/release/counter-fcgi
+    SetEnv COUNTER_STATELESS 1
     SessionKey $1
     MaxSessionsPerClient 1000
 </Location>

@@ -4,7 +4,9 @@
 //! record codec from `psd-fcgi`. It answers `FCGI_GET_VALUES`, honours
 //! `FCGI_KEEP_CONN`, and reads the request body (`STDIN`) before answering.
 //! The count is kept in the session's state (`PSD_STATE_URL`, plain HTTP),
-//! so a session that resumes goes on counting where it was.
+//! so a session that resumes goes on counting where it was; with
+//! `COUNTER_STATELESS=1` (`SetEnv`) only in memory, as the benchmarks of
+//! psd's routing want it (a state write per request is a store benchmark).
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -83,7 +85,10 @@ impl State {
 fn main() -> io::Result<()> {
     // fd 0 is the listening socket psd made for this session.
     let listener = UnixListener::from(io::stdin().as_fd().try_clone_to_owned()?);
-    let state = State::from_env();
+    let state = match std::env::var_os("COUNTER_STATELESS") {
+        Some(_) => None,
+        None => State::from_env(),
+    };
     let count = match &state {
         Some(state) => state
             .get("count")?
