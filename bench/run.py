@@ -179,8 +179,10 @@ class Bench:
     def psd(self, name, body):
         port = free_port()
         conf = self.work / f"{name}.conf"
+        # MaxSpawnRate (64/s by default) is flood protection, measured by
+        # bench/hostile.py; these rows measure speed and capacity.
         conf.write_text(f"Listen 127.0.0.1:{port}\nDataDir {self.work}/{name}-data\nLogLevel warn\n"
-                        f"MaxSessions 2000000\n{body}")
+                        f"MaxSessions 2000000\nMaxSpawnRate 1000000\n{body}")
         proc = Proc([str(self.bin / "psd"), "serve", "-c", str(conf)],
                     stderr=open(self.work / f"{name}.log", "w"))
         wait_port(port)
