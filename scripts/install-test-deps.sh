@@ -3,7 +3,9 @@
 # Perl's FCGI (libfcgi-perl) and CGI::Fast (libcgi-fast-perl), cgi-fcgi (libfcgi-bin), curl, wrk, nginx, apache2
 # and haproxy (the front-end recipes are tested against them; their services are
 # not started), openssl and procps, redis-server (StateStore redis://; the tests
-# start their own on a free port), and Python's flup and websockets.
+# start their own on a free port), Node.js (an HTTP worker that binds $PORT itself),
+# php-cgi (one per session, a multi-file PHP app), shellinabox (a web terminal per
+# session), and Python's flup, websockets and gunicorn (binds $PSD_SOCKET).
 set -euo pipefail
 
 need_apt=()
@@ -20,9 +22,13 @@ command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v pgrep >/dev/null || need_apt+=(procps)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v php-cgi >/dev/null || need_apt+=(php-cgi)
+command -v shellinaboxd >/dev/null || need_apt+=(shellinabox)
 
 . "$(dirname "$0")/apt-install.sh"
 apt_install "${need_apt[@]}"
 
 python3 -c 'import flup' 2>/dev/null || python3 -m pip install -q 'flup>=1.0.3'
 python3 -c 'import websockets.asyncio.server' 2>/dev/null || python3 -m pip install -q 'websockets>=13'
+python3 -c 'import gunicorn' 2>/dev/null || python3 -m pip install -q 'gunicorn>=21'

@@ -3,7 +3,11 @@
 
 It takes its listening socket from fd 3 when psd passes one (systemd socket
 activation: LISTEN_FDS=1 and LISTEN_PID equal to our pid), else binds PORT.
-One process per session, so `count` is the session's own.
+One process per session, so `count` is the session's own; a thread per
+connection, since psd sends one session's requests side by side (an HTTP
+worker's default `WorkerConcurrency` is 16): a server that takes one
+connection at a time would leave the second waiting behind the first,
+which psd keeps open for the next request.
 
   /            a counter line, with what psd forwarded
   /redirect    302 to /done (psd puts the <Location> prefix back)
@@ -14,7 +18,7 @@ import os
 import socket
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 count = 0
@@ -88,11 +92,11 @@ class Handler(BaseHTTPRequestHandler):
 def server():
     if os.environ.get("LISTEN_FDS") == "1" and os.environ.get("LISTEN_PID") == str(os.getpid()):
         sock = socket.socket(fileno=3)
-        httpd = HTTPServer(sock.getsockname(), Handler, bind_and_activate=False)
+        httpd = ThreadingHTTPServer(sock.getsockname(), Handler, bind_and_activate=False)
         httpd.socket.close()
         httpd.socket = sock
         return httpd
-    return HTTPServer(("127.0.0.1", int(os.environ.get("PORT", "8000"))), Handler)
+    return ThreadingHTTPServer(("127.0.0.1", int(os.environ.get("PORT", "8000"))), Handler)
 
 
 if __name__ == "__main__":

@@ -262,3 +262,32 @@ async fn a_websocket_is_tunnelled_to_the_sessions_http_worker() {
         "{reply}"
     );
 }
+
+/// An HTTP server takes concurrent requests: by default one session's
+/// second request is served while its long poll waits. With
+/// `WorkerConcurrency 1` it waits its turn, and psd says why in the log.
+#[test]
+fn http_workers_serve_a_sessions_requests_side_by_side_by_default() {
+    for (concurrency, waits) in [("", false), ("WorkerConcurrency 1", true)] {
+        let d = Daemon::start(&location_proto("/app", "http", &app(), concurrency));
+        let c = Client::with_jar(&d.dir, "c");
+        assert_eq!(c.get(&d.url("/app/")).status, 200);
+        std::thread::scope(|s| {
+            let poll = s.spawn(|| c.get(&d.url("/app/slow?lines=2&ms=6000")));
+            std::thread::sleep(Duration::from_millis(300));
+            let started = std::time::Instant::now();
+            let other = c.get(&d.url("/app/other"));
+            assert_eq!(other.status, 200);
+            let waited = started.elapsed() > Duration::from_secs(4);
+            assert_eq!(
+                waited,
+                waits,
+                "{concurrency:?}: waited {:?}",
+                started.elapsed()
+            );
+            assert!(poll.join().unwrap().body.contains("line 2"));
+        });
+        let warned = d.log_text().contains("needs a higher WorkerConcurrency");
+        assert_eq!(warned, waits, "{}", d.log_text());
+    }
+}

@@ -10,7 +10,7 @@ use psd_conf::{Error, Location, Node};
 use super::values::{duration, env_name, listen_addr, on_off, one, positive, size};
 use super::{
     Config, Handler, Host, Listen, LocationConfig, Protocol, SchedulingPolicy, VirtualHost,
-    WorkerCommand,
+    WorkerCommand, WorkerListen,
 };
 use crate::mapper::SessionKey;
 
@@ -529,10 +529,43 @@ pub const DIRECTIVES: &[Directive] = &[
         scope: Scope::Location,
         reload: Reload::NewSessions,
         syntax: "WorkerConcurrency N",
-        default: "1",
-        help: "Requests one session handles at once; 1 means strictly one after another.",
+        default: "1 (fastcgi, stdio, in-process), 16 (http)",
+        help: "Requests one session handles at once; 1 means strictly one after another. HTTP workers serve concurrent requests themselves (a web terminal's long poll and its keystrokes, say), so they default to 16.",
         apply: Apply::Location(|l, a| {
-            l.worker_concurrency = positive(one(a)?)?;
+            l.worker_concurrency = Some(positive(one(a)?)?);
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "WorkerListen",
+        scope: Scope::Location,
+        reload: Reload::NewSessions,
+        syntax: "WorkerListen inherit|port|unix",
+        default: "inherit",
+        help: "http workers only. inherit: psd's listening TCP socket on 127.0.0.1 as fd 3 (LISTEN_FDS=1, LISTEN_PID: systemd socket activation). port: psd picks a free loopback port, sets PORT and replaces {port} in the arguments; the program binds it (Node, Flask, Streamlit, Shiny, Jupyter). unix: the same with a Unix socket path in PSD_SOCKET and {socket} (gunicorn, uvicorn). The worker counts as started once it accepts connections (and answers WorkerReady).",
+        apply: Apply::Location(|l, a| {
+            l.worker_listen = match one(a)?.to_ascii_lowercase().as_str() {
+                "inherit" => WorkerListen::Inherit,
+                "port" => WorkerListen::Port,
+                "unix" => WorkerListen::Unix,
+                other => return Err(format!("unknown WorkerListen '{other}', expected inherit, port or unix")),
+            };
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "WorkerReady",
+        scope: Scope::Location,
+        reload: Reload::NewSessions,
+        syntax: "WorkerReady PATH",
+        default: "—",
+        help: "http workers only: the worker counts as started once GET PATH answers with a status below 500 (until then, and without it, once it accepts connections), within WorkerStartTimeout.",
+        apply: Apply::Location(|l, a| {
+            let path = one(a)?;
+            if !path.starts_with('/') {
+                return Err(format!("WorkerReady '{path}' must be a path starting with /"));
+            }
+            l.worker_ready = Some(path.to_string());
             Ok(())
         }),
     },

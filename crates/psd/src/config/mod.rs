@@ -105,7 +105,14 @@ pub struct LocationConfig {
     pub request_timeout: Duration,
     pub worker_start_timeout: Duration,
     pub worker_stop_timeout: Duration,
-    pub worker_concurrency: usize,
+    /// `WorkerConcurrency`; `None`: the protocol's default (see
+    /// [`LocationConfig::concurrency`]).
+    pub worker_concurrency: Option<usize>,
+    /// `WorkerListen`: how an `http` worker gets its socket.
+    pub worker_listen: WorkerListen,
+    /// `WorkerReady`: the path an `http` worker must answer (< 500) before
+    /// it counts as started.
+    pub worker_ready: Option<String>,
     pub scheduling: SchedulingPolicy,
     pub max_request_body: u64,
     /// `RequestBuffering`: receive the whole body before the request takes
@@ -170,6 +177,17 @@ pub struct WorkerCommand {
     pub args: Vec<String>,
 }
 
+/// `WorkerListen`: how an `http` worker comes to listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerListen {
+    /// psd's listening TCP socket as fd 3 (systemd socket activation).
+    Inherit,
+    /// The program binds `PORT` (`{port}` in its arguments) itself.
+    Port,
+    /// The program binds the Unix socket `PSD_SOCKET` (`{socket}`).
+    Unix,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     FastCgi,
@@ -218,7 +236,9 @@ impl LocationConfig {
             request_timeout: Duration::from_secs(60),
             worker_start_timeout: Duration::from_secs(10),
             worker_stop_timeout: Duration::from_secs(3),
-            worker_concurrency: 1,
+            worker_concurrency: None,
+            worker_listen: WorkerListen::Inherit,
+            worker_ready: None,
             scheduling: SchedulingPolicy::Batch,
             max_request_body: 10 << 20,
             request_buffering: true,
@@ -232,6 +252,21 @@ impl LocationConfig {
             group: None,
             at: None,
         }
+    }
+
+    /// Requests one session handles at once: `WorkerConcurrency`, else 16
+    /// for `http` workers (HTTP servers take concurrent requests
+    /// themselves) and 1 for the others (FastCGI and JSON-lines workers
+    /// answer one request after another, and in-process applications are
+    /// written as one conversation).
+    pub fn concurrency(&self) -> usize {
+        self.worker_concurrency.unwrap_or(match &self.handler {
+            Some(Handler::Process(WorkerCommand {
+                protocol: Protocol::Http,
+                ..
+            })) => 16,
+            _ => 1,
+        })
     }
 
     /// An in-process application at `prefix`, every directive at its default.
@@ -362,6 +397,24 @@ impl Config {
                     let beside = root.join(&command.program);
                     if command.program.components().count() > 1 || beside.is_file() {
                         command.program = beside;
+                    }
+                    let http_only = [
+                        (
+                            location.worker_listen != WorkerListen::Inherit,
+                            "WorkerListen",
+                        ),
+                        (location.worker_ready.is_some(), "WorkerReady"),
+                    ];
+                    for (_, name) in http_only.iter().filter(|(set, _)| *set) {
+                        if command.protocol != Protocol::Http {
+                            errors.push(Error::new(
+                                &at(&location.at),
+                                format!(
+                                    "<Location {}>: {name} applies to http workers only",
+                                    location.prefix
+                                ),
+                            ));
+                        }
                     }
                 }
                 Some(Handler::InProcess(_)) => {}

@@ -26,6 +26,10 @@ use crate::worker::{Job, Worker};
 /// Requests that may wait for their turn in one session before new ones get 503.
 const MAX_WAITING: usize = 256;
 
+/// A request that waits this long for its session's turn is logged (once a
+/// session): the application may need a higher `WorkerConcurrency`.
+const LONG_WAIT: Duration = Duration::from_secs(5);
+
 /// How often a session past its idle time looks again while a request is
 /// still in it.
 const BUSY_RECHECK: Duration = Duration::from_secs(1);
@@ -34,6 +38,8 @@ pub(crate) struct Door {
     turns: Semaphore,
     concurrency: usize,
     waiting: AtomicUsize,
+    /// Whether a long wait for a turn was logged.
+    warned: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
 }
 
@@ -75,6 +81,7 @@ impl Door {
             turns: Semaphore::new(concurrency),
             concurrency,
             waiting: AtomicUsize::new(0),
+            warned: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State {
                 worker: None,
                 last_active: Instant::now(),
@@ -123,10 +130,31 @@ impl Door {
             return Ok(Turn(self.clone()));
         }
         let _waiting = Waiting::enter(&self.waiting).ok_or(Error::SessionBusy)?;
-        // The semaphore is never closed.
-        let acquired = self.turns.acquire().await.expect("turns stay open");
-        acquired.forget();
+        // Boxed: waiting is the slow path, and its timer would size every
+        // request's future.
+        Box::pin(self.wait_for_turn()).await;
         Ok(Turn(self.clone()))
+    }
+
+    /// Waits for a turn; says so once per session when a request has waited
+    /// [`LONG_WAIT`] (a long poll holding the only turn, say).
+    async fn wait_for_turn(&self) {
+        let mut acquire = std::pin::pin!(self.turns.acquire());
+        let acquired = match tokio::time::timeout(LONG_WAIT, &mut acquire).await {
+            Ok(acquired) => acquired,
+            Err(_) => {
+                if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        concurrency = self.concurrency,
+                        "a request has waited {LONG_WAIT:?} for its session's turn while another request of the session held it (WorkerConcurrency {}); an application that serves one user's requests side by side (long polls, a web terminal) needs a higher WorkerConcurrency",
+                        self.concurrency
+                    );
+                }
+                acquire.await
+            }
+        };
+        // The semaphore is never closed.
+        acquired.expect("turns stay open").forget();
     }
 
     /// Opens the fast path to `worker`, or closes it (`None`); returns the

@@ -330,7 +330,7 @@ impl Registry {
             Err(e) => return Err(e),
         };
         let orders = Arc::new(Orders::default());
-        let door = Door::new(location.worker_concurrency);
+        let door = Door::new(location.concurrency());
         let phase = match location.handler {
             Some(Handler::InProcess(_)) => Phase::Running,
             _ => Phase::Dormant,

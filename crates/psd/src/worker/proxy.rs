@@ -1,10 +1,13 @@
-//! An HTTP worker process: socket activation, and the session's upstream.
+//! An HTTP worker process: how it listens, and the session's upstream.
 //!
-//! psd binds a TCP socket on 127.0.0.1 and passes it, listening, as fd 3
-//! with `LISTEN_FDS=1`, `LISTEN_PID`, `LISTEN_FDNAMES=http` (systemd's
-//! protocol) and `PORT`. A `/bin/sh` trampoline moves the socket from fd 0
-//! to fd 3 and sets `LISTEN_PID` to its own pid before `exec`ing the program,
-//! so the pid is the worker's. Requests go to it through an [`Upstream`]:
+//! With `WorkerListen inherit`, psd binds a TCP socket on 127.0.0.1 and
+//! passes it, listening, as fd 3 with `LISTEN_FDS=1`, `LISTEN_PID`,
+//! `LISTEN_FDNAMES=http` (systemd's protocol) and `PORT`. A `/bin/sh`
+//! trampoline moves the socket from fd 0 to fd 3 and sets `LISTEN_PID` to
+//! its own pid before `exec`ing the program, so the pid is the worker's.
+//! With `port` the program binds `PORT` itself, with `unix` the Unix
+//! socket `PSD_SOCKET`; [`super::listen`] decides when it is ready.
+//! Requests go to it through an [`Upstream`]:
 //! kept-alive HTTP/1.1 connections, headers rewritten, the `<Location>`
 //! prefix taken off the path (and put back into `Location` and cookie
 //! paths of responses); an `Upgrade: websocket` request becomes a byte
@@ -19,16 +22,23 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::timeout;
 
+use super::listen;
 use super::process::{self, WorkerProcess};
-use super::upstream::{self, Upstream};
+use super::upstream::{self, Address, Upstream};
 use super::{is_websocket, Activity, Job, Spawn};
 use crate::body::{caused_by, ClientBody, IdleTimeout, Limited, OnEnd, TooLarge};
-use crate::config::{LocationConfig, WorkerCommand};
+use crate::config::{LocationConfig, WorkerCommand, WorkerListen};
 use crate::error::{Cause, Error};
+
+/// The command's arguments with `{port}` and `{socket}` filled in.
+fn with_placeholders(args: &[String], port: &str, socket: &str) -> Vec<String> {
+    args.iter()
+        .map(|a| a.replace("{port}", port).replace("{socket}", socket))
+        .collect()
+}
 
 /// Moves the listening socket from fd 0 to fd 3 and exports LISTEN_PID as
 /// the pid that then becomes the program's.
@@ -47,48 +57,76 @@ impl HttpWorker {
         spawn: &Spawn<'_>,
         command: &WorkerCommand,
     ) -> Result<Arc<HttpWorker>, Error> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| Error::WorkerStart(Cause::new("binding a worker port", e)))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::WorkerStart(Cause::new("worker port", e)))?;
-        let listener: OwnedFd = listener.into();
-        let mut args = vec![
-            "-c".to_string(),
-            TRAMPOLINE.to_string(),
-            command.program.to_string_lossy().into_owned(),
-        ];
-        args.extend(command.args.iter().cloned());
-        let mut cmd = process::command(spawn, Path::new("/bin/sh"), &args);
-        cmd.stdin(Stdio::from(listener))
-            .env("LISTEN_FDS", "1")
-            .env("LISTEN_FDNAMES", "http")
-            .env("PORT", addr.port().to_string());
-        let launched = process::launch(cmd, spawn, &command.program, None)?;
+        let location = spawn.location;
+        let bind_failed = |e| Error::WorkerStart(Cause::new("binding a worker port", e));
+        // How it listens: the command, its address, psd's copy of an
+        // inherited socket, a socket file to remove after it.
+        let (cmd, address, inherited, cleanup) = match location.worker_listen {
+            WorkerListen::Inherit => {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(bind_failed)?;
+                let addr = listener.local_addr().map_err(bind_failed)?;
+                let listener: OwnedFd = listener.into();
+                let ours = listener.try_clone().map_err(bind_failed)?;
+                let mut args = vec![
+                    "-c".to_string(),
+                    TRAMPOLINE.to_string(),
+                    command.program.to_string_lossy().into_owned(),
+                ];
+                args.extend(with_placeholders(
+                    &command.args,
+                    &addr.port().to_string(),
+                    "",
+                ));
+                let mut cmd = process::command(spawn, Path::new("/bin/sh"), &args);
+                cmd.stdin(Stdio::from(listener))
+                    .env("LISTEN_FDS", "1")
+                    .env("LISTEN_FDNAMES", "http")
+                    .env("PORT", addr.port().to_string());
+                (cmd, Address::Tcp(addr), Some(ours), None)
+            }
+            WorkerListen::Port => {
+                let port = listen::free_port().map_err(bind_failed)?;
+                let args = with_placeholders(&command.args, &port.to_string(), "");
+                let mut cmd = process::command(spawn, &command.program, &args);
+                cmd.env("PORT", port.to_string());
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                (cmd, Address::Tcp(addr), None, None)
+            }
+            WorkerListen::Unix => {
+                let path = spawn
+                    .run_dir
+                    .join(format!("http-{}.sock", process::random_hex()));
+                let socket = path.to_string_lossy().into_owned();
+                let args = with_placeholders(&command.args, "", &socket);
+                let mut cmd = process::command(spawn, &command.program, &args);
+                cmd.env("PSD_SOCKET", &socket);
+                (cmd, Address::Unix(path.clone()), None, Some(path))
+            }
+        };
+        let launched = process::launch(cmd, spawn, &command.program, cleanup)?;
         let process = Arc::new(HttpWorker {
             proc: launched.proc,
             upstream: Upstream::new(
-                addr,
+                address.clone(),
                 spawn.session_id.clone(),
-                spawn.location.worker_concurrency,
+                location.concurrency(),
             ),
             session_id: spawn.session_id.clone(),
-            location: spawn.location.clone(),
+            location: location.clone(),
             activity: spawn.activity.clone(),
         });
-        // The socket listens already, so a connection is queued even before
-        // the program accepts; a program that exits at once is caught here.
         let probe = async {
-            TcpStream::connect(addr)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
+            listen::accepting(&address, inherited.as_ref()).await?;
+            match &location.worker_ready {
+                Some(path) => listen::answering(&address, path).await,
+                None => Ok(()),
+            }
         };
         process
             .proc
-            .await_ready(spawn.location.worker_start_timeout, &command.program, probe)
+            .await_ready(location.worker_start_timeout, &command.program, probe)
             .await?;
-        tracing::info!(session = %process.session_id, pid = process.pid(), port = addr.port(), program = %command.program.display(), "worker started");
+        tracing::info!(session = %process.session_id, pid = process.pid(), %address, program = %command.program.display(), "worker started");
         Ok(process)
     }
 
@@ -128,14 +166,20 @@ impl HttpWorker {
             .cloned();
         let limit = self.location.max_request_body;
         let request = request.map(|body| Limited::new(body, limit));
-        let outgoing = upstream::forward(request, &meta, websocket, self.upstream.addr());
+        let outgoing = upstream::forward(request, &meta, websocket, self.upstream.host());
         let result = match conn {
             Ok(conn) => {
-                timeout(
-                    self.location.request_timeout,
-                    self.upstream.send(conn, outgoing),
-                )
-                .await
+                // A worker whose process exits fails its requests at once,
+                // even if something of it still holds the socket open.
+                let exchange = async {
+                    tokio::select! {
+                        sent = self.upstream.send(conn, outgoing) => sent,
+                        () = super::wait_gone(self.proc.done()) => {
+                            Err("the worker exited with the request pending".into())
+                        }
+                    }
+                };
+                timeout(self.location.request_timeout, exchange).await
             }
             Err(e) => Ok(Err(e)),
         };
@@ -185,7 +229,7 @@ impl HttpWorker {
 
         let (mut parts, body) = response.into_parts();
         upstream::strip_hop_by_hop(&mut parts.headers, false);
-        upstream::rewrite_for_prefix(&mut parts.headers, &meta.script_name, self.upstream.addr());
+        upstream::rewrite_for_prefix(&mut parts.headers, &meta.script_name, self.upstream.host());
         let (done, finished) = oneshot::channel::<()>();
         // The worker may not go silent mid-body for longer than RequestTimeout.
         let body = OnEnd::new(

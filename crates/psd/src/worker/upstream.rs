@@ -11,6 +11,7 @@
 //! session a request belongs to.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -58,9 +59,38 @@ pub(crate) struct Pooled {
     reused: bool,
 }
 
+/// Where an upstream listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Address {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl Address {
+    /// The name the upstream goes by in `Host` and in its own absolute
+    /// URLs: its address, or `localhost` for a Unix socket (as nginx and
+    /// gunicorn have it).
+    pub fn host(&self) -> String {
+        match self {
+            Address::Tcp(addr) => addr.to_string(),
+            Address::Unix(_) => "localhost".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Tcp(addr) => write!(f, "{addr}"),
+            Address::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
 /// One upstream address with its kept-alive connections.
 pub(crate) struct Upstream {
-    addr: SocketAddr,
+    address: Address,
+    host: String,
     /// Who the connections are for, in logs (a session id).
     label: Arc<str>,
     max_idle: usize,
@@ -68,17 +98,19 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(addr: SocketAddr, label: Arc<str>, max_idle: usize) -> Upstream {
+    pub fn new(address: Address, label: Arc<str>, max_idle: usize) -> Upstream {
         Upstream {
-            addr,
+            host: address.host(),
+            address,
             label,
             max_idle,
             idle: Mutex::new(vec![]),
         }
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// See [`Address::host`].
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// Closes the kept connections.
@@ -143,8 +175,27 @@ impl Upstream {
     }
 
     async fn connect(&self, upgrades: bool) -> Result<SendRequest<Limited>, BoxError> {
-        let stream = TcpStream::connect(self.addr).await?;
-        let _ = stream.set_nodelay(true);
+        match &self.address {
+            Address::Tcp(addr) => {
+                let stream = TcpStream::connect(addr).await?;
+                let _ = stream.set_nodelay(true);
+                self.handshake(stream, upgrades).await
+            }
+            Address::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                self.handshake(stream, upgrades).await
+            }
+        }
+    }
+
+    async fn handshake<S>(
+        &self,
+        stream: S,
+        upgrades: bool,
+    ) -> Result<SendRequest<Limited>, BoxError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
         let label = self.label.clone();
         tokio::spawn(async move {
@@ -168,7 +219,7 @@ pub(crate) fn forward<B>(
     request: Request<B>,
     meta: &RequestMeta,
     websocket: bool,
-    upstream: SocketAddr,
+    upstream: &str,
 ) -> Request<B> {
     let (mut parts, body) = request.into_parts();
     let under = crate::path::under(&meta.prefix, parts.uri.path());
@@ -203,7 +254,7 @@ pub(crate) fn forward<B>(
         set("x-forwarded-host", host);
     }
     if !has_host {
-        set("host", &upstream.to_string());
+        set("host", upstream);
     }
     Request::from_parts(parts, body)
 }
@@ -235,7 +286,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, websocket: bool) {
 /// Puts the `<Location>` prefix back into what the upstream wrote without
 /// it: `Location` (Apache's ProxyPassReverse) and cookie paths
 /// (ProxyPassReverseCookiePath).
-pub(crate) fn rewrite_for_prefix(headers: &mut HeaderMap, prefix: &str, upstream: SocketAddr) {
+pub(crate) fn rewrite_for_prefix(headers: &mut HeaderMap, prefix: &str, upstream: &str) {
     if let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
         let own = format!("http://{upstream}");
         let path = location.strip_prefix(&own).unwrap_or(location);
@@ -361,7 +412,7 @@ mod tests {
 
     #[test]
     fn locations_and_cookie_paths_get_the_prefix_back() {
-        let upstream: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let upstream = "127.0.0.1:4000";
         let mut h = HeaderMap::new();
         h.insert(
             "location",
@@ -412,7 +463,7 @@ mod tests {
                 );
             }
         });
-        let upstream = Upstream::new(addr, "test".into(), 4);
+        let upstream = Upstream::new(Address::Tcp(addr), "test".into(), 4);
         let dead = || async {
             let (io, _peer) = tokio::io::duplex(64);
             let (sender, conn) = http1::handshake(TokioIo::new(io)).await.unwrap();
@@ -471,7 +522,7 @@ mod tests {
             access: crate::mapper::Access::ReadWrite,
             session_param: None,
         };
-        let out = forward(request, &meta, false, "127.0.0.1:4000".parse().unwrap());
+        let out = forward(request, &meta, false, "127.0.0.1:4000");
         assert_eq!(out.uri(), "/x?y=1");
         let h = out.headers();
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");

@@ -1,0 +1,136 @@
+//! How an `http` worker comes to listen (`WorkerListen`), and how psd knows
+//! it is ready: not when a socket merely exists, but when the program takes
+//! connections off it (and, with `WorkerReady PATH`, answers `GET PATH`
+//! below 500).
+//!
+//! With `inherit`, psd made the listening socket itself, so the kernel
+//! queues a connection to it whether or not the program ever accepts one
+//! (a program that binds a port of its own instead, say). The probe
+//! therefore connects and then watches the socket's accept queue
+//! (`TCP_INFO` on a listening socket gives its length) until the program
+//! has taken the probe off it. With `port` and `unix`, only the program
+//! listens, so a connection that succeeds is the proof.
+
+// One getsockopt(2) call with a struct the kernel fills in.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpStream, UnixStream};
+use tokio::time::sleep;
+
+use super::upstream::Address;
+
+/// How often a probe tries again.
+const RETRY: Duration = Duration::from_millis(10);
+
+/// Connections waiting in `listener`'s accept queue (Linux: `tcpi_unacked`
+/// of a socket in the LISTEN state).
+fn accept_queue(listener: &OwnedFd) -> io::Result<u32> {
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a valid, writable tcp_info of `len` bytes, and the
+    // descriptor is open for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_unacked)
+}
+
+/// A free port on 127.0.0.1 for a program to bind (`WorkerListen port`).
+pub(crate) fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Resolves once the worker takes connections at `address`; `inherited` is
+/// psd's own copy of the listening socket it handed the worker. Errors
+/// name what was last seen.
+pub(crate) async fn accepting(
+    address: &Address,
+    inherited: Option<&OwnedFd>,
+) -> Result<(), String> {
+    match (address, inherited) {
+        (Address::Tcp(addr), Some(listener)) => {
+            let _probe = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connecting to its socket: {e}"))?;
+            // The probe sits in the queue until the program accepts it.
+            loop {
+                match accept_queue(listener) {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => sleep(RETRY).await,
+                    // Not Linux, or not a TCP socket: a connection is all
+                    // that can be known.
+                    Err(_) => return Ok(()),
+                }
+            }
+        }
+        (Address::Tcp(addr), None) => loop {
+            if TcpStream::connect(addr).await.is_ok() {
+                return Ok(());
+            }
+            sleep(RETRY).await;
+        },
+        (Address::Unix(path), _) => loop {
+            if UnixStream::connect(path).await.is_ok() {
+                return Ok(());
+            }
+            sleep(RETRY).await;
+        },
+    }
+}
+
+/// Resolves once `GET path` at `address` answers below 500
+/// (`WorkerReady`); the caller's `WorkerStartTimeout` bounds it.
+pub(crate) async fn answering(address: &Address, path: &str) -> Result<(), String> {
+    loop {
+        match get(address, path).await {
+            Ok(status) if status.as_u16() < 500 => return Ok(()),
+            Ok(status) => tracing::debug!("WorkerReady: GET {path} answered {status}"),
+            Err(e) => tracing::debug!("WorkerReady: GET {path}: {e}"),
+        }
+        sleep(RETRY * 5).await;
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One `GET path` on a fresh connection: the status.
+async fn get(address: &Address, path: &str) -> Result<StatusCode, BoxError> {
+    let request = Request::get(path)
+        .header(http::header::HOST, address.host())
+        .header(http::header::USER_AGENT, "psd (WorkerReady)")
+        .body(Empty::<bytes::Bytes>::new())?;
+    match address {
+        Address::Tcp(addr) => status_of(TcpStream::connect(addr).await?, request).await,
+        Address::Unix(path) => status_of(UnixStream::connect(path).await?, request).await,
+    }
+}
+
+async fn status_of<S>(
+    stream: S,
+    request: Request<Empty<bytes::Bytes>>,
+) -> Result<StatusCode, BoxError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender.send_request(request).await?.status())
+}

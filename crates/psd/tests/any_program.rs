@@ -1,0 +1,138 @@
+//! Programs nobody here wrote as session workers, started the way they
+//! start: Node and Python's `http.server` binding `$PORT` themselves,
+//! gunicorn binding a Unix socket; and what psd does when a worker never
+//! listens, or exits with a request pending.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn worker(name: &str) -> String {
+    test_worker(name).display().to_string()
+}
+
+/// Two browsers: each gets a process of its own that keeps its count.
+fn two_sessions_two_processes(d: &Daemon, path: &str) {
+    let (a, b) = (Client::with_jar(&d.dir, "a"), Client::with_jar(&d.dir, "b"));
+    let a1 = a.get(&d.url(path));
+    assert_eq!(a1.status, 200, "{a1:?}\n{}", d.log_text());
+    let a2 = a.get(&d.url(path));
+    let b1 = b.get(&d.url(path));
+    assert_eq!((a1.count(), a2.count(), b1.count()), (1, 2, 1));
+    assert_eq!(a1.pid(), a2.pid(), "the session keeps its process");
+    assert_ne!(a1.pid(), b1.pid(), "one process per session");
+    assert_eq!(a1.field("session"), a2.field("session"));
+    assert_ne!(a1.field("session"), b1.field("session"));
+}
+
+#[test]
+fn node_binding_port_itself_is_a_worker() {
+    let d = Daemon::start(&format!(
+        "<Location />\n  Worker http node {}\n  WorkerListen port\n</Location>\n",
+        worker("port_counter.js")
+    ));
+    two_sessions_two_processes(&d, "/x");
+}
+
+#[test]
+fn gunicorn_on_a_unix_socket_is_a_worker() {
+    let d = Daemon::start(&format!(
+        "<Location /py>\n  Worker http python3 -m gunicorn --bind unix:{{socket}} --workers 1 --chdir {} wsgi_counter:app\n  WorkerListen unix\n</Location>\n",
+        test_worker("").display()
+    ));
+    two_sessions_two_processes(&d, "/py/x");
+    let r = Client::with_jar(&d.dir, "a").get(&d.url("/py/deep/path"));
+    assert_eq!(r.field("path").as_deref(), Some("/deep/path"));
+}
+
+#[test]
+fn python_http_server_serves_its_directory_per_session() {
+    let d = Daemon::start(&format!(
+        "<Location />\n  Worker http python3 -m http.server --bind 127.0.0.1 {{port}}\n  WorkerListen port\n  WorkingDirectory {}\n  WorkerReady /\n</Location>\n",
+        test_worker("").display()
+    ));
+    let (a, b) = (Client::with_jar(&d.dir, "a"), Client::with_jar(&d.dir, "b"));
+    let ra = a.get(&d.url("/port_counter.js"));
+    assert_eq!(ra.status, 200, "{ra:?}\n{}", d.log_text());
+    assert!(ra.body.contains("process.env.PORT"));
+    assert_eq!(b.get(&d.url("/wsgi_counter.py")).status, 200);
+    let servers = Command::new("pgrep")
+        .args(["-f", "-P", &d.pid().to_string(), "http.server"])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&servers.stdout).lines().count();
+    assert_eq!(pids, 2, "one http.server per session");
+}
+
+/// `python3 -m http.server` binds port 8000 and never takes a connection
+/// from the socket psd hands it: that is a worker that never became ready,
+/// and its client hears so at WorkerStartTimeout, not RequestTimeout.
+#[test]
+fn a_worker_that_never_listens_gives_502_at_worker_start_timeout() {
+    for (listen, program) in [
+        ("inherit", "python3 -m http.server --bind 127.0.0.1 0"),
+        ("port", "sleep 30"),
+        ("unix", "sleep 30"),
+    ] {
+        let d = Daemon::start(&format!(
+            "<Location />\n  Worker http {program}\n  WorkerListen {listen}\n  WorkerStartTimeout 1s\n  RequestTimeout 30s\n</Location>\n"
+        ));
+        let started = Instant::now();
+        let r = Client::anonymous().get(&d.url("/"));
+        let took = started.elapsed();
+        assert_eq!(r.status, 502, "{listen}: {r:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "{listen}: 502 after {took:?}, not at WorkerStartTimeout"
+        );
+        assert!(
+            d.log_text().contains("not ready within WorkerStartTimeout"),
+            "{listen}: {}",
+            d.log_text()
+        );
+    }
+}
+
+#[test]
+fn worker_ready_waits_for_an_answer_below_500() {
+    let d = Daemon::start(&format!(
+        "<Location />\n  Worker http python3 -m http.server --bind 127.0.0.1 {{port}}\n  WorkerListen port\n  WorkingDirectory {}\n  WorkerReady /no-such-file\n  WorkerStartTimeout 10s\n</Location>\n",
+        test_worker("").display()
+    ));
+    // 404 is below 500: ready.
+    let r = Client::anonymous().get(&d.url("/port_counter.js"));
+    assert_eq!(r.status, 200, "{}", d.log_text());
+}
+
+#[test]
+fn a_worker_that_exits_with_a_request_pending_fails_it_at_once() {
+    let d = Daemon::start(&format!(
+        "<Location />\n  Worker http {}\n  RequestTimeout 30s\n</Location>\n",
+        worker("dies_pending.py")
+    ));
+    let c = Client::with_jar(&d.dir, "c");
+    let first = c.get(&d.url("/"));
+    assert_eq!(first.status, 200, "{first:?}\n{}", d.log_text());
+    let pid = first.pid();
+    let started = Instant::now();
+    let r = c.get(&d.url("/die"));
+    let took = started.elapsed();
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(took < Duration::from_secs(1), "502 after {took:?}");
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            let left = Command::new("pgrep")
+                .args(["-g", &pid.to_string()])
+                .output()
+                .unwrap();
+            left.stdout.is_empty()
+        }),
+        "a process of the worker's group lives on"
+    );
+    let next = c.get(&d.url("/"));
+    assert_eq!(next.status, 200, "the next request gets a new worker");
+    assert_ne!(next.pid(), pid);
+}
