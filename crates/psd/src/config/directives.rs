@@ -591,6 +591,33 @@ pub const DIRECTIVES: &[Directive] = &[
         }),
     },
     Directive {
+        name: "DocumentRoot",
+        scope: Scope::Location,
+        reload: Reload::NewSessions,
+        syntax: "DocumentRoot DIR",
+        default: "—",
+        help: "fastcgi workers that run one script per request (php-cgi): the path under the Location names a file under DIR, as in Apache and nginx's fastcgi_split_path_info. SCRIPT_FILENAME is that file, SCRIPT_NAME the Location prefix plus its path, PATH_INFO what follows it (/app/shop/cart.php/items → cart.php, /items); a directory runs its DirectoryIndex. Paths that name nothing, or would leave DIR (.., symlinks out), get 404. REDIRECT_STATUS=200 is set for php-cgi's cgi.force_redirect.",
+        apply: Apply::Location(|l, a| {
+            l.document_root = Some(PathBuf::from(one(a)?));
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "DirectoryIndex",
+        scope: Scope::Location,
+        reload: Reload::NewSessions,
+        syntax: "DirectoryIndex FILE…",
+        default: "index.php index.html",
+        help: "With DocumentRoot: the files tried, in order, for a path that names a directory.",
+        apply: Apply::Location(|l, a| {
+            if a.is_empty() || a.iter().any(|f| f.contains('/') || f == ".." || f == ".") {
+                return Err("expected DirectoryIndex FILE… (names, not paths)".into());
+            }
+            l.directory_index = a.to_vec();
+            Ok(())
+        }),
+    },
+    Directive {
         name: "MaxRequestBody",
         scope: Scope::Location,
         reload: Reload::Requests,

@@ -128,6 +128,11 @@ pub struct LocationConfig {
     pub set_env: Vec<(String, String)>,
     pub pass_env: Vec<String>,
     pub working_directory: Option<PathBuf>,
+    /// `DocumentRoot`: script-per-file FastCGI servers (php-cgi) get the
+    /// script under it that the path names.
+    pub document_root: Option<PathBuf>,
+    /// `DirectoryIndex`: the script a path naming a directory runs.
+    pub directory_index: Vec<String>,
     /// `User`: name, uid and primary gid, looked up when the config is read.
     pub user: Option<(String, u32, u32)>,
     /// `Group`: name and gid.
@@ -248,6 +253,8 @@ impl LocationConfig {
             set_env: vec![],
             pass_env: vec![],
             working_directory: None,
+            document_root: None,
+            directory_index: vec!["index.php".into(), "index.html".into()],
             user: None,
             group: None,
             at: None,
@@ -414,6 +421,26 @@ impl Config {
                                     location.prefix
                                 ),
                             ));
+                        }
+                    }
+                    if let Some(dir) = &mut location.document_root {
+                        let joined = root.join(&*dir);
+                        if command.protocol != Protocol::FastCgi {
+                            errors.push(Error::new(
+                                &at(&location.at),
+                                format!(
+                                    "<Location {}>: DocumentRoot applies to fastcgi workers only",
+                                    location.prefix
+                                ),
+                            ));
+                        }
+                        // Canonical: a script is checked to be under it.
+                        match joined.canonicalize() {
+                            Ok(real) if real.is_dir() => *dir = real,
+                            _ => errors.push(Error::new(
+                                &at(&location.at),
+                                format!("DocumentRoot {} is not a directory", joined.display()),
+                            )),
                         }
                     }
                 }

@@ -166,6 +166,14 @@ where
         }
         return own_urls::answer(shared, mount, &request, &under, client, &view);
     }
+    // A script-per-file server runs the script the path names, or nothing.
+    let script = match &location.document_root {
+        Some(root) => match crate::worker::script::find(root, &location.directory_index, &under) {
+            Some(script) => Some(Arc::new(script)),
+            None => return Error::NotFound.to_response(),
+        },
+        None => None,
+    };
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
@@ -249,7 +257,7 @@ where
     let (reply, answer) = oneshot::channel();
     let job = Job {
         request: Request::from_parts(parts, body),
-        meta: meta(mount, &target, client, conn, &view),
+        meta: meta(mount, &target, client, conn, &view, script),
         reply,
     };
     trace.session = Some(target.token.clone());
@@ -276,8 +284,10 @@ fn meta(
     client: IpAddr,
     conn: ConnInfo,
     view: &View,
+    script: Option<Arc<crate::worker::script::Script>>,
 ) -> RequestMeta {
     RequestMeta {
+        script,
         client,
         client_port: (client == conn.remote.ip()).then_some(conn.remote.port()),
         local: conn.local,

@@ -122,8 +122,9 @@ impl Routing {
                     _ => "".into(),
                 },
                 document_root: l
-                    .working_directory
+                    .document_root
                     .as_deref()
+                    .or(l.working_directory.as_deref())
                     .unwrap_or(Path::new(""))
                     .to_string_lossy()
                     .into(),

@@ -2,6 +2,8 @@
 //! becomes, and the response head (`Status:`, `Location:`, headers) a worker
 //! writes back. Pure functions over bytes; no I/O.
 
+use std::os::unix::ffi::OsStrExt;
+
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
@@ -63,11 +65,34 @@ pub fn params(parts: &Parts, meta: &RequestMeta, worker: &[(&str, std::sync::Arc
     }
     put("REQUEST_METHOD", parts.method.as_str().as_bytes());
     put("REQUEST_URI", request_uri.as_bytes());
-    put("SCRIPT_NAME", meta.script_name.as_bytes());
-    put("PATH_INFO", &path_info);
     put("QUERY_STRING", parts.uri.query().unwrap_or("").as_bytes());
-    put("SCRIPT_FILENAME", meta.script_filename.as_bytes());
-    put("DOCUMENT_ROOT", meta.document_root.as_bytes());
+    match &meta.script {
+        // `DocumentRoot`: the script the path names, and what follows it.
+        Some(script) => {
+            let filename = script.filename.as_os_str().as_bytes();
+            put(
+                "SCRIPT_NAME",
+                format!("{}{}", meta.script_name, script.name).as_bytes(),
+            );
+            put("PATH_INFO", &script.path_info);
+            if !script.path_info.is_empty() {
+                put(
+                    "PATH_TRANSLATED",
+                    &[meta.document_root.as_bytes(), &script.path_info].concat(),
+                );
+            }
+            put("SCRIPT_FILENAME", filename);
+            put("DOCUMENT_ROOT", meta.document_root.as_bytes());
+            // php-cgi's cgi.force_redirect runs nothing without it.
+            put("REDIRECT_STATUS", b"200");
+        }
+        None => {
+            put("SCRIPT_NAME", meta.script_name.as_bytes());
+            put("PATH_INFO", &path_info);
+            put("SCRIPT_FILENAME", meta.script_filename.as_bytes());
+            put("DOCUMENT_ROOT", meta.document_root.as_bytes());
+        }
+    }
     put("PSD_SESSION_ID", meta.session_id.as_bytes());
     put("PSD_APP", meta.app.as_bytes());
     put("PSD_ACCESS", meta.access.as_str().as_bytes());

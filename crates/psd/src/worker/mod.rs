@@ -16,6 +16,7 @@ pub(crate) mod listen;
 pub(crate) mod process;
 pub(crate) mod proxy;
 pub(crate) mod sched;
+pub(crate) mod script;
 pub(crate) mod stdio;
 pub(crate) mod upstream;
 
@@ -64,6 +65,8 @@ pub(crate) struct RequestMeta {
     pub app: Arc<str>,
     pub script_filename: Arc<str>,
     pub document_root: Arc<str>,
+    /// With `DocumentRoot`: the script the path names.
+    pub script: Option<Arc<script::Script>>,
     /// The id as the client presented it (a read-only id stays one).
     pub session_id: Arc<str>,
     pub access: Access,

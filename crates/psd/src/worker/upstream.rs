@@ -518,6 +518,7 @@ mod tests {
             app: "/app".into(),
             script_filename: "".into(),
             document_root: "".into(),
+            script: None,
             session_id: "ID".into(),
             access: crate::mapper::Access::ReadWrite,
             session_param: None,
