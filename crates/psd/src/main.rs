@@ -50,7 +50,14 @@ enum Command {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
+            Ok(config) => {
+                let missing = config.missing_programs();
+                for e in &missing {
+                    eprintln!("{e}");
+                }
+                if !missing.is_empty() {
+                    return ExitCode::FAILURE;
+                }
                 println!("Syntax OK");
                 ExitCode::SUCCESS
             }
@@ -142,6 +149,9 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         if let Some(path) = &pid_file {
             std::fs::write(path, format!("{}\n", std::process::id()))
                 .map_err(|e| anyhow::anyhow!("PidFile {}: {e}", path.display()))?;
+        }
+        for e in config.missing_programs() {
+            tracing::warn!("{e} (its sessions get 502 until it is there)");
         }
         for (listen, listener) in config.listen.iter().zip(&listeners) {
             let scheme = if listen.https { "https" } else { "http" };

@@ -136,3 +136,42 @@ fn a_worker_that_exits_with_a_request_pending_fails_it_at_once() {
     assert_eq!(next.status, 200, "the next request gets a new worker");
     assert_ne!(next.pid(), pid);
 }
+
+#[test]
+fn a_worker_over_rlimit_cpu_gives_502_is_logged_and_replaced() {
+    let d = Daemon::start(&format!(
+        "<Location />\n  Worker http {}\n  RLimitCPU 1\n  RLimitNOFILE 64\n  RequestTimeout 30s\n</Location>\n",
+        worker("spin.py")
+    ));
+    let c = Client::with_jar(&d.dir, "c");
+    let first = c.get(&d.url("/"));
+    assert_eq!(first.status, 200, "{first:?}\n{}", d.log_text());
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", first.pid())).unwrap();
+    let line = |name: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap()
+    };
+    assert_eq!(line("Max cpu time"), "Max cpu time 1 2 seconds");
+    assert_eq!(line("Max open files"), "Max open files 64 64 files");
+    let started = Instant::now();
+    let spun = c.get(&d.url("/spin"));
+    assert_eq!(spun.status, 502, "{spun:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || d
+            .log_text()
+            .contains("ended by RLimitCPU")),
+        "{}",
+        d.log_text()
+    );
+    let next = c.get(&d.url("/"));
+    assert_eq!(next.status, 200);
+    assert_ne!(next.pid(), first.pid(), "a fresh worker");
+}

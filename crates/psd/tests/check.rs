@@ -156,3 +156,72 @@ fn many_locations_check_in_linear_time() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_worker_program_that_is_missing_or_not_executable_is_an_error_at_its_section() {
+    let dir = TempDir::new("check-programs");
+    std::fs::write(dir.join("plain.txt"), "not a program").unwrap();
+    let path = dir.join("psd.conf");
+    std::fs::write(
+        &path,
+        "<Location /a>\n  Worker fastcgi lib/missing.pl\n</Location>\n\
+         <Location /b>\n  Worker fastcgi plain.txt\n</Location>\n\
+         <Location /c>\n  Worker http no-such-program-anywhere\n</Location>\n\
+         <Location /d>\n  Worker fastcgi /bin/true\n</Location>\n",
+    )
+    .unwrap();
+    let out = Command::new(PSD)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let file = path.display();
+    let expected = [
+        format!(
+            "{file}:1: <Location /a>: Worker program {} does not exist",
+            dir.join("lib/missing.pl").display()
+        ),
+        format!(
+            "{file}:4: <Location /b>: Worker program {} is not an executable file",
+            dir.join("plain.txt").display()
+        ),
+        format!(
+            "{file}:7: <Location /c>: Worker program {} does not exist",
+            dir.join("no-such-program-anywhere").display()
+        ),
+    ];
+    assert_eq!(stderr.lines().collect::<Vec<_>>(), expected);
+}
+
+/// The first five minutes: psd started before its worker program was put
+/// in place warns, serves 502, and finds the program once it is there.
+#[test]
+fn a_worker_program_added_after_start_is_found_without_a_reload() {
+    let d = Daemon::start("<Location />\n  Worker fastcgi counter.pl\n</Location>\n");
+    assert!(
+        d.log_text().contains("Worker program") && d.log_text().contains("does not exist"),
+        "{}",
+        d.log_text()
+    );
+    let c = Client::anonymous();
+    assert_eq!(c.get(&d.url("/")).status, 502);
+    let program = d.dir.join("counter.pl");
+    std::fs::write(
+        &program,
+        "#!/usr/bin/perl\nuse FCGI;\nmy $r = FCGI::Request();\n\
+         while ($r->Accept() >= 0) { print \"Content-Type: text/plain\\r\\n\\r\\nhello\\n\" }\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = c.get(&d.url("/"));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello\n"),
+        "{}",
+        d.log_text()
+    );
+}

@@ -9,8 +9,8 @@ use psd_conf::{Error, Location, Node};
 
 use super::values::{duration, env_name, listen_addr, on_off, one, positive, size};
 use super::{
-    Config, Handler, Host, Listen, LocationConfig, Protocol, SchedulingPolicy, VirtualHost,
-    WorkerCommand, WorkerListen,
+    Config, Handler, Host, Listen, LocationConfig, Protocol, RLimit, Resource, SchedulingPolicy,
+    VirtualHost, WorkerCommand, WorkerListen,
 };
 use crate::mapper::SessionKey;
 
@@ -591,6 +591,42 @@ pub const DIRECTIVES: &[Directive] = &[
         }),
     },
     Directive {
+        name: "RLimitCPU",
+        scope: Scope::Location,
+        reload: Reload::NewSessions,
+        syntax: "RLimitCPU SECONDS|max [SECONDS|max]",
+        default: "none",
+        help: "CPU seconds a worker process may use, as Apache's: the soft limit (SIGXCPU ends it; the hard limit defaults to one second more), then the hard limit. Its client gets 502, the log names the limit.",
+        apply: Apply::Location(|l, a| rlimit(l, Resource::Cpu, a)),
+    },
+    Directive {
+        name: "RLimitMEM",
+        scope: Scope::Location,
+        reload: Reload::NewSessions,
+        syntax: "RLimitMEM SIZE|max [SIZE|max]",
+        default: "none",
+        help: "Address space of a worker process (RLIMIT_AS), soft and hard (default: the same), in bytes or with K, M, G.",
+        apply: Apply::Location(|l, a| rlimit(l, Resource::Mem, a)),
+    },
+    Directive {
+        name: "RLimitNPROC",
+        scope: Scope::Location,
+        reload: Reload::NewSessions,
+        syntax: "RLimitNPROC N|max [N|max]",
+        default: "none",
+        help: "Processes the worker's user may have (RLIMIT_NPROC), soft and hard (default: the same).",
+        apply: Apply::Location(|l, a| rlimit(l, Resource::Nproc, a)),
+    },
+    Directive {
+        name: "RLimitNOFILE",
+        scope: Scope::Location,
+        reload: Reload::NewSessions,
+        syntax: "RLimitNOFILE N|max [N|max]",
+        default: "none",
+        help: "Open files of a worker process (RLIMIT_NOFILE), soft and hard (default: the same).",
+        apply: Apply::Location(|l, a| rlimit(l, Resource::Nofile, a)),
+    },
+    Directive {
         name: "DocumentRoot",
         scope: Scope::Location,
         reload: Reload::NewSessions,
@@ -961,4 +997,43 @@ fn vhost_addr(value: &str) -> Result<(Option<std::net::IpAddr>, u16), String> {
         ),
     };
     Ok((ip, port))
+}
+
+/// `RLimit… SOFT [HARD]`: `max` is unlimited; sizes take K, M, G. Without
+/// HARD, it is SOFT (for CPU, a second more, so that SIGXCPU, which names
+/// the limit, comes before SIGKILL).
+fn rlimit(l: &mut LocationConfig, resource: Resource, args: &[String]) -> Result<(), String> {
+    let value = |text: &str| -> Result<u64, String> {
+        match text {
+            "max" | "unlimited" => Ok(u64::MAX),
+            _ if resource == Resource::Mem => size(text),
+            _ => text
+                .parse::<u64>()
+                .map_err(|_| format!("'{text}' is not a whole number or max")),
+        }
+    };
+    let (soft, hard) = match args {
+        [soft] => {
+            let soft = value(soft)?;
+            let hard = match resource {
+                Resource::Cpu => soft.saturating_add(1),
+                _ => soft,
+            };
+            (soft, hard)
+        }
+        [soft, hard] => (value(soft)?, value(hard)?),
+        _ => return Err(format!("expected {} SOFT [HARD]", resource.directive())),
+    };
+    if soft > hard {
+        return Err(format!(
+            "the soft limit {soft} is above the hard limit {hard}"
+        ));
+    }
+    l.rlimits.retain(|r| r.resource != resource);
+    l.rlimits.push(RLimit {
+        resource,
+        soft,
+        hard,
+    });
+    Ok(())
 }

@@ -128,6 +128,8 @@ pub struct LocationConfig {
     pub set_env: Vec<(String, String)>,
     pub pass_env: Vec<String>,
     pub working_directory: Option<PathBuf>,
+    /// `RLimitCPU`, `RLimitMEM`, `RLimitNPROC`, `RLimitNOFILE`.
+    pub rlimits: Vec<RLimit>,
     /// `DocumentRoot`: script-per-file FastCGI servers (php-cgi) get the
     /// script under it that the path names.
     pub document_root: Option<PathBuf>,
@@ -180,6 +182,38 @@ pub struct WorkerCommand {
     pub protocol: Protocol,
     pub program: PathBuf,
     pub args: Vec<String>,
+}
+
+/// A resource limit on each worker process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RLimit {
+    pub resource: Resource,
+    /// Seconds, bytes or a count; `u64::MAX` is unlimited.
+    pub soft: u64,
+    pub hard: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// CPU seconds (`RLIMIT_CPU`): SIGXCPU at the soft limit.
+    Cpu,
+    /// Address space in bytes (`RLIMIT_AS`).
+    Mem,
+    /// Processes of the worker's user (`RLIMIT_NPROC`).
+    Nproc,
+    /// Open files (`RLIMIT_NOFILE`).
+    Nofile,
+}
+
+impl Resource {
+    pub fn directive(self) -> &'static str {
+        match self {
+            Resource::Cpu => "RLimitCPU",
+            Resource::Mem => "RLimitMEM",
+            Resource::Nproc => "RLimitNPROC",
+            Resource::Nofile => "RLimitNOFILE",
+        }
+    }
 }
 
 /// `WorkerListen`: how an `http` worker comes to listen.
@@ -253,6 +287,7 @@ impl LocationConfig {
             set_env: vec![],
             pass_env: vec![],
             working_directory: None,
+            rlimits: vec![],
             document_root: None,
             directory_index: vec!["index.php".into(), "index.html".into()],
             user: None,
@@ -285,7 +320,52 @@ impl LocationConfig {
     }
 }
 
+/// Where `PATH` finds an executable named `name`.
+fn in_path(name: &Path) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 impl Config {
+    /// Worker programs that are not there (yet) or cannot be run, as
+    /// `file:line: message`: `psd check` fails on them, `psd serve` warns
+    /// and starts (each spawn looks again, so a program deployed after
+    /// psd started is found).
+    pub fn missing_programs(&self) -> Vec<Error> {
+        let mut missing = vec![];
+        for location in &self.locations {
+            let Some(Handler::Process(command)) = &location.handler else {
+                continue;
+            };
+            let program = &command.program;
+            let problem = if program.components().count() == 1 {
+                in_path(program)
+                    .is_none()
+                    .then(|| format!("{} is not in PATH", program.display()))
+            } else if !program.exists() {
+                Some(format!("{} does not exist", program.display()))
+            } else if !is_executable(program) {
+                Some(format!("{} is not an executable file", program.display()))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                missing.push(Error::new(
+                    &at(&location.at),
+                    format!("<Location {}>: Worker program {problem}", location.prefix),
+                ));
+            }
+        }
+        missing
+    }
+
     /// The address psd listens on when no `Listen` is given.
     pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:8080";
 
@@ -400,9 +480,13 @@ impl Config {
                 Some(Handler::Process(command)) => {
                     // A path with a slash is relative to ServerRoot; a bare
                     // name is a file beside the config if there is one, else
-                    // looked up in PATH.
+                    // looked up in PATH (at each spawn), else the file
+                    // beside the config it will be once it is there.
                     let beside = root.join(&command.program);
-                    if command.program.components().count() > 1 || beside.is_file() {
+                    if command.program.components().count() > 1
+                        || beside.is_file()
+                        || in_path(&command.program).is_none()
+                    {
                         command.program = beside;
                     }
                     let http_only = [

@@ -12,6 +12,7 @@
 pub(crate) mod cgi;
 pub(crate) mod fastcgi;
 pub(crate) mod inproc;
+pub(crate) mod limits;
 pub(crate) mod listen;
 pub(crate) mod process;
 pub(crate) mod proxy;

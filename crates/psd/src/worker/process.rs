@@ -321,6 +321,9 @@ pub(crate) fn launch(
     if let Err(e) = super::sched::set_policy(pid, spawn.location.scheduling) {
         tracing::warn!(session = %session, pid, "setting the scheduling policy: {e}");
     }
+    if let Err(e) = super::limits::apply(pid, &spawn.location.rlimits) {
+        tracing::warn!(session = %session, pid, "setting resource limits: {e}");
+    }
     let stdin = child.stdin.take().map(ChildStdin::from_std).transpose();
     let stdout = child.stdout.take().map(ChildStdout::from_std).transpose();
     let stderr = child.stderr.take().map(ChildStderr::from_std).transpose();
@@ -349,9 +352,15 @@ pub(crate) fn launch(
     {
         let session = session.clone();
         let table = table.clone();
+        let location = spawn.location.clone();
         tokio::spawn(async move {
             match exited.await {
-                Ok(Ok(status)) => tracing::info!(session = %session, pid, %status, "worker exited"),
+                Ok(Ok(status)) => match super::limits::blame(&status, &location.rlimits) {
+                    Some(limit) => {
+                        tracing::warn!(session = %session, pid, %status, "worker exited: ended by {limit}")
+                    }
+                    None => tracing::info!(session = %session, pid, %status, "worker exited"),
+                },
                 Ok(Err(e)) => tracing::warn!(session = %session, pid, "waiting for worker: {e}"),
                 Err(_) => {
                     tracing::warn!(session = %session, pid, "psd stopped watching the worker")
