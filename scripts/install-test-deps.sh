@@ -5,7 +5,8 @@
 # not started), openssl and procps, redis-server (StateStore redis://; the tests
 # start their own on a free port), Node.js (an HTTP worker that binds $PORT itself),
 # php-cgi (one per session, a multi-file PHP app), shellinabox (a web terminal per
-# session), and Python's flup, websockets and gunicorn (binds $PSD_SOCKET).
+# session), Chromium with its driver, and Python's flup, websockets, gunicorn (binds
+# $PSD_SOCKET) and selenium.
 set -euo pipefail
 
 need_apt=()
@@ -25,6 +26,9 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v php-cgi >/dev/null || need_apt+=(php-cgi)
 command -v shellinaboxd >/dev/null || need_apt+=(shellinabox)
+# The demo page, opened in a real browser (selenium drives it).
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 
 . "$(dirname "$0")/apt-install.sh"
 apt_install "${need_apt[@]}"
@@ -32,3 +36,4 @@ apt_install "${need_apt[@]}"
 python3 -c 'import flup' 2>/dev/null || python3 -m pip install -q 'flup>=1.0.3'
 python3 -c 'import websockets.asyncio.server' 2>/dev/null || python3 -m pip install -q 'websockets>=13'
 python3 -c 'import gunicorn' 2>/dev/null || python3 -m pip install -q 'gunicorn>=21'
+python3 -c 'import selenium' 2>/dev/null || python3 -m pip install -q 'selenium>=4.20'

@@ -11,6 +11,11 @@ use common::*;
 use psd::app::{text, App, Condition, State, StateError};
 use psd::config::LocationConfig;
 
+/// A GET that follows the demo's redirect after an action, as a browser does.
+fn follow(c: &Client, url: &str) -> Reply {
+    c.request(url, &["-L"])
+}
+
 fn counts(body: &str) -> String {
     if body.contains("GO NEGATIVE?") {
         "GO NEGATIVE?".into()
@@ -49,7 +54,7 @@ async fn the_demo_counter_goes_negative_only_after_asking() {
                 .iter()
                 .map(|option| {
                     let url = format!("{base}/?option={}", option.replace('+', "%2B"));
-                    counts(&c.get(&url).body)
+                    counts(&follow(&c, &url).body)
                 })
                 .collect::<Vec<_>>()
         })
@@ -67,7 +72,7 @@ async fn the_demo_prompt_keeps_asking_and_no_keeps_zero() {
             // `++` typed literally in a URL arrives as two spaces; it must count too.
             ["++", "--", "--", "", "No", "--"]
                 .iter()
-                .map(|option| counts(&c.get(&format!("{base}/?option={option}")).body))
+                .map(|option| counts(&follow(&c, &format!("{base}/?option={option}")).body))
                 .collect::<Vec<_>>()
         })
         .await;
@@ -93,11 +98,11 @@ async fn two_browsers_keep_separate_counts() {
             let (a, b) = (Client::with_jar(&dir, "a"), Client::with_jar(&dir, "b"));
             let up = format!("{base}/?option=%2B%2B");
             vec![
-                counts(&a.get(&up).body),
-                counts(&a.get(&up).body),
-                counts(&b.get(&up).body),
-                counts(&a.get(&up).body),
-                counts(&b.get(&format!("{base}/")).body),
+                counts(&follow(&a, &up).body),
+                counts(&follow(&a, &up).body),
+                counts(&follow(&b, &up).body),
+                counts(&follow(&a, &up).body),
+                counts(&follow(&b, &format!("{base}/")).body),
             ]
         })
         .await;
@@ -278,12 +283,7 @@ async fn the_demo_counter_keeps_its_count_across_a_restart() {
     let (before, c) = blocking(move || {
         let seen = ["", "++", "++", "++"]
             .iter()
-            .map(|o| {
-                counts(
-                    &c.get(&format!("{base}/?option={}", o.replace('+', "%2B")))
-                        .body,
-                )
-            })
+            .map(|o| counts(&follow(&c, &format!("{base}/?option={}", o.replace('+', "%2B"))).body))
             .collect::<Vec<_>>();
         (seen, c)
     })
@@ -294,11 +294,11 @@ async fn the_demo_counter_keeps_its_count_across_a_restart() {
 
     // The same DataDir, a new server: the browser's id names its session.
     let (base, stop, server) = serve(&dir, demo(), 100).await;
+    let other = Client::with_jar(&jars, "other");
     let after = blocking(move || {
-        let other = Client::anonymous();
         (
-            counts(&c.get(&format!("{base}/?option=%2B%2B")).body),
-            counts(&other.get(&format!("{base}/?option=%2B%2B")).body),
+            counts(&follow(&c, &format!("{base}/?option=%2B%2B")).body),
+            counts(&follow(&other, &format!("{base}/?option=%2B%2B")).body),
         )
     })
     .await;
@@ -444,4 +444,97 @@ async fn session_state_in_process_keeps_the_state_api_rules() {
     );
     drop(stop);
     server.await.unwrap().unwrap();
+}
+
+/// The demo answers an action with a redirect (a reload shows the count, it
+/// does not click again), refuses actions from a read-only viewer, and
+/// `/.psd/share` without a session says there is none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_redirects_after_actions_and_viewers_only_watch() {
+    with_demo(|base, dir| async move {
+        blocking(move || {
+            let owner = Client::with_jar(&dir, "owner");
+            let acted = owner.get(&format!("{base}/?option=%2B%2B"));
+            assert_eq!(acted.status, 303);
+            assert_eq!(acted.header("location"), Some("/"));
+            let page = owner.get(&format!("{base}/"));
+            assert_eq!(counts(&page.body), "1");
+            assert_eq!(
+                counts(&owner.get(&format!("{base}/")).body),
+                "1",
+                "a reload does not act"
+            );
+            assert!(page.body.contains("What psd is doing for you"));
+
+            let share = owner.get(&format!("{base}/.psd/share"));
+            let link = share_link(&share);
+            let viewer = Client::with_jar(&dir, "viewer");
+            viewer.request(&format!("{base}{link}"), &["-L"]);
+            let watched = viewer.get(&format!("{base}/"));
+            assert_eq!(counts(&watched.body), "1");
+            assert!(watched.body.contains("read-only link"));
+            assert!(
+                !watched.body.contains("?option=++"),
+                "no buttons for a viewer"
+            );
+            let refused = viewer.get(&format!("{base}/?option=%2B%2B"));
+            assert_eq!(refused.status, 403);
+            assert_eq!(
+                counts(&owner.get(&format!("{base}/")).body),
+                "1",
+                "unchanged"
+            );
+
+            let nobody = Client::anonymous().get(&format!("{base}/.psd/share"));
+            assert_eq!(nobody.status, 404);
+            assert!(
+                nobody.body.contains("no session to share"),
+                "{}",
+                nobody.body
+            );
+        })
+        .await;
+    })
+    .await;
+}
+
+/// The demo page in headless Chromium at a desktop and a phone width: the
+/// ++ links work as a browser follows them, and the page is no wider than
+/// the screen. `PSD_SCREENSHOTS=DIR` keeps the screenshots (the README's
+/// come from `PSD_SCREENSHOTS=docs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_works_in_chromium_at_desktop_and_phone_widths() {
+    with_demo(|base, dir| async move {
+        let out = std::env::var("PSD_SCREENSHOTS")
+            .map(|d| repo().join(d))
+            .unwrap_or_else(|_| dir.join(""));
+        let script = repo().join("crates/psd/tests/browser/demo_page.py");
+        let report = blocking(move || {
+            std::process::Command::new("python3")
+                .arg(script)
+                .arg(&base)
+                .arg(&out)
+                .output()
+                .unwrap()
+        })
+        .await;
+        let stdout = String::from_utf8_lossy(&report.stdout);
+        assert!(
+            report.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&report.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        for width in ["desktop", "phone"] {
+            let seen = &report[width];
+            assert_eq!(seen["count"], "Count: 2", "{width}: {seen}");
+            assert!(
+                seen["scroll_width"].as_u64() <= seen["inner_width"].as_u64(),
+                "{width}: wider than the screen: {seen}"
+            );
+            let png = std::fs::read(seen["screenshot"].as_str().unwrap()).unwrap();
+            assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{width}");
+        }
+    })
+    .await;
 }

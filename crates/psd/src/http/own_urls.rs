@@ -103,6 +103,17 @@ fn session_at_root<B>(
     mount.config.mapper.get_session_id_from_hit(&hit, &ids)
 }
 
+/// 404 with a sentence that says why.
+fn not_found(why: &str) -> Response<Body> {
+    let mut response = Response::new(body::full(format!("{why}\n")));
+    *response.status_mut() = http::StatusCode::NOT_FOUND;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
 pub(super) fn answer<B>(
     shared: &Shared,
     mount: &Mount,
@@ -120,12 +131,18 @@ pub(super) fn answer<B>(
         "/.psd/share" => {
             // Sharing is of the id: with `path` parts, the read-only id
             // reaches every path's session of it, as the read-write id does.
-            let presented = session_at_root(shared, mount, request, client)
-                .and_then(|mapped| mapped.presented)
-                .filter(|p| p.access == Access::ReadWrite)
-                .and_then(|p| ids.share(app, &p.id));
-            let Some(read_only) = presented else {
-                return Error::ReadOnly.to_response();
+            let presented =
+                session_at_root(shared, mount, request, client).and_then(|mapped| mapped.presented);
+            let read_only = match presented {
+                Some(p) if p.access == Access::ReadOnly => return Error::ReadOnly.to_response(),
+                Some(p) => ids.share(app, &p.id),
+                None => None,
+            };
+            let Some(read_only) = read_only else {
+                return not_found(
+                    "Not Found: no session to share. Open the application first; \
+                     this link then shares the session your browser has.",
+                );
             };
             let link = match (mapper.query_name(), mapper.cookie_name()) {
                 (Some(q), _) => mapper::with_param(&base, None, q, &read_only),
