@@ -175,3 +175,103 @@ fn a_worker_over_rlimit_cpu_gives_502_is_logged_and_replaced() {
     assert_eq!(next.status, 200);
     assert_ne!(next.pid(), first.pid(), "a fresh worker");
 }
+
+/// shellinabox's protocol: POST `width&height&rooturl` opens a terminal
+/// (`{"session":…}`); POST `session&width&height` is a long poll for its
+/// output; the same with `keys=HEX` types. One browser's requests go side
+/// by side, so they carry its cookie themselves (curl's jar file is not
+/// for concurrent use).
+struct Terminal {
+    url: String,
+    cookie: String,
+    session: String,
+}
+
+impl Terminal {
+    fn open(url: String) -> Terminal {
+        let opened = Client::anonymous()
+            .request(&url, &["-d", &format!("width=80&height=24&rooturl={url}")]);
+        assert_eq!(opened.status, 200, "{opened:?}");
+        let cookie = opened
+            .header("set-cookie")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let json: serde_json::Value = serde_json::from_str(&opened.body).unwrap();
+        let session = json["session"].as_str().unwrap().to_string();
+        Terminal {
+            url,
+            cookie,
+            session,
+        }
+    }
+
+    /// A long poll (no `keys`), or typing.
+    fn post(&self, keys: Option<&str>) -> String {
+        let cookie = format!("Cookie: {}", self.cookie);
+        let session = format!("session={}", self.session);
+        let mut args = vec![
+            "-H",
+            &cookie,
+            "-d",
+            "width=80&height=24",
+            "--data-urlencode",
+            &session,
+        ];
+        let keys = keys.map(|k| format!("keys={k}"));
+        if let Some(keys) = &keys {
+            args.extend(["-d", keys]);
+        }
+        let reply = Client::anonymous().request(&self.url, &args);
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let json: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_default();
+        json["data"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Types `line` while a long poll waits, and reads until `until` shows.
+    fn run(&self, line: &str, until: &str) -> String {
+        let keys: String = line.bytes().map(|b| format!("{b:02X}")).collect();
+        std::thread::scope(|s| {
+            let poll = s.spawn(|| {
+                let mut seen = String::new();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !seen.contains(until) && Instant::now() < deadline {
+                    seen.push_str(&self.post(None));
+                }
+                seen
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            self.post(Some(&keys));
+            poll.join().unwrap()
+        })
+    }
+}
+
+#[test]
+fn shellinabox_gives_each_session_its_own_shell() {
+    let d = Daemon::start(
+        "<Location /term>\n  Worker http shellinaboxd --disable-ssl --quiet --disable-peer-check \
+         --unixdomain-only={socket}:root:root:0600 --service=/:root:root:HOME:/bin/bash\n  \
+         WorkerListen unix\n</Location>\n",
+    );
+    let shells: Vec<String> = (0..2)
+        .map(|_| {
+            let terminal = Terminal::open(d.url("/term/"));
+            let out = terminal.run("echo PSD_$((6*7))_$$\r", "PSD_42_");
+            let pid: String = out
+                .split("PSD_42_")
+                .nth(1)
+                .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect())
+                .unwrap_or_default();
+            assert!(
+                !pid.is_empty(),
+                "no answer from the shell: {out:?}\n{}",
+                d.log_text()
+            );
+            pid
+        })
+        .collect();
+    assert_ne!(shells[0], shells[1], "two sessions, two shells");
+}

@@ -37,6 +37,7 @@ fn every_example_config_is_valid() {
         "websocket-python",
         "stdio-python",
         "slowprint-perl",
+        "terminal",
     ] {
         let path = repo().join("examples").join(example).join("psd.conf");
         let out = Command::new(PSD)

@@ -430,7 +430,11 @@ mod tests {
         let shared = shared(vec![counter_at("/app")]);
         let (status, headers, _) =
             oneshot(&shared, get("/app/?option=++").body(String::new()).unwrap()).await;
-        assert_eq!(status, StatusCode::SEE_OTHER, "the demo redirects after an action");
+        assert_eq!(
+            status,
+            StatusCode::SEE_OTHER,
+            "the demo redirects after an action"
+        );
         let set = headers[SET_COOKIE].to_str().unwrap();
         assert!(set.contains("Path=/app; HttpOnly; SameSite=Lax"), "{set}");
         let request = get("/app/")
