@@ -55,6 +55,8 @@ impl Reloader {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let apps = self.shared.apps();
             let registry = self.shared.registry.clone();
+            let _guard = runtime.enter();
+            registry.keep_spares(self.shared.spare_apps());
             runtime.spawn(async move { registry.retain_apps(&apps).await });
         }
         Ok(())
@@ -127,6 +129,8 @@ impl Server {
         let state_listener = crate::http::state_api::bind(&shared.registry)
             .await
             .context("binding the state API on 127.0.0.1")?;
+        // After the state API: spares get their URLs at start.
+        shared.registry.keep_spares(shared.spare_apps());
         let state_api = tokio::spawn(crate::http::state_api::serve(
             shared.registry.clone(),
             state_listener,

@@ -275,3 +275,54 @@ fn shellinabox_gives_each_session_its_own_shell() {
         .collect();
     assert_ne!(shells[0], shells[1], "two sessions, two shells");
 }
+
+/// New sessions of an application that takes 2 s to start, spaced so that
+/// the pool refills in between: the time to their first answer.
+fn first_answers(spares: usize) -> (Vec<Duration>, Vec<Reply>, Daemon) {
+    let d = Daemon::start(&format!(
+        "<Location />\n  Worker http {}\n  SpareWorkers {spares}\n</Location>\n",
+        worker("slow_start.py")
+    ));
+    // Time for the pool to fill at start.
+    std::thread::sleep(Duration::from_millis(2600));
+    let mut times = vec![];
+    let mut replies = vec![];
+    for i in 0..3 {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(2600));
+        }
+        let started = Instant::now();
+        let r = Client::with_jar(&d.dir, &format!("c{i}")).get(&d.url("/"));
+        times.push(started.elapsed());
+        assert_eq!(r.status, 200, "{r:?}\n{}", d.log_text());
+        replies.push(r);
+    }
+    (times, replies, d)
+}
+
+#[test]
+fn spare_workers_open_new_sessions_of_a_slow_app_at_once() {
+    let (times, replies, d) = first_answers(2);
+    for t in &times {
+        assert!(*t < Duration::from_millis(100), "with spares: {times:?}");
+    }
+    let pids: std::collections::HashSet<_> = replies.iter().map(Reply::pid).collect();
+    assert_eq!(pids.len(), 3, "a worker per session");
+    for r in &replies {
+        // A spare has no session in its environment: it learns it per request.
+        assert_eq!(r.field("env_session").as_deref(), Some("none"));
+        let cookie = r.header("set-cookie").unwrap();
+        assert!(cookie.contains(&r.field("session").unwrap()), "{r:?}");
+    }
+    // Its state URL names the session that took it.
+    let c = Client::with_jar(&d.dir, "c0");
+    assert_eq!(
+        c.get(&d.url("/state")).field("state").as_deref(),
+        Some("201")
+    );
+
+    let (times, _, _) = first_answers(0);
+    for t in &times {
+        assert!(*t > Duration::from_secs(2), "without spares: {times:?}");
+    }
+}

@@ -627,6 +627,20 @@ pub const DIRECTIVES: &[Directive] = &[
         apply: Apply::Location(|l, a| rlimit(l, Resource::Nofile, a)),
     },
     Directive {
+        name: "SpareWorkers",
+        scope: Scope::Location,
+        reload: Reload::NewSessions,
+        syntax: "SpareWorkers N",
+        default: "0",
+        help: "Worker processes kept started ahead, not yet bound to a session; a new session takes one instead of waiting for a start (a resumed session starts its own). A spare learns its session from each request (PSD_SESSION_ID param, X-Psd-Session-Id, the stdio session field) and its PSD_STATE_URL names the session it is given. Refilled in the background; spares and live workers together stay within MaxSessions.",
+        apply: Apply::Location(|l, a| {
+            l.spare_workers = one(a)?
+                .parse()
+                .map_err(|_| "expected a whole number".to_string())?;
+            Ok(())
+        }),
+    },
+    Directive {
         name: "DocumentRoot",
         scope: Scope::Location,
         reload: Reload::NewSessions,

@@ -128,6 +128,8 @@ pub struct LocationConfig {
     pub set_env: Vec<(String, String)>,
     pub pass_env: Vec<String>,
     pub working_directory: Option<PathBuf>,
+    /// `SpareWorkers`: workers kept started ahead of their session.
+    pub spare_workers: usize,
     /// `RLimitCPU`, `RLimitMEM`, `RLimitNPROC`, `RLimitNOFILE`.
     pub rlimits: Vec<RLimit>,
     /// `DocumentRoot`: script-per-file FastCGI servers (php-cgi) get the
@@ -287,6 +289,7 @@ impl LocationConfig {
             set_env: vec![],
             pass_env: vec![],
             working_directory: None,
+            spare_workers: 0,
             rlimits: vec![],
             document_root: None,
             directory_index: vec!["index.php".into(), "index.html".into()],

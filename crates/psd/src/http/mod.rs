@@ -57,6 +57,17 @@ impl Shared {
             .collect()
     }
 
+    /// The applications that keep `SpareWorkers`, with their settings.
+    pub fn spare_apps(&self) -> Vec<(AppKey, Arc<crate::config::LocationConfig>)> {
+        self.routing()
+            .mounts
+            .iter()
+            .filter(|m| m.config.spare_workers > 0)
+            .filter(|m| matches!(m.config.handler, Some(Handler::Process(_))))
+            .map(|m| (m.app.clone(), m.config.clone()))
+            .collect()
+    }
+
     /// Routes by `config` from now on; TLS acceptors are made for the
     /// https listeners among `listeners` (the bound addresses), or for
     /// those of the last call when `None`. On error nothing changes.

@@ -255,9 +255,15 @@ async fn route(registry: &Registry, request: Request<Incoming>) -> Response<Body
             "Not Found: no such capability (its worker has stopped)",
         );
     };
-    let space = match which {
-        "state" => &grant.session,
-        "shared" => &grant.shared,
+    let space = match (which, &grant.session) {
+        ("state", Some(session)) => session,
+        ("state", None) => {
+            return plain(
+                StatusCode::NOT_FOUND,
+                "Not Found: this spare worker has no session yet",
+            )
+        }
+        ("shared", _) => &grant.shared,
         _ => return plain(StatusCode::NOT_FOUND, "Not Found"),
     };
     let key = percent_encoding::percent_decode_str(key)

@@ -10,8 +10,9 @@ use crate::store::Space;
 /// What a token lets its holder reach.
 #[derive(Debug, Clone)]
 pub(crate) struct Grant {
-    /// The session's own values.
-    pub session: Space,
+    /// The session's own values; `None` for a spare worker that no
+    /// session has taken yet.
+    pub session: Option<Space>,
     /// The application's values, shared by all its sessions.
     pub shared: Space,
     /// `MaxSessionState`: bytes a space may hold.
@@ -58,6 +59,13 @@ impl Grants {
     /// The grant a token carries while its worker lives.
     pub fn get(&self, token: &str) -> Option<Grant> {
         self.live.lock().expect("grants lock").get(token).cloned()
+    }
+
+    /// Gives a spare worker's token its session.
+    pub fn bind(&self, token: &str, session: Space) {
+        if let Some(grant) = self.live.lock().expect("grants lock").get_mut(token) {
+            grant.session = Some(session);
+        }
     }
 
     pub fn revoke(&self, token: &str) {

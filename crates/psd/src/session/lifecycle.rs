@@ -314,11 +314,25 @@ impl Supervisor {
     async fn start_worker(&mut self, life: &mut Life) -> Result<(), Error> {
         self.transition(life, Phase::Starting);
         let core = &self.core;
+        let session = Space::Session {
+            app: core.app.as_str().into(),
+            key: core.key.to_string(),
+        };
+        // A new session takes a spare worker if its application keeps some.
+        if !life.resumed {
+            if let Some(spare) = core.registry.take_spare(&core.app, session.clone()) {
+                tracing::info!(session = %core.id, pid = ?spare.worker.pid(), "took a spare worker");
+                core.door.set_worker(Some(spare.worker.clone()));
+                life.worker = Some(spare.worker);
+                life.activity = spare.activity;
+                life.grant = spare.grant;
+                life.resumed = true;
+                self.transition(life, Phase::Running);
+                return Ok(());
+            }
+        }
         let urls = core.registry.grants.mint(Grant {
-            session: Space::Session {
-                app: core.app.as_str().into(),
-                key: core.key.to_string(),
-            },
+            session: Some(session),
             shared: Space::Shared {
                 app: core.app.as_str().into(),
             },
@@ -327,6 +341,7 @@ impl Supervisor {
         life.grant = urls.as_ref().map(|u| u.token.as_str().into());
         let started = Worker::start(Spawn {
             session_id: &core.id,
+            spare: false,
             location: &core.location,
             resumed: life.resumed,
             state_urls: urls.as_ref().map(|u| (u.state.as_str(), u.shared.as_str())),

@@ -20,6 +20,7 @@ mod expiry;
 mod grants;
 mod info;
 mod lifecycle;
+mod spares;
 mod state;
 
 pub use directory::{Directory, Found, InMemory, Stored};
@@ -75,6 +76,8 @@ pub(crate) struct Registry {
     node: Arc<str>,
     /// The state API's capabilities, one per running worker.
     pub(crate) grants: Grants,
+    /// `SpareWorkers`: workers started ahead, per application.
+    spares: spares::Spares,
     slots: Slots,
     run_dir: PathBuf,
     processes: Arc<process::ProcessTable>,
@@ -204,6 +207,7 @@ impl Registry {
             store,
             node: node.into(),
             grants: Grants::default(),
+            spares: spares::Spares::default(),
             slots: Slots {
                 live: Arc::new(Semaphore::new(max_sessions)),
                 max: max_sessions,
@@ -550,6 +554,7 @@ impl Registry {
     pub async fn shutdown(&self) {
         // `send_replace`: the flag must be set even with no receiver.
         self.shutdown.send_replace(true);
+        self.stop_spares();
         drop(self.alive.lock().expect("registry lock").take());
         // In-process sessions (those without a queue) listen only to their
         // orders; one created while this runs sees the flag set above instead.

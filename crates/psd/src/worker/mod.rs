@@ -78,6 +78,9 @@ pub(crate) struct RequestMeta {
 /// Everything a new worker is started with.
 pub(crate) struct Spawn<'a> {
     pub session_id: &'a Arc<str>,
+    /// Started ahead, with no session yet (`SpareWorkers`): no
+    /// `PSD_SESSION_ID` in its environment; `session_id` is a label.
+    pub spare: bool,
     pub location: &'a Arc<LocationConfig>,
     pub resumed: bool,
     /// `PSD_STATE_URL` and `PSD_SHARED_URL`, when the state API listens.

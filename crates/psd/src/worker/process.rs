@@ -270,12 +270,14 @@ pub(crate) fn command(spawn: &Spawn<'_>, program: &Path, args: &[String]) -> Com
                 .filter_map(|name| Some((name, std::env::var_os(name)?))),
         )
         .envs(location.set_env.iter().map(|(k, v)| (k, v)))
-        .env("PSD_SESSION_ID", &**spawn.session_id)
         .env("PSD_APP", &location.prefix)
         .env("PSD_RESUMED", if spawn.resumed { "1" } else { "0" })
         // Its own process group: a terminal's ^C reaches psd only, and a
         // stop reaches the worker's own children too.
         .process_group(0);
+    if !spawn.spare {
+        cmd.env("PSD_SESSION_ID", &**spawn.session_id);
+    }
     if let Some((state, shared)) = spawn.state_urls {
         cmd.env("PSD_STATE_URL", state)
             .env("PSD_SHARED_URL", shared);
