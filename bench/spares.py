@@ -26,7 +26,8 @@ WORKER = ROOT / "crates/psd/tests/workers/slow_start.py"
 
 
 def child_pids(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    """psd's worker processes (not its reaper, a perl child of its own)."""
+    out = subprocess.run(["pgrep", "-P", str(pid), "-f", WORKER.name], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
 
 
