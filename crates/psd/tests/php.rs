@@ -57,3 +57,25 @@ fn paths_outside_the_document_root_or_naming_nothing_get_404() {
         "no php-cgi was started for a 404"
     );
 }
+
+/// php-cgi ends itself after `PHP_FCGI_MAX_REQUESTS` (500 by default): psd
+/// logs and counts the exit, and the session goes on with a new php-cgi
+/// and its state (the count is in the store, not in PHP).
+#[test]
+fn a_php_cgi_that_exits_by_itself_is_logged_and_its_session_goes_on() {
+    let d = Daemon::start(&php_app().replace("PHP_FCGI_MAX_REQUESTS 0", "PHP_FCGI_MAX_REQUESTS 2"));
+    let c = Client::with_jar(&d.dir, "c");
+    let first = c.get(&d.url("/app/"));
+    assert_eq!(c.get(&d.url("/app/")).pid(), first.pid());
+    assert!(
+        eventually(std::time::Duration::from_secs(3), || d
+            .log_text()
+            .contains("the worker exited by itself (1 so far)")),
+        "{}",
+        d.log_text()
+    );
+    let third = c.get(&d.url("/app/"));
+    assert_eq!(third.status, 200, "{}", d.log_text());
+    assert_ne!(third.pid(), first.pid(), "a new php-cgi");
+    assert_eq!(third.count(), 3, "the count came through the store");
+}

@@ -185,7 +185,8 @@ impl Supervisor {
                 () = orders.end.notified() => break (Forget, "ended (reaped, past SessionLifetime, or by an operator)"),
                 _ = async move { gone.expect("guarded").await }, if has_worker => {
                     // Its exit status is logged where it is reaped.
-                    tracing::info!(session = %self.core.id, "the worker exited by itself; the session's next request starts a new one (PSD_RESUMED=1)");
+                    let exits = self.core.registry.worker_exits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    tracing::info!(session = %self.core.id, exits, "the worker exited by itself ({exits} so far); the session's next request starts a new one (PSD_RESUMED=1)");
                     door.set_worker(None);
                     life.worker = None;
                     self.slot = None;

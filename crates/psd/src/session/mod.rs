@@ -78,6 +78,8 @@ pub(crate) struct Registry {
     pub(crate) grants: Grants,
     /// `SpareWorkers`: workers started ahead, per application.
     spares: spares::Spares,
+    /// Workers that exited by themselves (not stopped by psd), since start.
+    pub(crate) worker_exits: AtomicU64,
     slots: Slots,
     run_dir: PathBuf,
     processes: Arc<process::ProcessTable>,
@@ -208,6 +210,7 @@ impl Registry {
             node: node.into(),
             grants: Grants::default(),
             spares: spares::Spares::default(),
+            worker_exits: AtomicU64::new(0),
             slots: Slots {
                 live: Arc::new(Semaphore::new(max_sessions)),
                 max: max_sessions,
@@ -614,6 +617,13 @@ impl Sessions {
     /// `age` ago, stopping its worker. Returns how many were ended.
     pub fn reap(&self, age: Duration) -> usize {
         self.registry.reap(age)
+    }
+
+    /// Worker processes that exited by themselves since psd started (a
+    /// crash, php-cgi at `PHP_FCGI_MAX_REQUESTS`, a limit): not stopped by
+    /// psd for idleness, eviction, an operator or shutdown.
+    pub fn worker_exits(&self) -> u64 {
+        self.registry.worker_exits.load(Ordering::Relaxed)
     }
 }
 
