@@ -19,7 +19,7 @@
 //! Around them: [`daemon`] ([`Server`], [`run`]: DataDir, the secret, start,
 //! reload, shutdown), [`config`] (the directives), [`app`] (the API for
 //! in-process, Continuity-style applications and their state), [`demo`]
-//! (the built-in counter), [`body`] (request and response bodies) and `connection`
+//! (the built-in counter), [`systemd`] (`sd_notify`), [`body`] (request and response bodies) and `connection`
 //! (per-connection limits).
 
 mod access_log;
@@ -35,6 +35,7 @@ pub mod mapper;
 mod path;
 pub mod session;
 pub mod store;
+pub mod systemd;
 pub mod tls;
 mod worker;
 

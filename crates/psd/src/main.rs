@@ -163,6 +163,16 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         }
         let server = psd::Server::new(config)?;
         tokio::spawn(reload_on_sighup(hup, path.clone(), server.reloader()));
+        psd::systemd::ready();
+        if let Some(every) = psd::systemd::watchdog_interval() {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    psd::systemd::notify("WATCHDOG=1");
+                }
+            });
+        }
         let result = server.run(listeners, shutdown_signal(term, int)).await;
         if let Some(path) = &pid_file {
             let _ = std::fs::remove_file(path);
@@ -179,6 +189,7 @@ async fn shutdown_signal(
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+    psd::systemd::stopping();
 }
 
 /// SIGHUP: re-read the configuration file; a broken one changes nothing.
@@ -195,6 +206,7 @@ async fn reload_on_sighup(
             continue;
         };
         tracing::info!(config = %path.display(), "SIGHUP received: reloading");
+        psd::systemd::reloading();
         match Config::load(path) {
             Ok(config) => {
                 if let Err(e) = reloader.reload(config) {
@@ -208,6 +220,8 @@ async fn reload_on_sighup(
                 tracing::error!("the running configuration stays");
             }
         }
+        // Serving again, with the new configuration or the old one.
+        psd::systemd::ready();
     }
 }
 

@@ -61,6 +61,9 @@ pub(super) struct Core {
     pub _alive: mpsc::Sender<()>,
 }
 
+/// How long a session's end waits for the store to delete its record.
+const FORGET_WAIT: Duration = Duration::from_secs(2);
+
 /// What becomes of a session's record when its task ends.
 #[derive(Clone, Copy)]
 enum Fate {
@@ -88,10 +91,21 @@ impl Core {
         self.acknowledged(self.registry.store.save(record), "saving");
     }
 
-    /// Deletes the session's record, without waiting for it.
-    fn forget(&self) {
+    /// Deletes the session's record, and waits (a little) until the store
+    /// has: the session leaves the registry only then, or a request that
+    /// comes at once would find the record still there and resume the
+    /// session it should not.
+    async fn forget(&self) {
         let write = self.registry.store.forget(self.app.as_str(), &self.key);
-        self.acknowledged(write, "deleting");
+        match tokio::time::timeout(FORGET_WAIT, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(session = %self.id, "state store: deleting the session's record: {e}")
+            }
+            Err(_) => {
+                tracing::warn!(session = %self.id, "state store: deleting the session's record takes longer than {FORGET_WAIT:?}")
+            }
+        }
     }
 
     fn acknowledged(&self, write: BoxFuture<'static, Result<(), StoreError>>, doing: &'static str) {
@@ -236,7 +250,8 @@ impl Supervisor {
         self.core.door.set_worker(None);
         match fate {
             Keep => self.core.save(),
-            Forget => self.core.forget(),
+            // Boxed: rare, and it would size the task's future for its life.
+            Forget => Box::pin(self.core.forget()).await,
         }
         self.core.leave();
         requests.close();
@@ -452,7 +467,7 @@ impl Continuation {
         if core.record.stored() {
             match fate {
                 Keep => core.save(),
-                Forget => core.forget(),
+                Forget => Box::pin(core.forget()).await,
             }
         }
         core.leave();
