@@ -201,7 +201,7 @@ impl State {
         }
         let link = &self.link.state;
         let space = link.space(self.shared);
-        let limit = link.location().max_session_state;
+        let limit = link.location.max_session_state;
         let writes_own = writes && !self.shared;
         let answer = link
             .call(writes_own, |store| call(store, &space, limit))

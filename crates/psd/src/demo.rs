@@ -162,10 +162,9 @@ fn read_only(count: i64, visit: &Visit) -> Response<Bytes> {
     response
 }
 
+/// Seconds since the Unix epoch.
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::store::unix_ms(SystemTime::now()) / 1000
 }
 
 /// `2026-11-23 18:50 UTC`.

@@ -335,52 +335,53 @@ impl Supervisor {
             key: core.key.to_string(),
         };
         // A new session takes a spare worker if its application keeps some.
-        if !life.resumed {
-            if let Some(spare) = core.registry.take_spare(&core.app, session.clone()) {
+        let spare = match life.resumed {
+            false => core.registry.take_spare(&core.app, session.clone()),
+            true => None,
+        };
+        let worker = match spare {
+            Some(spare) => {
                 tracing::info!(session = %core.id, pid = ?spare.worker.pid(), "took a spare worker");
-                core.door.set_worker(Some(spare.worker.clone()));
-                life.worker = Some(spare.worker);
                 life.activity = spare.activity;
                 life.grant = spare.grant;
-                life.resumed = true;
-                self.transition(life, Phase::Running);
-                return Ok(());
+                spare.worker
             }
-        }
-        let urls = core.registry.grants.mint(Grant {
-            session: Some(session),
-            shared: Space::Shared {
-                app: core.app.as_str().into(),
-            },
-            limit: core.location.max_session_state,
-        });
-        life.grant = urls.as_ref().map(|u| u.token.as_str().into());
-        let started = Worker::start(Spawn {
-            session_id: &core.id,
-            spare: false,
-            location: &core.location,
-            resumed: life.resumed,
-            state_urls: urls.as_ref().map(|u| (u.state.as_str(), u.shared.as_str())),
-            run_dir: &core.registry.run_dir,
-            processes: &core.registry.processes,
-            activity: &life.activity,
-        })
-        .await;
-        match started {
-            Ok(worker) => {
-                core.door.set_worker(Some(worker.clone()));
-                life.worker = Some(worker);
-                life.resumed = true;
-                self.transition(life, Phase::Running);
-                Ok(())
+            None => {
+                let urls = core.registry.grants.mint(Grant {
+                    session: Some(session),
+                    shared: Space::Shared {
+                        app: core.app.as_str().into(),
+                    },
+                    limit: core.location.max_session_state,
+                });
+                life.grant = urls.as_ref().map(|u| u.token.as_str().into());
+                let started = Worker::start(Spawn {
+                    session_id: &core.id,
+                    spare: false,
+                    location: &core.location,
+                    resumed: life.resumed,
+                    state_urls: urls.as_ref().map(|u| (u.state.as_str(), u.shared.as_str())),
+                    run_dir: &core.registry.run_dir,
+                    processes: &core.registry.processes,
+                    activity: &life.activity,
+                })
+                .await;
+                match started {
+                    Ok(worker) => worker,
+                    Err(e) => {
+                        tracing::warn!(session = %core.id, "{e}");
+                        self.slot = None;
+                        self.transition(life, Phase::Dormant);
+                        return Err(e);
+                    }
+                }
             }
-            Err(e) => {
-                tracing::warn!(session = %core.id, "{e}");
-                self.slot = None;
-                self.transition(life, Phase::Dormant);
-                Err(e)
-            }
-        }
+        };
+        core.door.set_worker(Some(worker.clone()));
+        life.worker = Some(worker);
+        life.resumed = true;
+        self.transition(life, Phase::Running);
+        Ok(())
     }
 
     fn transition(&self, life: &mut Life, to: Phase) {

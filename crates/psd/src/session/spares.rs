@@ -27,6 +27,8 @@ pub(crate) struct Spare {
     pub activity: Arc<Activity>,
     /// Its state API token (bound to a session when taken).
     pub grant: Option<Box<str>>,
+    /// `WorkerStopTimeout` of its application, should it be discarded.
+    grace: std::time::Duration,
 }
 
 struct Pool {
@@ -116,8 +118,7 @@ impl Registry {
             if let Some(token) = &spare.grant {
                 self.grants.revoke(token);
             }
-            let grace = std::time::Duration::from_secs(3);
-            tokio::spawn(spare.worker.stop(grace));
+            tokio::spawn(spare.worker.stop(spare.grace));
         }
     }
 
@@ -178,6 +179,7 @@ impl Registry {
                 worker,
                 activity,
                 grant: urls.map(|u| u.token.into()),
+                grace: location.worker_stop_timeout,
             }),
             Err(e) => {
                 if let Some(urls) = urls {

@@ -24,6 +24,7 @@ pub(crate) struct StateLink {
     pub id: Arc<str>,
     /// The session's key (see [`crate::store::SessionRecord::key`]).
     pub key: Arc<str>,
+    /// The session's `<Location>`, as it was when the session started.
     pub location: Arc<LocationConfig>,
 }
 
@@ -41,11 +42,6 @@ impl StateLink {
             },
             true => Space::Shared { app },
         }
-    }
-
-    /// The session's `<Location>`, as it was when the session started.
-    pub fn location(&self) -> &LocationConfig {
-        &self.location
     }
 
     /// Runs `call` on the store while the session lives; a write to the

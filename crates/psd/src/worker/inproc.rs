@@ -124,7 +124,7 @@ impl Task {
         request: http::Request<crate::body::RequestBody>,
         meta: &super::RequestMeta,
     ) -> Result<http::Response<Bytes>, Error> {
-        let location = self.link.state.location();
+        let location = &self.link.state.location;
         let limit = location.max_request_body;
         let (parts, body) = request.into_parts();
         let body = body::read_all(body, limit).await?;

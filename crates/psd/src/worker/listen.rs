@@ -21,7 +21,7 @@ use std::time::Duration;
 use http::{Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 use tokio::time::sleep;
 
 use super::upstream::Address;
@@ -81,14 +81,9 @@ pub(crate) async fn accepting(
                 }
             }
         }
-        (Address::Tcp(addr), None) => loop {
-            if TcpStream::connect(addr).await.is_ok() {
-                return Ok(());
-            }
-            sleep(RETRY).await;
-        },
-        (Address::Unix(path), _) => loop {
-            if UnixStream::connect(path).await.is_ok() {
+        // Only the program listens there: a connection is the proof.
+        _ => loop {
+            if address.connect().await.is_ok() {
                 return Ok(());
             }
             sleep(RETRY).await;
@@ -117,19 +112,7 @@ async fn get(address: &Address, path: &str) -> Result<StatusCode, BoxError> {
         .header(http::header::HOST, address.host())
         .header(http::header::USER_AGENT, "psd (WorkerReady)")
         .body(Empty::<bytes::Bytes>::new())?;
-    match address {
-        Address::Tcp(addr) => status_of(TcpStream::connect(addr).await?, request).await,
-        Address::Unix(path) => status_of(UnixStream::connect(path).await?, request).await,
-    }
-}
-
-async fn status_of<S>(
-    stream: S,
-    request: Request<Empty<bytes::Bytes>>,
-) -> Result<StatusCode, BoxError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
+    let stream = address.connect().await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     Ok(sender.send_request(request).await?.status())

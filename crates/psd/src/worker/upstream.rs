@@ -66,7 +66,26 @@ pub(crate) enum Address {
     Unix(PathBuf),
 }
 
+/// A connection to an [`Address`], whichever kind.
+pub(crate) trait Stream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Stream for T {}
+
 impl Address {
+    /// A new connection (TCP without Nagle's delay).
+    pub async fn connect(&self) -> std::io::Result<Box<dyn Stream>> {
+        Ok(match self {
+            Address::Tcp(addr) => {
+                let stream = TcpStream::connect(addr).await?;
+                let _ = stream.set_nodelay(true);
+                Box::new(stream)
+            }
+            Address::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+        })
+    }
+
     /// The name the upstream goes by in `Host` and in its own absolute
     /// URLs: its address, or `localhost` for a Unix socket (as nginx and
     /// gunicorn have it).
@@ -175,27 +194,7 @@ impl Upstream {
     }
 
     async fn connect(&self, upgrades: bool) -> Result<SendRequest<Limited>, BoxError> {
-        match &self.address {
-            Address::Tcp(addr) => {
-                let stream = TcpStream::connect(addr).await?;
-                let _ = stream.set_nodelay(true);
-                self.handshake(stream, upgrades).await
-            }
-            Address::Unix(path) => {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                self.handshake(stream, upgrades).await
-            }
-        }
-    }
-
-    async fn handshake<S>(
-        &self,
-        stream: S,
-        upgrades: bool,
-    ) -> Result<SendRequest<Limited>, BoxError>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-    {
+        let stream = self.address.connect().await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
         let label = self.label.clone();
         tokio::spawn(async move {
