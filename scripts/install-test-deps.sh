@@ -5,7 +5,7 @@
 # not started), openssl and procps, redis-server (StateStore redis://; the tests
 # start their own on a free port), Node.js (an HTTP worker that binds $PORT itself),
 # php-cgi (one per session, a multi-file PHP app), shellinabox (a web terminal per
-# session), Chromium with its driver, and Python's flup, websockets, gunicorn (binds
+# session), Chromium with its driver, systemd-analyze, Prometheus' promtool, and Python's flup, websockets, gunicorn (binds
 # $PSD_SOCKET) and selenium.
 set -euo pipefail
 
@@ -29,6 +29,10 @@ command -v shellinaboxd >/dev/null || need_apt+=(shellinabox)
 # The demo page, opened in a real browser (selenium drives it).
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+# The example systemd unit is checked with systemd-analyze verify; /metrics
+# with Prometheus' own promtool.
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v promtool >/dev/null || need_apt+=(prometheus)
 
 . "$(dirname "$0")/apt-install.sh"
 apt_install "${need_apt[@]}"

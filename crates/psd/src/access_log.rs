@@ -11,7 +11,6 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, Request, Response};
@@ -66,7 +65,8 @@ pub(crate) struct Entry {
     time: SystemTime,
     /// Filled in while the request is handled.
     pub client: Option<std::net::IpAddr>,
-    pub session: Option<Arc<str>>,
+    /// The session's handle, never its id.
+    pub session: Option<crate::session::Handle>,
     pub upstream: Option<Duration>,
 }
 
@@ -120,7 +120,7 @@ impl Entry {
             self.request_line,
             self.referer,
             self.user_agent,
-            self.session.as_deref().unwrap_or("-"),
+            self.session.as_ref().map_or("-", |h| h.as_str()),
         )
     }
 }
@@ -201,12 +201,13 @@ mod tests {
             .unwrap();
         let mut entry = Entry::new(&request);
         entry.client = Some("127.0.0.1".parse().unwrap());
-        entry.session = Some("psd.a.b".into());
+        let handle = crate::session::Handle::of(&crate::session::AppKey::new(None, "/"), "k");
+        entry.session = Some(handle);
         entry.upstream = Some(Duration::from_millis(12));
         let line = entry.line(200, 42);
         assert!(
             line.contains(
-                "\"GET /a?q=%22x%22 HTTP/1.1\" 200 42 \"-\" \"evil\\\"agent\\x09\" psd.a.b 0.012\n"
+                &format!("\"GET /a?q=%22x%22 HTTP/1.1\" 200 42 \"-\" \"evil\\\"agent\\x09\" {handle} 0.012\n")
             ),
             "{line}"
         );

@@ -470,7 +470,7 @@ pub(crate) fn frame(
     response: http::Response<Body>,
     head_request: bool,
     upgrade: bool,
-    session: &std::sync::Arc<str>,
+    session: crate::session::Handle,
 ) -> Result<http::Response<Body>, crate::Error> {
     use http::StatusCode;
     let status = response.status();
@@ -499,7 +499,7 @@ pub(crate) fn frame(
     let framed = Framed {
         inner: Some(body),
         left: declared,
-        session: session.clone(),
+        session,
     };
     Ok(http::Response::from_parts(parts, framed.boxed()))
 }
@@ -547,7 +547,7 @@ struct Framed {
     /// sees the client gone, and stops.
     inner: Option<Body>,
     left: u64,
-    session: std::sync::Arc<str>,
+    session: crate::session::Handle,
 }
 
 impl http_body::Body for Framed {
@@ -656,8 +656,8 @@ mod fuzz {
                     response.headers_mut().insert(http::header::CONTENT_LENGTH, v);
                 }
             }
-            let session: std::sync::Arc<str> = "s".into();
-            let Ok(framed) = frame(response, head, false, &session) else { return Ok(()) };
+            let session = crate::session::Handle::of(&crate::session::AppKey::new(None, "/"), "s");
+            let Ok(framed) = frame(response, head, false, session) else { return Ok(()) };
             let limit = http_body::Body::size_hint(framed.body()).upper();
             let collected = rt
                 .block_on(async { framed.into_body().collect().await })

@@ -38,6 +38,10 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    pub(crate) fn of(shared: Arc<Shared>) -> Reloader {
+        Reloader { shared }
+    }
+
     /// New requests follow `config` from now on; live sessions keep their
     /// worker and the settings they started with, and in-flight requests
     /// finish. Settings bound at start (listeners, DataDir, the secret,
@@ -135,9 +139,22 @@ impl Server {
             shared.registry.clone(),
             state_listener,
         ));
+        let admin = match &shared.routing().config.admin_listen {
+            Some(at) => Some(tokio::spawn(crate::admin::serve(
+                admin_for(&shared)?,
+                crate::admin::Listener::bind(at)
+                    .await
+                    .with_context(|| format!("AdminListen {at}"))?
+                    .logged(),
+            ))),
+            None => None,
+        };
         let expiry = tokio::spawn(shared.registry.clone().expire_sessions());
         crate::http::listener::serve(shared.clone(), listeners, access_log, shutdown).await;
         expiry.abort();
+        if let Some(admin) = &admin {
+            admin.abort();
+        }
         shared.registry.shutdown().await;
         state_api.abort();
         let _ = state_api.await;
@@ -184,18 +201,31 @@ fn prepare(config: Config, directory: Option<Arc<dyn Directory>>) -> anyhow::Res
         .unwrap_or_else(|| config.data_dir.join("secret"));
     let signer = Signer::load_or_create(&secret, &config.node_name)
         .with_context(|| format!("session secret {}", secret.display()))?;
-    let store = crate::store::open(&config.state_store, &config.data_dir)?;
+    let metrics = crate::metrics::Metrics::new();
+    let store = metrics.timed(crate::store::open(&config.state_store, &config.data_dir)?);
     let directory = directory.unwrap_or_else(|| Arc::new(Stored(store.clone())));
     let registry = Registry::new(
         IdBook::new(signer),
         directory,
         store,
+        metrics,
         &config.node_name,
-        config.max_sessions,
-        config.max_spawn_rate,
+        (config.max_sessions, config.max_spawn_rate),
         run_dir.clone(),
     );
     Shared::new(registry, run_dir, config)
+}
+
+/// The admin side of `shared`, with its token (created if missing).
+fn admin_for(shared: &Arc<Shared>) -> anyhow::Result<Arc<crate::admin::Admin>> {
+    let config = &shared.routing().config;
+    let path = config
+        .admin_token
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("admin-token"));
+    let token = crate::admin::load_or_create_token(&path)
+        .with_context(|| format!("AdminToken {}", path.display()))?;
+    Ok(Arc::new(crate::admin::Admin::new(shared.clone(), &token)))
 }
 
 /// Says so at start when `MaxSessions` worker processes cannot fit in the

@@ -19,10 +19,13 @@
 //! Around them: [`daemon`] ([`Server`], [`run`]: DataDir, the secret, start,
 //! reload, shutdown), [`config`] (the directives), [`app`] (the API for
 //! in-process, Continuity-style applications and their state), [`demo`]
-//! (the built-in counter), [`systemd`] (`sd_notify`), [`body`] (request and response bodies) and `connection`
+//! (the built-in counter), [`admin`] (the admin API, the dashboard and
+//! `psd sessions`), `metrics` (what `/metrics` counts), [`systemd`]
+//! (`sd_notify`), [`body`] (request and response bodies) and `connection`
 //! (per-connection limits).
 
 mod access_log;
+pub mod admin;
 pub mod app;
 pub mod body;
 pub mod config;
@@ -32,6 +35,7 @@ pub mod demo;
 pub mod error;
 mod http;
 pub mod mapper;
+mod metrics;
 mod path;
 pub mod session;
 pub mod store;

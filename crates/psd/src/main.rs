@@ -36,6 +36,23 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// List, show, stop (keep state) and end sessions through the admin API.
+    Sessions {
+        #[command(subcommand)]
+        action: Option<SessionsAction>,
+        /// Configuration file with AdminListen (and AdminToken); default ./psd.conf
+        #[arg(short, long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        /// The admin API's address, instead of -c: http://ADDR:PORT or unix:PATH
+        #[arg(long, value_name = "URL", global = true)]
+        admin: Option<String>,
+        /// File holding the admin token (with --admin)
+        #[arg(long, value_name = "FILE", global = true)]
+        token: Option<PathBuf>,
+        /// Print the API's JSON instead of a table
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Write a self-signed certificate and key (cert.pem, key.pem) for development.
     Cert {
         /// A DNS name or IP address the certificate is for; repeatable
@@ -47,8 +64,68 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum SessionsAction {
+    /// Every session (the default)
+    List {
+        /// Only this application: its <Location> prefix, or its full name
+        #[arg(long)]
+        app: Option<String>,
+        /// Only sessions in this state: starting, idle, busy, dormant, stopping
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// One session, in detail
+    Show { handle: String },
+    /// Stop the session's worker; its state stays and its next request resumes it
+    Stop { handle: String },
+    /// End the session: its worker stops and its state is deleted
+    End { handle: String },
+    /// Stop every worker, keeping each session's state (each resumes at its next request)
+    Drain,
+}
+
+fn sessions(
+    action: Option<SessionsAction>,
+    config: Option<PathBuf>,
+    admin: Option<String>,
+    token: Option<PathBuf>,
+    json: bool,
+) -> ExitCode {
+    use psd::admin::client::{self, Action, Target};
+    let action = match action.unwrap_or(SessionsAction::List {
+        app: None,
+        state: None,
+    }) {
+        SessionsAction::List { app, state } => Action::List { app, state },
+        SessionsAction::Show { handle } => Action::Show(handle),
+        SessionsAction::Stop { handle } => Action::Stop(handle),
+        SessionsAction::End { handle } => Action::End(handle),
+        SessionsAction::Drain => Action::Drain,
+    };
+    let outcome = Target::find(config.as_deref(), admin.as_deref(), token.as_deref())
+        .and_then(|target| client::run(&target, &action, json));
+    match outcome {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("psd sessions: {}", failure.message);
+            ExitCode::from(if failure.usage { 2 } else { 1 })
+        }
+    }
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Sessions {
+            action,
+            config,
+            admin,
+            token,
+            json,
+        } => sessions(action, config, admin, token, json),
         Command::Check { config } => match Config::load(&config) {
             Ok(config) => {
                 let missing = config.missing_programs();
@@ -265,10 +342,18 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
             std::io::stderr().is_terminal(),
         ),
     };
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(writer);
+    match config.log_format {
+        psd::config::LogFormat::Text => log.with_ansi(ansi).init(),
+        // One object a line; the fields (session, app, pid) at its top level.
+        psd::config::LogFormat::Json => log
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
     Ok(())
 }

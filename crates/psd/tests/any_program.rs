@@ -88,8 +88,11 @@ fn a_worker_that_never_listens_gives_502_at_worker_start_timeout() {
             took < Duration::from_secs(2),
             "{listen}: 502 after {took:?}, not at WorkerStartTimeout"
         );
+        // psd logs it before it answers; the log is read from its pipe meanwhile.
         assert!(
-            d.log_text().contains("not ready within WorkerStartTimeout"),
+            eventually(Duration::from_secs(5), || d
+                .log_text()
+                .contains("not ready within WorkerStartTimeout")),
             "{listen}: {}",
             d.log_text()
         );

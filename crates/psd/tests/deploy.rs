@@ -229,9 +229,13 @@ fn access_log_lines_parse_as_combined_log_format() {
         (lines[0][5].as_str(), lines[0][6].as_str()),
         ("http://example.com/", "test-agent/1.0")
     );
-    assert_eq!(lines[0][7], session);
+    // The session's handle: never its id, the user's credential.
+    let handle = &lines[0][7];
+    assert_eq!(handle.len(), 16, "{handle}");
+    assert!(handle.bytes().all(|b| b.is_ascii_hexdigit()), "{handle}");
+    assert!(!text.contains(&session), "the id is in the access log");
     assert!(lines[0][8].parse::<f64>().unwrap() < 5.0);
-    assert_eq!(lines[1][7], session, "the same session");
+    assert_eq!(&lines[1][7], handle, "the same session");
     assert_eq!(
         (
             lines[2][3].as_str(),

@@ -594,22 +594,31 @@ fn session_lifetime_ends_a_session_even_while_it_is_used() {
 }
 
 #[test]
-fn worker_stderr_is_logged_line_by_line_with_the_session_id() {
+fn worker_stderr_is_logged_line_by_line_with_the_session_handle() {
     let d = Daemon::start(&location("/", &perl_counter(), ""));
     let r = Client::anonymous().get(&d.url("/"));
     let session = r.field("session").unwrap();
     let pid = r.pid();
+    let mut line = None;
     assert!(
-        eventually(Duration::from_secs(5), || d
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains(&format!("worker: counter.pl {pid} started"))
-                && l.contains(&session))),
+        eventually(Duration::from_secs(5), || {
+            line = d
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(&format!("worker: counter.pl {pid} started")))
+                .cloned();
+            line.is_some()
+        }),
         "{}",
         d.log_text()
     );
+    let line = line.unwrap();
+    // Tagged with the session's handle (16 hex digits), never its id.
+    let handle = line.split("session=").nth(1).unwrap_or("")[..16].to_string();
+    assert!(handle.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+    assert!(!d.log_text().contains(&session), "the id is in the log");
 }
 
 #[test]

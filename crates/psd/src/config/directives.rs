@@ -9,8 +9,8 @@ use psd_conf::{Error, Location, Node};
 
 use super::values::{duration, env_name, listen_addr, on_off, one, positive, size};
 use super::{
-    Config, Handler, Host, Listen, LocationConfig, Protocol, RLimit, Resource, SchedulingPolicy,
-    VirtualHost, WorkerCommand, WorkerListen,
+    AdminListen, Config, Handler, Host, Listen, LocationConfig, LogFormat, Protocol, RLimit,
+    Resource, SchedulingPolicy, VirtualHost, WorkerCommand, WorkerListen,
 };
 use crate::mapper::SessionKey;
 
@@ -366,7 +366,7 @@ pub const DIRECTIVES: &[Directive] = &[
         reload: Reload::Restart,
         syntax: "AccessLog FILE|-",
         default: "off",
-        help: "One line per request in Apache's Combined Log Format, then the session id and the upstream time in seconds (`-` is stderr).",
+        help: "One line per request in Apache's Combined Log Format, then the session's handle (never its id) and the upstream time in seconds (`-` is stderr).",
         apply: Apply::Server(|c, a, _| {
             let v = one(a)?;
             c.access_log = Some((v != "-").then(|| PathBuf::from(v)));
@@ -382,6 +382,46 @@ pub const DIRECTIVES: &[Directive] = &[
         help: "psd writes its pid here at start and removes it at exit.",
         apply: Apply::Server(|c, a, _| {
             c.pid_file = Some(PathBuf::from(one(a)?));
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "LogFormat",
+        scope: Scope::Server,
+        reload: Reload::Restart,
+        syntax: "LogFormat text|json",
+        default: "text",
+        help: "The error log's format: a line of text, or one JSON object a line (timestamp, level, message, and the fields: session handle, app, worker pid), for a log shipper.",
+        apply: Apply::Server(|c, a, _| {
+            c.log_format = match one(a)?.to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => return Err(format!("unknown log format '{other}' (text or json)")),
+            };
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "AdminListen",
+        scope: Scope::Server,
+        reload: Reload::Restart,
+        syntax: "AdminListen ADDR:PORT|PORT|unix:PATH",
+        default: "off",
+        help: "Where the admin API, the dashboard and /metrics listen: a TCP address (a bare port is 127.0.0.1:PORT) or a Unix socket. Never one of the Listen addresses; the public listeners never answer admin paths.",
+        apply: Apply::Server(|c, a, _| {
+            c.admin_listen = Some(AdminListen::parse(one(a)?)?);
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "AdminToken",
+        scope: Scope::Server,
+        reload: Reload::Restart,
+        syntax: "AdminToken FILE",
+        default: "DataDir/admin-token",
+        help: "The bearer token the admin API asks for (every request but GET /health and GET /metrics); created with a random token and mode 0600 if missing.",
+        apply: Apply::Server(|c, a, _| {
+            c.admin_token = Some(PathBuf::from(one(a)?));
             Ok(())
         }),
     },

@@ -49,6 +49,13 @@ pub struct Config {
     pub access_log: Option<Option<PathBuf>>,
     pub pid_file: Option<PathBuf>,
     pub log_level: String,
+    pub log_format: LogFormat,
+    /// `AdminListen`: off when `None`.
+    pub admin_listen: Option<AdminListen>,
+    /// `AdminToken`; `DataDir/admin-token` when `None`.
+    pub admin_token: Option<PathBuf>,
+    /// The file this configuration was loaded from (what a reload reads).
+    pub file: Option<PathBuf>,
     pub node_name: String,
     /// `StateStore`.
     pub state_store: crate::store::StoreKind,
@@ -59,6 +66,48 @@ pub struct Config {
     /// The directives read only at start ([`Reload::Restart`]), with their
     /// arguments as written, in order: what a reload compares.
     pub read_at_start: Vec<(&'static str, Vec<String>)>,
+}
+
+/// `LogFormat`: how the error log is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// `AdminListen`: where the admin API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl AdminListen {
+    /// `ADDR:PORT`, `PORT` (on 127.0.0.1), or `unix:PATH`.
+    pub fn parse(v: &str) -> Result<AdminListen, String> {
+        if let Some(path) = v.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path".into());
+            }
+            return Ok(AdminListen::Unix(path.into()));
+        }
+        if let Ok(port) = v.parse::<u16>() {
+            return Ok(AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
+        }
+        v.parse()
+            .map(AdminListen::Tcp)
+            .map_err(|_| format!("'{v}' is not ADDR:PORT, PORT or unix:PATH"))
+    }
+}
+
+impl std::fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminListen::Tcp(addr) => write!(f, "http://{addr}"),
+            AdminListen::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 /// One `Listen` line.
@@ -254,6 +303,10 @@ impl Default for Config {
             access_log: None,
             pid_file: None,
             log_level: "info".into(),
+            log_format: LogFormat::Text,
+            admin_listen: None,
+            admin_token: None,
+            file: None,
             node_name: "psd".into(),
             state_store: crate::store::StoreKind::Embedded,
             main: Host::default(),
@@ -383,7 +436,10 @@ impl Config {
             parent
         };
         let root = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
-        let validated = Config::from_nodes(&parsed.nodes, &root);
+        let validated = Config::from_nodes(&parsed.nodes, &root).map(|mut c| {
+            c.file = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+            c
+        });
         if parsed.errors.is_empty() {
             return validated;
         }
@@ -422,10 +478,14 @@ impl Config {
         }
         let root = self.server_root.clone();
         self.data_dir = root.join(&self.data_dir);
+        if let Some(AdminListen::Unix(path)) = &mut self.admin_listen {
+            *path = root.join(&*path);
+        }
         for path in [
             &mut self.session_secret,
             &mut self.error_log,
             &mut self.pid_file,
+            &mut self.admin_token,
         ]
         .into_iter()
         .flatten()

@@ -22,6 +22,7 @@ use crate::body::{self, Body, BoxError};
 use crate::config;
 use crate::error::{Error, Side};
 use crate::mapper::{self, client, Access, Hit};
+use crate::metrics::AppMetrics;
 use crate::session::Target;
 use crate::worker::{Job, RequestMeta};
 
@@ -65,12 +66,16 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let started = std::time::Instant::now();
     let mut trace = Trace::default();
     let Some(log) = log else {
-        return respond(shared, request, conn, &mut trace).await;
+        let response = respond(shared, request, conn, &mut trace).await;
+        trace.count(shared, &response, started);
+        return response;
     };
     let mut entry = access_log::Entry::new(&request);
     let response = respond(shared, request, conn, &mut trace).await;
+    trace.count(shared, &response, started);
     entry.client = trace.client;
     entry.session = trace.session;
     entry.upstream = trace.upstream;
@@ -81,8 +86,21 @@ where
 #[derive(Default)]
 struct Trace {
     client: Option<IpAddr>,
-    session: Option<Arc<str>>,
+    session: Option<crate::session::Handle>,
     upstream: Option<Duration>,
+    /// The counters of the application that took the request.
+    app: Option<Arc<AppMetrics>>,
+}
+
+impl Trace {
+    /// Counts the request in `/metrics`, as answered now.
+    fn count(&self, shared: &Shared, response: &Response<Body>, started: std::time::Instant) {
+        let app = match &self.app {
+            Some(app) => app,
+            None => shared.registry.metrics.unrouted(),
+        };
+        app.request(response.status().as_u16(), started.elapsed());
+    }
 }
 
 async fn respond<B>(
@@ -131,6 +149,7 @@ where
     let Some(mount) = routing.mount_for(vhost, path) else {
         return Error::NotFound.to_response();
     };
+    trace.app = Some(mount.metrics.clone());
     let location = &mount.config;
     let under = crate::path::under(&mount.prefix, path).to_string();
     // Workers see the normalised path, encoded one canonical way.
@@ -260,14 +279,14 @@ where
         meta: meta(mount, &target, client, conn, &view, script),
         reply,
     };
-    trace.session = Some(target.token.clone());
+    trace.session = Some(target.handle);
     let asked = tokio::time::Instant::now();
     let answer = target.door.call(target.queue.as_ref(), job, answer).await;
     trace.upstream = Some(asked.elapsed());
-    let framed = answer.and_then(|r| body::frame(r, head_request, upgrade, &target.token));
+    let framed = answer.and_then(|r| body::frame(r, head_request, upgrade, target.handle));
     let mut response = framed.unwrap_or_else(|e| {
         if let Error::BadResponse(_) = e {
-            tracing::warn!(session = %target.token, "{e}");
+            tracing::warn!(session = %target.handle, "{e}");
         }
         e.to_response()
     });

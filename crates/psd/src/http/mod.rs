@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::{Config, Handler, LocationConfig};
+use crate::metrics::{AppMetrics, Metrics};
 use crate::session::{AppKey, Registry};
 
 /// What the HTTP side shares across connections: the sessions, and the
@@ -36,10 +37,11 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn new(registry: Arc<Registry>, spool: PathBuf, config: Config) -> anyhow::Result<Shared> {
+        let routing = Routing::new(config, &[], &registry.metrics)?;
         Ok(Shared {
             registry,
             spool,
-            routing: RwLock::new(Arc::new(Routing::new(config, &[])?)),
+            routing: RwLock::new(Arc::new(routing)),
             listeners: Mutex::new(vec![]),
         })
     }
@@ -73,7 +75,11 @@ impl Shared {
     /// those of the last call when `None`. On error nothing changes.
     pub fn route(&self, config: Config, listeners: Option<Vec<SocketAddr>>) -> anyhow::Result<()> {
         let mut bound = self.listeners.lock().expect("listeners lock");
-        let next = Routing::new(config, listeners.as_deref().unwrap_or(&bound))?;
+        let next = Routing::new(
+            config,
+            listeners.as_deref().unwrap_or(&bound),
+            &self.registry.metrics,
+        )?;
         if let Some(listeners) = listeners {
             *bound = listeners;
         }
@@ -94,6 +100,8 @@ pub(crate) struct Mount {
     pub name: Arc<str>,
     pub script_filename: Arc<str>,
     pub document_root: Arc<str>,
+    /// Its counters for `/metrics`.
+    pub metrics: Arc<AppMetrics>,
 }
 
 /// Everything derived from one configuration; a reload swaps it whole.
@@ -113,14 +121,19 @@ pub(crate) struct Routing {
 impl Routing {
     /// The routing of `config`; `listeners` are the bound addresses (their
     /// https ones get TLS acceptors).
-    fn new(config: Config, listeners: &[SocketAddr]) -> anyhow::Result<Routing> {
+    fn new(config: Config, listeners: &[SocketAddr], metrics: &Metrics) -> anyhow::Result<Routing> {
         let vhost_of_location = config.vhost_of_locations();
         let mounts = config
             .locations
             .iter()
             .zip(vhost_of_location)
-            .map(|(l, vhost)| Mount {
-                app: AppKey::new(vhost.map(|v| &config.vhosts[v]), &l.prefix),
+            .map(|(l, vhost)| {
+                let app = AppKey::new(vhost.map(|v| &config.vhosts[v]), &l.prefix);
+                (app, l)
+            })
+            .map(|(app, l)| Mount {
+                metrics: metrics.app(&app),
+                app,
                 config: Arc::new(l.clone()),
                 prefix: if l.prefix == "/" {
                     "".into()

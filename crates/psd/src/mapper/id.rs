@@ -179,7 +179,7 @@ impl ReadOnlyIds {
     }
 }
 
-fn create_secret(path: &Path) -> io::Result<Vec<u8>> {
+pub(crate) fn create_secret(path: &Path) -> io::Result<Vec<u8>> {
     let mut raw = [0u8; 32];
     getrandom::fill(&mut raw).map_err(|e| io::Error::other(e.to_string()))?;
     let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();

@@ -24,6 +24,7 @@ use http::{HeaderMap, Method, Uri};
 
 pub use book::IdBook;
 pub use client::Cidr;
+pub(crate) use id::create_secret;
 pub use id::{valid_node_name, Signer};
 
 /// What a request presents to the mapper.

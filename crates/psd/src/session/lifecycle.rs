@@ -42,6 +42,7 @@ use super::{AppKey, Grant, Orders, Registry, Slot};
 use crate::app::SessionFuture;
 use crate::config::LocationConfig;
 use crate::error::Error;
+use crate::metrics::ExitCause;
 use crate::store::{Space, StoreError};
 use crate::worker::{Activity, Job, Spawn, Worker};
 
@@ -100,16 +101,16 @@ impl Core {
         match tokio::time::timeout(FORGET_WAIT, write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::warn!(session = %self.id, "state store: deleting the session's record: {e}")
+                tracing::warn!(session = %self.record.handle, "state store: deleting the session's record: {e}")
             }
             Err(_) => {
-                tracing::warn!(session = %self.id, "state store: deleting the session's record takes longer than {FORGET_WAIT:?}")
+                tracing::warn!(session = %self.record.handle, "state store: deleting the session's record takes longer than {FORGET_WAIT:?}")
             }
         }
     }
 
     fn acknowledged(&self, write: BoxFuture<'static, Result<(), StoreError>>, doing: &'static str) {
-        let session = self.id.clone();
+        let session = self.record.handle;
         tokio::spawn(async move {
             if let Err(e) = write.await {
                 tracing::warn!(%session, "state store: {doing} the session's record: {e}");
@@ -121,10 +122,15 @@ impl Core {
     /// API reads) follows.
     fn transition(&self, from: &mut Phase, to: Phase, pid: Option<u32>) {
         if *from != to {
-            tracing::debug!(session = %self.id, ?pid, "{from:?} -> {to:?}");
+            tracing::debug!(session = %self.record.handle, ?pid, "{from:?} -> {to:?}");
             *from = to;
         }
         self.record.set(to, pid);
+    }
+
+    /// Counts a worker of this session gone, for `/metrics`.
+    fn exit(&self, cause: ExitCause) {
+        self.registry.metrics.app(&self.app).exit(cause);
     }
 
     /// Leaves the registry: the id names nothing from now on.
@@ -179,7 +185,7 @@ impl Supervisor {
             resumed: self.resumed,
             grant: None,
         };
-        tracing::debug!(session = %self.core.id, app = %self.core.app, resumed = life.resumed, "session created");
+        tracing::debug!(session = %self.core.record.handle, app = %self.core.app, resumed = life.resumed, "session created");
 
         self.core.save();
         let (fate, reason) = loop {
@@ -200,7 +206,8 @@ impl Supervisor {
                 _ = async move { gone.expect("guarded").await }, if has_worker => {
                     // Its exit status is logged where it is reaped.
                     let exits = self.core.registry.worker_exits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                    tracing::info!(session = %self.core.id, exits, "the worker exited by itself ({exits} so far); the session's next request starts a new one (PSD_RESUMED=1)");
+                    tracing::info!(session = %self.core.record.handle, exits, "the worker exited by itself ({exits} so far); the session's next request starts a new one (PSD_RESUMED=1)");
+                    self.core.exit(ExitCause::Exited);
                     door.set_worker(None);
                     life.worker = None;
                     self.slot = None;
@@ -221,19 +228,19 @@ impl Supervisor {
                         life.worker = Some(worker);
                         break (Forget, "idle for SessionTimeout (OnTimeout restart)");
                     }
-                    tracing::info!(session = %self.core.id, "idle for {timeout:?}: stopping the worker");
-                    self.stop_worker(&mut life, worker, grace).await;
+                    tracing::info!(session = %self.core.record.handle, "idle for {timeout:?}: stopping the worker");
+                    self.stop_worker(&mut life, worker, grace, ExitCause::Idle).await;
                 }
                 _ = sleep_until(idle_end), if never_used => break (Forget, "never used within SessionTimeout"),
                 () = orders.evict.notified(), if has_worker => {
                     if let Some(worker) = door.take_if_idle_for(super::EVICT_MIN_IDLE) {
-                        self.stop_worker(&mut life, worker, grace).await;
+                        self.stop_worker(&mut life, worker, grace, ExitCause::Evicted).await;
                     }
                 }
                 () = orders.stop_worker.notified() => {
                     if let Some(worker) = door.set_worker(None).or(life.worker.take()) {
-                        tracing::info!(session = %self.core.id, "stopped by an operator; the session stays");
-                        self.stop_worker(&mut life, worker, grace).await;
+                        tracing::info!(session = %self.core.record.handle, "stopped by an operator; the session stays");
+                        self.stop_worker(&mut life, worker, grace, ExitCause::Stopped).await;
                     }
                 }
                 job = requests.recv() => match job {
@@ -259,14 +266,25 @@ impl Supervisor {
             let _ = admitted.job.reply.send(Err(Error::ShuttingDown));
         }
         if let Some(worker) = life.worker.take() {
+            self.core.exit(match *shutdown.borrow() {
+                true => ExitCause::Shutdown,
+                false => ExitCause::Ended,
+            });
             Box::pin(worker.stop(grace)).await;
         }
-        tracing::info!(session = %self.core.id, "session ended: {reason}");
+        tracing::info!(session = %self.core.record.handle, app = %self.core.app, "session ended: {reason}");
     }
 
     /// Stops `worker` (taken from the door already) and leaves the session
     /// dormant, its slot given back.
-    async fn stop_worker(&mut self, life: &mut Life, worker: Worker, grace: std::time::Duration) {
+    async fn stop_worker(
+        &mut self,
+        life: &mut Life,
+        worker: Worker,
+        grace: std::time::Duration,
+        cause: ExitCause,
+    ) {
+        self.core.exit(cause);
         life.worker = None;
         Box::pin(worker.stop(grace)).await;
         self.slot = None;
@@ -303,7 +321,7 @@ impl Supervisor {
             }
             let core = &self.core;
             if let Err(e) = Box::pin(core.registry.spawn_turn()).await {
-                tracing::info!(session = %core.id, "{e}");
+                tracing::info!(session = %core.record.handle, "{e}");
                 self.slot = None;
                 let _ = job.reply.send(Err(e));
                 return;
@@ -341,7 +359,7 @@ impl Supervisor {
         };
         let worker = match spare {
             Some(spare) => {
-                tracing::info!(session = %core.id, pid = ?spare.worker.pid(), "took a spare worker");
+                tracing::info!(session = %core.record.handle, pid = ?spare.worker.pid(), "took a spare worker");
                 life.activity = spare.activity;
                 life.grant = spare.grant;
                 spare.worker
@@ -355,8 +373,11 @@ impl Supervisor {
                     limit: core.location.max_session_state,
                 });
                 life.grant = urls.as_ref().map(|u| u.token.as_str().into());
+                let label: Arc<str> = core.record.handle.as_str().into();
+                let asked = std::time::Instant::now();
                 let started = Worker::start(Spawn {
                     session_id: &core.id,
+                    label: &label,
                     spare: false,
                     location: &core.location,
                     resumed: life.resumed,
@@ -366,10 +387,12 @@ impl Supervisor {
                     activity: &life.activity,
                 })
                 .await;
+                let metrics = core.registry.metrics.app(&core.app);
+                metrics.spawn(asked.elapsed(), started.is_ok());
                 match started {
                     Ok(worker) => worker,
                     Err(e) => {
-                        tracing::warn!(session = %core.id, "{e}");
+                        tracing::warn!(session = %core.record.handle, "{e}");
                         self.slot = None;
                         self.transition(life, Phase::Dormant);
                         return Err(e);
@@ -473,7 +496,7 @@ impl Continuation {
         }
         core.leave();
         drop(main);
-        tracing::info!(session = %core.id, "session ended: {reason}");
+        tracing::info!(session = %core.record.handle, app = %core.app, "session ended: {reason}");
     }
 }
 

@@ -80,6 +80,10 @@ pub(crate) struct Registry {
     spares: spares::Spares,
     /// Workers that exited by themselves (not stopped by psd), since start.
     pub(crate) worker_exits: AtomicU64,
+    /// What `/metrics` shows.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// `MaxSessions`.
+    pub(crate) max_sessions: usize,
     slots: Slots,
     run_dir: PathBuf,
     processes: Arc<process::ProcessTable>,
@@ -130,6 +134,8 @@ pub(crate) struct Target {
     pub door: Arc<Door>,
     /// The id as the client holds it: a read-only id stays read-only.
     pub token: Arc<str>,
+    /// The session's name in logs and the admin API (never the id).
+    pub handle: Handle,
     pub access: Access,
     /// Set when the request created the session.
     pub assigned: Option<Assigned>,
@@ -141,6 +147,7 @@ impl Entry {
             queue: self.queue.clone(),
             door: self.door.clone(),
             token,
+            handle: self.record.handle,
             access,
             assigned: None,
         }
@@ -192,13 +199,14 @@ fn shared_key(key: String, id: &Arc<str>) -> Arc<str> {
 }
 
 impl Registry {
+    /// `limits` are `MaxSessions` and `MaxSpawnRate`.
     pub fn new(
         ids: IdBook,
         directory: Arc<dyn Directory>,
         store: Arc<dyn Store>,
+        metrics: Arc<crate::metrics::Metrics>,
         node: &str,
-        max_sessions: usize,
-        max_spawn_rate: u32,
+        (max_sessions, max_spawn_rate): (usize, u32),
         run_dir: PathBuf,
     ) -> Arc<Registry> {
         let (alive, all_ended) = mpsc::channel(1);
@@ -211,6 +219,8 @@ impl Registry {
             grants: Grants::default(),
             spares: spares::Spares::default(),
             worker_exits: AtomicU64::new(0),
+            metrics,
+            max_sessions,
             slots: Slots {
                 live: Arc::new(Semaphore::new(max_sessions)),
                 max: max_sessions,
@@ -343,6 +353,7 @@ impl Registry {
             _ => Phase::Dormant,
         };
         let record = Record::new(app, &new.key, client, phase, new.created);
+        let handle = record.handle;
         if new.resumed {
             record.mark_stored();
         }
@@ -433,6 +444,7 @@ impl Registry {
             queue,
             door,
             token,
+            handle,
             access,
             assigned: new.assigned,
         })
@@ -453,7 +465,7 @@ impl Registry {
         };
         entry.door.choose_for_eviction();
         entry.orders.evict.notify_one();
-        tracing::info!(session = %entry.id, "MaxSessions reached: stopping a one-request session idle for {idle:?} to admit a new one");
+        tracing::info!(session = %entry.record.handle, "MaxSessions reached: stopping a one-request session idle for {idle:?} to admit a new one");
         true
     }
 
@@ -541,6 +553,27 @@ impl Registry {
             .flat_map(HashMap::values)
             .map(Entry::info)
             .collect()
+    }
+
+    /// Every session with its state space, for the admin API to size.
+    pub(crate) fn list_with_spaces(&self) -> Vec<(SessionInfo, crate::store::Space)> {
+        let sessions = self.sessions.lock().expect("registry lock");
+        let mut all = Vec::with_capacity(sessions.values().map(HashMap::len).sum());
+        for (app, entries) in sessions.iter() {
+            for (key, entry) in entries {
+                let space = crate::store::Space::Session {
+                    app: app.as_str().into(),
+                    key: key.to_string(),
+                };
+                all.push((entry.info(), space));
+            }
+        }
+        all
+    }
+
+    /// This node's name (`NodeName`).
+    pub(crate) fn node(&self) -> &str {
+        &self.node
     }
 
     /// Runs `f` on the session named by `handle`, under the lock.

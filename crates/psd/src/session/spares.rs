@@ -163,8 +163,10 @@ impl Registry {
         });
         let activity = Activity::new();
         let label: Arc<str> = SPARE.into();
+        let asked = std::time::Instant::now();
         let started = Worker::start(Spawn {
             session_id: &label,
+            label: &label,
             spare: true,
             location,
             resumed: false,
@@ -174,6 +176,7 @@ impl Registry {
             activity: &activity,
         })
         .await;
+        (self.metrics.app(app)).spawn(asked.elapsed(), started.is_ok());
         match started {
             Ok(worker) => Some(Spare {
                 worker,

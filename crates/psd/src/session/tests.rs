@@ -17,9 +17,9 @@ fn registry_with(max_sessions: usize, directory: Arc<dyn Directory>) -> Arc<Regi
         IdBook::new(Signer::new("n", b"0123456789abcdef")),
         directory,
         Arc::new(crate::store::Memory::default()),
+        crate::metrics::Metrics::new(),
         "n",
-        max_sessions,
-        64,
+        (max_sessions, 64),
         std::env::temp_dir(),
     )
 }

@@ -150,7 +150,7 @@ pub enum Written {
     Refused(Refused),
 }
 
-type Answer<T> = BoxFuture<'static, Result<T, StoreError>>;
+pub(crate) type Answer<T> = BoxFuture<'static, Result<T, StoreError>>;
 
 /// The answer to a write handed to a store's writer (`queued`: whether the
 /// writer took it), which sends its result on `rx`.

@@ -42,7 +42,7 @@ const BODY_CHANNEL_DEPTH: usize = 16;
 pub(crate) struct FastCgiWorker {
     proc: WorkerProcess,
     socket: PathBuf,
-    session_id: Arc<str>,
+    label: Arc<str>,
     location: Arc<LocationConfig>,
     /// Connections that finished a request with the worker keeping them open.
     idle: Mutex<Vec<Conn>>,
@@ -121,7 +121,7 @@ impl FastCgiWorker {
         let process = Arc::new(FastCgiWorker {
             proc: launched.proc,
             socket,
-            session_id: spawn.session_id.clone(),
+            label: spawn.label.clone(),
             env: worker_env(spawn),
             location: location.clone(),
             idle: Mutex::new(vec![]),
@@ -138,7 +138,7 @@ impl FastCgiWorker {
             .await_ready(location.worker_start_timeout, &command.program, probe)
             .await?;
         process.checkin(Conn::new(conn));
-        tracing::info!(session = %process.session_id, pid, program = %command.program.display(), "worker started");
+        tracing::info!(session = %process.label, app = %spawn.location.prefix, pid, program = %command.program.display(), "worker started");
         Ok(process)
     }
 
@@ -268,7 +268,7 @@ impl FastCgiWorker {
                             reply,
                         });
                     }
-                    tracing::debug!(session = %self.session_id, "kept connection was closed ({e}); retrying on a new one");
+                    tracing::debug!(session = %self.label, "kept connection was closed ({e}); retrying on a new one");
                     fresh = true;
                     body = again();
                 }
@@ -281,10 +281,10 @@ impl FastCgiWorker {
             Ok(None) => {}
             Err(e) => {
                 if e.condemns_worker() {
-                    tracing::warn!(session = %self.session_id, pid = self.pid(), "{e}; replacing the worker");
+                    tracing::warn!(session = %self.label, pid = self.pid(), "{e}; replacing the worker");
                     self.kill();
                 } else {
-                    tracing::info!(session = %self.session_id, pid = self.pid(), "request failed: {e}");
+                    tracing::info!(session = %self.label, pid = self.pid(), "request failed: {e}");
                 }
                 if let Some(reply) = reply.take() {
                     let _ = reply.send(Err(e));
@@ -394,7 +394,7 @@ impl FastCgiWorker {
                                 // closing its connection (nginx does the same), so
                                 // a worker streaming without end stops at its next
                                 // write instead of holding the session's turn.
-                                tracing::debug!(session = %self.session_id, "client gone mid-response; aborting the request");
+                                tracing::debug!(session = %self.label, "client gone mid-response; aborting the request");
                                 return Ok(false);
                             }
                         }
@@ -402,7 +402,7 @@ impl FastCgiWorker {
                     RecordType::Stderr => {
                         let text = String::from_utf8_lossy(&record.content);
                         for line in text.lines().filter(|l| !l.is_empty()) {
-                            tracing::info!(session = %self.session_id, pid = self.pid(), "worker: {line}");
+                            tracing::info!(session = %self.label, pid = self.pid(), "worker: {line}");
                         }
                     }
                     RecordType::EndRequest => {

@@ -114,7 +114,7 @@ impl Task {
         } = job;
         let result = self.exchange(request, &meta).await;
         if let Err(e) = &result {
-            tracing::info!(session = %self.link.state.id, "request failed: {e}");
+            tracing::info!(session = %self.link.state.record.handle, "request failed: {e}");
         }
         let _ = reply.send(result.map(|r| r.map(body::full)));
     }

@@ -78,6 +78,8 @@ pub(crate) struct RequestMeta {
 /// Everything a new worker is started with.
 pub(crate) struct Spawn<'a> {
     pub session_id: &'a Arc<str>,
+    /// What logs call the session: its handle, never its id.
+    pub label: &'a Arc<str>,
     /// Started ahead, with no session yet (`SpareWorkers`): no
     /// `PSD_SESSION_ID` in its environment; `session_id` is a label.
     pub spare: bool,

@@ -307,7 +307,7 @@ pub(crate) fn launch(
     program: &Path,
     cleanup: Option<PathBuf>,
 ) -> Result<Launched, Error> {
-    let session = spawn.session_id;
+    let session = spawn.label;
     let table = spawn.processes;
     let failed = |e: io::Error| {
         if let Some(path) = &cleanup {

@@ -47,7 +47,7 @@ const TRAMPOLINE: &str = r#"exec 3<&0 0</dev/null; export LISTEN_PID=$$; exec "$
 pub(crate) struct HttpWorker {
     proc: WorkerProcess,
     upstream: Upstream,
-    session_id: Arc<str>,
+    label: Arc<str>,
     location: Arc<LocationConfig>,
     activity: Arc<Activity>,
 }
@@ -106,12 +106,8 @@ impl HttpWorker {
         let launched = process::launch(cmd, spawn, &command.program, cleanup)?;
         let process = Arc::new(HttpWorker {
             proc: launched.proc,
-            upstream: Upstream::new(
-                address.clone(),
-                spawn.session_id.clone(),
-                location.concurrency(),
-            ),
-            session_id: spawn.session_id.clone(),
+            upstream: Upstream::new(address.clone(), spawn.label.clone(), location.concurrency()),
+            label: spawn.label.clone(),
             location: location.clone(),
             activity: spawn.activity.clone(),
         });
@@ -126,7 +122,7 @@ impl HttpWorker {
             .proc
             .await_ready(location.worker_start_timeout, &command.program, probe)
             .await?;
-        tracing::info!(session = %process.session_id, pid = process.pid(), %address, program = %command.program.display(), "worker started");
+        tracing::info!(session = %process.label, app = %spawn.location.prefix, pid = process.pid(), %address, program = %command.program.display(), "worker started");
         Ok(process)
     }
 
@@ -198,7 +194,7 @@ impl HttpWorker {
             Ok(pair) => pair,
             Err(e) => {
                 if e.condemns_worker() {
-                    tracing::warn!(session = %self.session_id, pid = self.pid(), "{e}; replacing the worker");
+                    tracing::warn!(session = %self.label, pid = self.pid(), "{e}; replacing the worker");
                     self.proc.kill();
                 }
                 let _ = reply.send(Err(e));
@@ -221,7 +217,7 @@ impl HttpWorker {
                 client,
                 worker,
                 self.activity.clone(),
-                self.session_id.clone(),
+                self.label.clone(),
                 place,
             );
             return None;

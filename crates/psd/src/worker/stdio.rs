@@ -135,7 +135,7 @@ impl State {
 
 pub(crate) struct StdioWorker {
     proc: WorkerProcess,
-    session_id: Arc<str>,
+    label: Arc<str>,
     location: Arc<LocationConfig>,
     activity: Arc<Activity>,
     stdin: tokio::sync::Mutex<ChildStdin>,
@@ -158,16 +158,16 @@ impl StdioWorker {
         let state = Arc::new(Mutex::new(State::default()));
         let reader = Reader {
             state: state.clone(),
-            session: spawn.session_id.clone(),
+            session: spawn.label.clone(),
             pid: launched.proc.pid(),
             patience: spawn.location.request_timeout,
             warnings: crate::connection::Throttle::new(Duration::from_secs(10)),
         };
         tokio::spawn(read_lines(stdout, reader));
-        tracing::info!(session = %spawn.session_id, pid = launched.proc.pid(), program = %command.program.display(), "worker started");
+        tracing::info!(session = %spawn.label, app = %spawn.location.prefix, pid = launched.proc.pid(), program = %command.program.display(), "worker started");
         Ok(Arc::new(StdioWorker {
             proc: launched.proc,
-            session_id: spawn.session_id.clone(),
+            label: spawn.label.clone(),
             location: spawn.location.clone(),
             activity: spawn.activity.clone(),
             stdin: tokio::sync::Mutex::new(stdin),
@@ -268,10 +268,10 @@ impl StdioWorker {
 
     fn fail(&self, reply: Reply, e: Error) {
         if e.condemns_worker() {
-            tracing::warn!(session = %self.session_id, pid = self.pid(), "{e}; replacing the worker");
+            tracing::warn!(session = %self.label, pid = self.pid(), "{e}; replacing the worker");
             self.proc.kill();
         } else {
-            tracing::warn!(session = %self.session_id, pid = self.pid(), "{e}");
+            tracing::warn!(session = %self.label, pid = self.pid(), "{e}");
         }
         let _ = reply.send(Err(e));
     }
@@ -404,7 +404,7 @@ impl StdioWorker {
                     _ = ping.tick() => {
                         silent_ticks = if heard.swap(false, Ordering::Relaxed) { 0 } else { silent_ticks + 1 };
                         if silent_ticks >= 2 || sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                            tracing::info!(session = %self.session_id, "WebSocket peer silent; closing");
+                            tracing::info!(session = %self.label, "WebSocket peer silent; closing");
                             break;
                         }
                     }

@@ -223,11 +223,9 @@ fn launch(
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("listening on ").nth(1) {
-                let port = rest
-                    .trim()
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse::<u16>().ok());
+                // The URL ends the text (or, in a JSON log line, its message).
+                let url = rest.split(['"', ' ']).next().unwrap_or("");
+                let port = url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
                 let _ = port_tx.send(port.unwrap());
             }
             sink.lock().unwrap().push(line);

@@ -1,0 +1,533 @@
+//! The admin REST API, JSON in and out:
+//! - `GET /api/sessions?app=&state=&node=`, `GET /api/sessions/H`;
+//! - `POST /api/sessions/H/stop` (the worker stops, the state stays),
+//!   `DELETE /api/sessions/H` (the session ends, its state is deleted);
+//! - `GET /api/apps`, `POST /api/reload`, `POST /api/drain`;
+//! - `GET /health` and `GET /metrics` (no token).
+//!
+//! `stop`, `end` and `drain` answer once done (bounded), so that a script
+//! can act on the answer; each may be repeated.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt as _;
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::procfs::{self, Usage};
+use super::{error, json, Admin};
+use crate::body::{self, Body};
+use crate::config::{Handler, Protocol};
+use crate::metrics::SessionGauges;
+use crate::session::{Handle, SessionInfo, SessionState, Sessions};
+use crate::store::Space;
+
+/// Store reads in flight at once when sizing sessions' state.
+const SIZING_CONCURRENCY: usize = 64;
+/// How long `stop` / `end` wait for the session to be stopped / gone,
+/// beyond the application's `WorkerStopTimeout`.
+const ORDER_WAIT: Duration = Duration::from_secs(5);
+
+/// One session as the API and the dashboard show it.
+pub(super) struct View {
+    pub info: SessionInfo,
+    pub usage: Option<Usage>,
+    /// `None` when the store could not be asked.
+    pub state_bytes: Option<u64>,
+}
+
+impl View {
+    pub fn to_json(&self, node: &str) -> Value {
+        let now = SystemTime::now();
+        let since = |t: SystemTime| now.duration_since(t).unwrap_or_default().as_secs_f64();
+        let worker = match (self.info.pid, self.usage) {
+            (Some(pid), Some(u)) => json!({
+                "pid": pid,
+                "rss_bytes": u.rss_bytes,
+                "cpu_seconds": (u.cpu_seconds * 100.0).round() / 100.0,
+            }),
+            (Some(pid), None) => json!({ "pid": pid, "rss_bytes": null, "cpu_seconds": null }),
+            (None, _) => Value::Null,
+        };
+        json!({
+            "handle": self.info.handle.as_str(),
+            "app": self.info.app.as_str(),
+            "node": node,
+            "state": self.info.state.as_str(),
+            "created": iso8601(self.info.created),
+            "last_active": iso8601(self.info.last_active),
+            "age_seconds": round(since(self.info.created)),
+            "idle_seconds": round(since(self.info.last_active)),
+            "requests": self.info.requests,
+            "client": self.info.client.to_string(),
+            "worker": worker,
+            "state_bytes": self.state_bytes,
+        })
+    }
+}
+
+fn round(seconds: f64) -> f64 {
+    (seconds * 10.0).round() / 10.0
+}
+
+/// `2026-11-23T20:41:07.123Z`.
+pub(super) fn iso8601(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// Which sessions a listing shows.
+#[derive(Default)]
+pub(super) struct Filter {
+    /// An application's key (`main /app`) or its `<Location>` prefix.
+    pub app: Option<String>,
+    pub state: Option<String>,
+    pub node: Option<String>,
+}
+
+impl Filter {
+    pub fn from_query(query: Option<&str>) -> Filter {
+        let mut filter = Filter::default();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let v = Some(v.into_owned()).filter(|v| !v.is_empty());
+            match &*k {
+                "app" => filter.app = v,
+                "state" => filter.state = v,
+                "node" => filter.node = v,
+                _ => {}
+            }
+        }
+        filter
+    }
+
+    fn admits(&self, info: &SessionInfo, node: &str) -> bool {
+        let app = info.app.as_str();
+        self.app
+            .as_deref()
+            .is_none_or(|want| app == want || app.rsplit(' ').next() == Some(want))
+            && self
+                .state
+                .as_deref()
+                .is_none_or(|want| info.state.as_str() == want)
+            && self.node.as_deref().is_none_or(|want| want == node)
+    }
+}
+
+/// The sessions `filter` admits, with their workers' usage and state sizes,
+/// most recently active first.
+pub(super) async fn sessions(admin: &Admin, filter: &Filter) -> Vec<View> {
+    let registry = &admin.shared.registry;
+    let node = registry.node().to_string();
+    let mut found: Vec<(SessionInfo, Space)> = registry
+        .list_with_spaces()
+        .into_iter()
+        .filter(|(info, _)| filter.admits(info, &node))
+        .collect();
+    found.sort_by_key(|(info, _)| std::cmp::Reverse(info.last_active));
+    let pids: Vec<Option<u32>> = found.iter().map(|(info, _)| info.pid).collect();
+    let usage = tokio::task::spawn_blocking(move || {
+        pids.into_iter()
+            .map(|pid| pid.and_then(procfs::usage))
+            .collect::<Vec<_>>()
+    });
+    let store = registry.store.clone();
+    let reads: Vec<_> = found.iter().map(|(_, space)| store.keys(space)).collect();
+    let sizes: Vec<Option<u64>> = futures_util::stream::iter(reads)
+        .buffered(SIZING_CONCURRENCY)
+        .map(|keys| {
+            keys.ok()
+                .map(|keys| keys.iter().map(|(_, size)| size).sum())
+        })
+        .collect()
+        .await;
+    let usage = usage.await.unwrap_or_default();
+    found
+        .into_iter()
+        .zip(sizes)
+        .enumerate()
+        .map(|(i, ((info, _), state_bytes))| View {
+            info,
+            usage: usage.get(i).copied().flatten(),
+            state_bytes,
+        })
+        .collect()
+}
+
+/// One application, as `GET /api/apps` and the dashboard show it.
+pub(super) struct AppView {
+    pub app: String,
+    pub prefix: String,
+    pub kind: &'static str,
+    pub command: String,
+    pub by_state: [(SessionState, usize); 5],
+    pub requests: u64,
+    /// Requests per second, recent samples, oldest first.
+    pub rates: Vec<f64>,
+    pub spawns: u64,
+    pub session_timeout: Duration,
+    pub concurrency: usize,
+    pub spare_workers: usize,
+}
+
+const STATES: [SessionState; 5] = [
+    SessionState::Starting,
+    SessionState::Idle,
+    SessionState::Busy,
+    SessionState::Dormant,
+    SessionState::Stopping,
+];
+
+pub(super) fn apps(admin: &Admin) -> Vec<AppView> {
+    let routing = admin.shared.routing();
+    let sessions = admin.shared.registry.list();
+    routing
+        .mounts
+        .iter()
+        .map(|mount| {
+            let config = &mount.config;
+            let (kind, command) = match &config.handler {
+                Some(Handler::Process(c)) => (
+                    match c.protocol {
+                        Protocol::FastCgi => "fastcgi",
+                        Protocol::Http => "http",
+                        Protocol::Stdio => "stdio",
+                    },
+                    std::iter::once(c.program.display().to_string())
+                        .chain(c.args.iter().cloned())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
+                Some(Handler::InProcess(_)) => ("in-process", String::new()),
+                None => ("none", String::new()),
+            };
+            let mine = sessions.iter().filter(|s| s.app == mount.app);
+            let mut by_state = STATES.map(|s| (s, 0));
+            for s in mine {
+                if let Some(slot) = by_state.iter_mut().find(|(state, _)| *state == s.state) {
+                    slot.1 += 1;
+                }
+            }
+            AppView {
+                app: mount.app.as_str().to_string(),
+                prefix: config.prefix.clone(),
+                kind,
+                command,
+                by_state,
+                requests: mount.metrics.requests_total(),
+                rates: mount.metrics.rates(),
+                spawns: mount.metrics.spawns_total(),
+                session_timeout: config.session_timeout,
+                concurrency: config.concurrency(),
+                spare_workers: config.spare_workers,
+            }
+        })
+        .collect()
+}
+
+impl AppView {
+    fn to_json(&self) -> Value {
+        let sessions: serde_json::Map<String, Value> = self
+            .by_state
+            .iter()
+            .map(|(state, n)| (state.as_str().to_string(), json!(n)))
+            .collect();
+        json!({
+            "app": self.app,
+            "prefix": self.prefix,
+            "kind": self.kind,
+            "command": self.command,
+            "sessions": sessions,
+            "requests": self.requests,
+            "request_rate": self.rates.last().copied().unwrap_or(0.0),
+            "spawns": self.spawns,
+            "session_timeout_seconds": self.session_timeout.as_secs(),
+            "worker_concurrency": self.concurrency,
+            "spare_workers": self.spare_workers,
+        })
+    }
+}
+
+/// `GET /health`: psd answers, and how many sessions it has.
+pub(super) fn health(admin: &Admin) -> Response<Body> {
+    json(
+        StatusCode::OK,
+        &json!({ "status": "ok", "sessions": admin.shared.registry.count() }),
+    )
+}
+
+/// `GET /metrics`: OpenMetrics to a scraper that asks for it (Prometheus
+/// does), else the Prometheus text format.
+pub(super) async fn metrics(admin: &Admin, request: &Request<Incoming>) -> Response<Body> {
+    let views = sessions(admin, &Filter::default()).await;
+    let mut gauges = SessionGauges {
+        max_sessions: admin.shared.registry.max_sessions as u64,
+        ..SessionGauges::default()
+    };
+    let mut by_app_state = std::collections::BTreeMap::<(String, &'static str), u64>::new();
+    let mut bytes = std::collections::BTreeMap::<String, u64>::new();
+    for app in admin.shared.apps() {
+        for state in STATES {
+            by_app_state.insert((app.as_str().to_string(), state.as_str()), 0);
+        }
+        bytes.insert(app.as_str().to_string(), 0);
+    }
+    for view in &views {
+        let app = view.info.app.as_str().to_string();
+        *by_app_state
+            .entry((app.clone(), view.info.state.as_str()))
+            .or_default() += 1;
+        *bytes.entry(app).or_default() += view.state_bytes.unwrap_or(0);
+        gauges.worker_rss_bytes += view.usage.map_or(0, |u| u.rss_bytes);
+    }
+    gauges.sessions = by_app_state
+        .into_iter()
+        .map(|((app, state), n)| (app, state, n))
+        .collect();
+    gauges.state_bytes = bytes.into_iter().collect();
+    let open = admin.shared.registry.metrics.encode(gauges);
+    let wants_openmetrics = request
+        .headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let (text, kind) = match wants_openmetrics {
+        true => (
+            open,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        false => (
+            crate::metrics::prometheus_text(&open),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+    };
+    let mut response = Response::new(body::full(text));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+    response
+}
+
+/// `/api/…`, for an authorized request.
+pub(super) async fn answer(
+    admin: &Admin,
+    request: Request<Incoming>,
+    path: &str,
+) -> Response<Body> {
+    let method = request.method().clone();
+    let rest = path.trim_start_matches("/api/");
+    let parts: Vec<&str> = rest.split('/').collect();
+    let node = admin.shared.registry.node().to_string();
+    match (&method, parts.as_slice()) {
+        (&Method::GET, ["sessions"]) => {
+            let filter = Filter::from_query(request.uri().query());
+            if let Some(state) = &filter.state {
+                if !STATES.iter().any(|s| s.as_str() == state) {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!(
+                            "unknown state '{state}': starting, idle, busy, dormant or stopping"
+                        ),
+                    );
+                }
+            }
+            let views = sessions(admin, &filter).await;
+            let list: Vec<Value> = views.iter().map(|v| v.to_json(&node)).collect();
+            json(StatusCode::OK, &json!({ "sessions": list }))
+        }
+        (&Method::GET, ["sessions", handle]) => match one(admin, handle).await {
+            Some(view) => json(StatusCode::OK, &view.to_json(&node)),
+            None => no_such_session(handle),
+        },
+        (&Method::POST, ["sessions", handle, "stop"]) => match stop(admin, handle).await {
+            Stopped::Now(view) => json(StatusCode::OK, &view.to_json(&node)),
+            Stopped::Gone => json(
+                StatusCode::OK,
+                &json!({ "handle": handle, "state": "ended", "note": "an in-process session that stored nothing ends when stopped" }),
+            ),
+            Stopped::Missing => no_such_session(handle),
+        },
+        (&Method::DELETE, ["sessions", handle]) => match end(admin, handle).await {
+            true => json(StatusCode::OK, &json!({ "handle": handle, "ended": true })),
+            false => no_such_session(handle),
+        },
+        (&Method::GET, ["apps"]) => {
+            let list: Vec<Value> = apps(admin).iter().map(AppView::to_json).collect();
+            json(StatusCode::OK, &json!({ "apps": list }))
+        }
+        (&Method::POST, ["reload"]) => reload(admin),
+        (&Method::POST, ["drain"]) => {
+            let stopped = drain(admin).await;
+            json(StatusCode::OK, &json!({ "stopped": stopped }))
+        }
+        (
+            _,
+            ["sessions"]
+            | ["sessions", _]
+            | ["sessions", _, "stop"]
+            | ["apps"]
+            | ["reload"]
+            | ["drain"],
+        ) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{method} is not allowed on {path}"),
+        ),
+        _ => error(StatusCode::NOT_FOUND, &format!("no such API: {path}")),
+    }
+}
+
+fn no_such_session(handle: &str) -> Response<Body> {
+    error(
+        StatusCode::NOT_FOUND,
+        &format!("no session with handle '{handle}' (it may have ended)"),
+    )
+}
+
+/// The session `handle` names, with its worker's usage and state size.
+pub(super) async fn one(admin: &Admin, handle: &str) -> Option<View> {
+    let registry = &admin.shared.registry;
+    let (info, space) = registry
+        .list_with_spaces()
+        .into_iter()
+        .find(|(info, _)| info.handle.as_str() == handle)?;
+    let usage = info.pid.and_then(procfs::usage);
+    let state_bytes = registry
+        .store
+        .keys(&space)
+        .await
+        .ok()
+        .map(|keys| keys.iter().map(|(_, size)| size).sum());
+    Some(View {
+        info,
+        usage,
+        state_bytes,
+    })
+}
+
+fn sessions_handle(admin: &Admin) -> Sessions {
+    Sessions::new(admin.shared.registry.clone())
+}
+
+/// What `stop` found.
+pub(super) enum Stopped {
+    /// No session has that handle.
+    Missing,
+    /// An in-process session that stored nothing: it ended with its task.
+    Gone,
+    /// Stopped (dormant), as it is now.
+    Now(View),
+}
+
+/// Stops the session's worker and waits until it has stopped.
+pub(super) async fn stop(admin: &Admin, handle: &str) -> Stopped {
+    let sessions = sessions_handle(admin);
+    if !sessions.stop(handle) {
+        return Stopped::Missing;
+    }
+    let deadline = Instant::now() + ORDER_WAIT + stop_timeout(admin);
+    while Instant::now() < deadline {
+        match sessions.get(handle) {
+            Some(s) if matches!(s.state, SessionState::Dormant) => break,
+            Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            // An in-process session with nothing stored ends with its task.
+            None => break,
+        }
+    }
+    match one(admin, handle).await {
+        Some(view) => Stopped::Now(view),
+        None => Stopped::Gone,
+    }
+}
+
+/// Ends the session and waits until it is gone; whether it existed.
+pub(super) async fn end(admin: &Admin, handle: &str) -> bool {
+    let sessions = sessions_handle(admin);
+    if !sessions.end(handle) {
+        return false;
+    }
+    let deadline = Instant::now() + ORDER_WAIT + stop_timeout(admin);
+    while Instant::now() < deadline && sessions.get(handle).is_some() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// The longest `WorkerStopTimeout` of the applications.
+fn stop_timeout(admin: &Admin) -> Duration {
+    let routing = admin.shared.routing();
+    routing
+        .mounts
+        .iter()
+        .map(|m| m.config.worker_stop_timeout)
+        .max()
+        .unwrap_or_default()
+}
+
+/// Stops every running worker, keeping each session's state (each resumes
+/// at its next request); returns how many were running.
+pub(super) async fn drain(admin: &Admin) -> usize {
+    let sessions = sessions_handle(admin);
+    let running: Vec<Handle> = sessions
+        .list()
+        .into_iter()
+        .filter(|s| !matches!(s.state, SessionState::Dormant | SessionState::Stopping))
+        .map(|s| s.handle)
+        .collect();
+    for handle in &running {
+        sessions.stop(handle.as_str());
+    }
+    let deadline = Instant::now() + ORDER_WAIT + stop_timeout(admin);
+    while Instant::now() < deadline {
+        let busy = running.iter().any(|h| {
+            sessions
+                .get(h.as_str())
+                .is_some_and(|s| !matches!(s.state, SessionState::Dormant))
+        });
+        if !busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!("drain: {} workers stopped by an operator", running.len());
+    running.len()
+}
+
+/// `POST /api/reload`: what SIGHUP does.
+fn reload(admin: &Admin) -> Response<Body> {
+    let Some(file) = admin.shared.routing().config.file.clone() else {
+        return error(
+            StatusCode::CONFLICT,
+            "psd runs without a configuration file (the built-in demo): nothing to reload",
+        );
+    };
+    crate::systemd::reloading();
+    let outcome = match crate::config::Config::load(&file) {
+        Ok(config) => match crate::daemon::Reloader::of(admin.shared.clone()).reload(config) {
+            Ok(()) => json(
+                StatusCode::OK,
+                &json!({ "reloaded": true, "config": file.display().to_string() }),
+            ),
+            Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e:#}")),
+        },
+        Err(errors) => {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            tracing::error!("reload through the admin API failed: {}", lines.join("; "));
+            json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({ "error": "the configuration has errors; the running one stays", "errors": lines }),
+            )
+        }
+    };
+    crate::systemd::ready();
+    outcome
+}
