@@ -213,12 +213,21 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         let term = signal(SignalKind::terminate())?;
         let int = signal(SignalKind::interrupt())?;
         let hup = signal(SignalKind::hangup())?;
+        let mut inherited = inherited_listeners();
         let mut listeners = vec![];
         for listen in &config.listen {
-            let listener = TcpListener::bind(listen.addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", listen.addr))?;
+            let listener = match take_inherited(&mut inherited, listen.addr) {
+                Some(listener) => listener,
+                None => TcpListener::bind(listen.addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", listen.addr))?,
+            };
             listeners.push(listener);
+        }
+        for (addr, _) in &inherited {
+            tracing::warn!(
+                "socket {addr} from systemd (LISTEN_FDS) matches no Listen line: not used"
+            );
         }
         // Ready means: the pid file is there and the listeners are bound;
         // only then does psd say where it listens.
@@ -300,6 +309,45 @@ async fn reload_on_sighup(
         // Serving again, with the new configuration or the old one.
         psd::systemd::ready();
     }
+}
+
+/// Listening TCP sockets handed over by systemd socket activation
+/// (`LISTEN_PID`, `LISTEN_FDS`, from fd 3), with their addresses: a
+/// `psd.socket` unit keeps them open while psd restarts, so no connection
+/// is refused meanwhile. Close-on-exec from now on: workers never inherit them.
+fn inherited_listeners() -> Vec<(std::net::SocketAddr, std::net::TcpListener)> {
+    let mut fds = listenfd::ListenFd::from_env();
+    let mut found = vec![];
+    for i in 0..fds.len() {
+        match fds.take_tcp_listener(i) {
+            Ok(Some(listener)) => {
+                use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+                let _ = fcntl(&listener, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+                match listener.local_addr() {
+                    Ok(addr) => found.push((addr, listener)),
+                    Err(e) => tracing::warn!("socket {i} from systemd (LISTEN_FDS): {e}"),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("socket {i} from systemd (LISTEN_FDS) is not a TCP listener: {e}")
+            }
+        }
+    }
+    found
+}
+
+/// The inherited socket bound to `addr`, made a tokio listener.
+fn take_inherited(
+    inherited: &mut Vec<(std::net::SocketAddr, std::net::TcpListener)>,
+    addr: std::net::SocketAddr,
+) -> Option<TcpListener> {
+    let i = inherited.iter().position(|(a, _)| *a == addr)?;
+    let (_, listener) = inherited.remove(i);
+    listener.set_nonblocking(true).ok()?;
+    let listener = TcpListener::from_std(listener).ok()?;
+    tracing::info!("Listen {addr}: the socket systemd handed over (LISTEN_FDS)");
+    Some(listener)
 }
 
 /// Every process session costs psd a few descriptors (connection, stderr

@@ -206,8 +206,9 @@ pub(crate) const RATE_SAMPLES: usize = 120;
 pub(crate) const RATE_PERIOD: Duration = Duration::from_secs(5);
 
 /// State store operations timed, in `op` label order.
-const STORE_OPS: [&str; 11] = [
+const STORE_OPS: [&str; 13] = [
     "session", "save", "forget", "purge", "retain", "get", "keys", "put", "delete", "add", "ready",
+    "sizes", "sessions",
 ];
 
 /// Everything psd counts.
@@ -580,6 +581,12 @@ impl Store for Timed {
     }
     fn ready(&self) -> Answer<()> {
         self.time(10, self.inner.ready())
+    }
+    fn sizes(&self, spaces: Vec<Space>) -> Answer<Vec<u64>> {
+        self.time(11, self.inner.sizes(spaces))
+    }
+    fn sessions(&self) -> Answer<Vec<SessionRecord>> {
+        self.time(12, self.inner.sessions())
     }
 }
 

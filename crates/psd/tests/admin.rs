@@ -721,3 +721,64 @@ fn json_logs_carry_the_session_handle_app_and_pid_and_never_the_id() {
     assert_eq!(ended["session"], handle.as_str());
     assert!(!log.contains(&id), "the id is in the log");
 }
+
+#[test]
+fn sessions_only_in_the_store_after_a_restart_are_listed_dormant_and_can_be_ended() {
+    let (mut daemon, url) = start("");
+    let a = Client::with_jar(&daemon.dir, "a");
+    let b = Client::with_jar(&daemon.dir, "b");
+    for _ in 0..3 {
+        a.get(&daemon.url("/counter/"));
+    }
+    b.get(&daemon.url("/counter/"));
+    let before = sessions(&daemon, &url, "");
+    let ha = handle_with(&before, 3);
+    let hb = handle_with(&before, 1);
+
+    daemon.signal("TERM");
+    daemon.restart();
+    let url = admin_url(&daemon);
+    // Nothing requested since the restart: both are in the store only.
+    let listed = sessions(&daemon, &url, "");
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    for s in &listed {
+        assert_eq!(s["state"], "dormant");
+        assert_eq!(s["node"], "psd");
+        assert!(
+            s["requests"].is_null() && s["client"].is_null() && s["worker"].is_null(),
+            "{s}"
+        );
+        assert!(s["state_bytes"].as_u64().unwrap() > 0, "{s}");
+    }
+    let (r, shown) = api(&daemon, &url, "GET", &format!("/api/sessions/{ha}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(shown["app"], "main /counter");
+    let (r, stopped) = api(&daemon, &url, "POST", &format!("/api/sessions/{ha}/stop"));
+    assert_eq!(
+        (r.status, stopped["state"].as_str()),
+        (200, Some("dormant"))
+    );
+    assert_eq!(sessions(&daemon, &url, "?state=idle").len(), 0);
+
+    // A resumes at its request and is then in memory; B is ended from the store.
+    let resumed = a.get(&daemon.url("/counter/"));
+    assert_eq!(
+        (resumed.count(), resumed.field("resumed").as_deref()),
+        (4, Some("1"))
+    );
+    let (r, _) = api(&daemon, &url, "DELETE", &format!("/api/sessions/{hb}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    let (r, _) = api(&daemon, &url, "GET", &format!("/api/sessions/{hb}"));
+    assert_eq!(r.status, 404);
+    let listed = sessions(&daemon, &url, "");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (listed[0]["handle"].as_str(), listed[0]["requests"].as_u64()),
+        (Some(ha.as_str()), Some(1))
+    );
+    let fresh = b.get(&daemon.url("/counter/"));
+    assert_eq!(
+        (fresh.count(), fresh.field("resumed").as_deref()),
+        (1, Some("0"))
+    );
+}

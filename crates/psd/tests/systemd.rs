@@ -93,9 +93,13 @@ fn the_example_unit_passes_systemd_analyze_verify() {
         .replace("/usr/local/bin/psd", PSD);
     let copy = dir.join("psd.service");
     std::fs::write(&copy, text).unwrap();
+    // The optional socket unit, beside the service it activates.
+    let socket = dir.join("psd.socket");
+    std::fs::copy(repo().join("examples/deploy/psd.socket"), &socket).unwrap();
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(&copy)
+        .arg(&socket)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -103,7 +107,68 @@ fn the_example_unit_passes_systemd_analyze_verify() {
     // not about the unit; anything naming psd.service is.
     let about_unit: Vec<_> = stderr
         .lines()
-        .filter(|l| l.contains("psd.service"))
+        .filter(|l| l.contains("psd.service") || l.contains("psd.socket"))
         .collect();
     assert!(about_unit.is_empty(), "{stderr}");
+}
+
+/// Socket activation: `systemd-socket-activate` (systemd's own tool) binds
+/// the port and hands the socket to psd as fd 3 with `LISTEN_FDS`, as a
+/// `psd.socket` unit would. psd serves on that socket instead of binding its
+/// own, and the connection that woke it up is answered.
+#[test]
+fn psd_serves_on_the_socket_systemd_hands_it() {
+    let port = free_port();
+    let dir = TempDir::new("activate");
+    let config = dir.join("psd.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "Listen 127.0.0.1:{port}\nDataDir {}\n<Location /counter>\n  Worker fastcgi {}\n</Location>\n",
+            dir.join("data").display(),
+            repo().join("examples/counter-perl/counter.pl").display()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("psd.log");
+    let mut activate = Command::new("systemd-socket-activate")
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg(PSD)
+        .args(["serve", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // The socket exists before psd runs: the first connection starts it.
+    assert!(eventually(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    let reply = Client::anonymous().get(&format!("http://127.0.0.1:{port}/counter/"));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.count(), 1);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&format!(
+            "Listen 127.0.0.1:{port}: the socket systemd handed over"
+        )),
+        "{text}"
+    );
+    // psd (systemd-socket-activate execs it: the same pid) serves on fd 3;
+    // its worker did not inherit that socket.
+    let fd3 = std::fs::read_link(format!("/proc/{}/fd/3", activate.id())).unwrap();
+    assert!(fd3.to_string_lossy().starts_with("socket:"), "{fd3:?}");
+    let worker_fds: Vec<_> = std::fs::read_dir(format!("/proc/{}/fd", reply.pid()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .collect();
+    assert!(
+        !worker_fds.contains(&fd3),
+        "the worker holds psd's listening socket: {worker_fds:?}"
+    );
+    Command::new("kill")
+        .args(["-TERM", &activate.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(activate.wait().unwrap().success());
 }

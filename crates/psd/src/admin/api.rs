@@ -10,10 +10,10 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::StreamExt as _;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::procfs::{self, Usage};
@@ -21,11 +21,9 @@ use super::{error, json, Admin};
 use crate::body::{self, Body};
 use crate::config::{Handler, Protocol};
 use crate::metrics::SessionGauges;
-use crate::session::{Handle, SessionInfo, SessionState, Sessions};
+use crate::session::{AppKey, Handle, SessionInfo, SessionState, Sessions};
 use crate::store::Space;
 
-/// Store reads in flight at once when sizing sessions' state.
-const SIZING_CONCURRENCY: usize = 64;
 /// How long `stop` / `end` wait for the session to be stopped / gone,
 /// beyond the application's `WorkerStopTimeout`.
 const ORDER_WAIT: Duration = Duration::from_secs(5);
@@ -36,35 +34,60 @@ pub(super) struct View {
     pub usage: Option<Usage>,
     /// `None` when the store could not be asked.
     pub state_bytes: Option<u64>,
+    /// For a session only in the store (not requested since psd started):
+    /// the node its record names. Its requests and client are not known.
+    pub stored_on: Option<String>,
+}
+
+/// A session in the API's JSON (fields in this order).
+#[derive(Serialize)]
+pub(super) struct SessionJson<'a> {
+    handle: &'a str,
+    app: &'a str,
+    node: &'a str,
+    state: &'static str,
+    created: String,
+    last_active: String,
+    age_seconds: f64,
+    idle_seconds: f64,
+    requests: Option<u64>,
+    client: Option<String>,
+    worker: Option<WorkerJson>,
+    state_bytes: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct WorkerJson {
+    pid: u32,
+    rss_bytes: Option<u64>,
+    cpu_seconds: Option<f64>,
 }
 
 impl View {
-    pub fn to_json(&self, node: &str) -> Value {
+    pub fn to_json<'a>(&'a self, node: &'a str) -> SessionJson<'a> {
         let now = SystemTime::now();
         let since = |t: SystemTime| now.duration_since(t).unwrap_or_default().as_secs_f64();
-        let worker = match (self.info.pid, self.usage) {
-            (Some(pid), Some(u)) => json!({
-                "pid": pid,
-                "rss_bytes": u.rss_bytes,
-                "cpu_seconds": (u.cpu_seconds * 100.0).round() / 100.0,
+        SessionJson {
+            handle: self.info.handle.as_str(),
+            app: self.info.app.as_str(),
+            node: self.stored_on.as_deref().unwrap_or(node),
+            state: self.info.state.as_str(),
+            created: iso8601(self.info.created),
+            last_active: iso8601(self.info.last_active),
+            age_seconds: round(since(self.info.created)),
+            idle_seconds: round(since(self.info.last_active)),
+            requests: self.stored_on.is_none().then_some(self.info.requests),
+            client: self
+                .stored_on
+                .is_none()
+                .then(|| self.info.client.to_string()),
+            worker: self.info.pid.map(|pid| WorkerJson {
+                pid,
+                rss_bytes: self.usage.map(|u| u.rss_bytes),
+                cpu_seconds: self.usage.map(|u| (u.cpu_seconds * 100.0).round() / 100.0),
             }),
-            (Some(pid), None) => json!({ "pid": pid, "rss_bytes": null, "cpu_seconds": null }),
-            (None, _) => Value::Null,
-        };
-        json!({
-            "handle": self.info.handle.as_str(),
-            "app": self.info.app.as_str(),
-            "node": node,
-            "state": self.info.state.as_str(),
-            "created": iso8601(self.info.created),
-            "last_active": iso8601(self.info.last_active),
-            "age_seconds": round(since(self.info.created)),
-            "idle_seconds": round(since(self.info.last_active)),
-            "requests": self.info.requests,
-            "client": self.info.client.to_string(),
-            "worker": worker,
-            "state_bytes": self.state_bytes,
-        })
+            state_bytes: self.state_bytes,
+        }
     }
 }
 
@@ -126,42 +149,129 @@ impl Filter {
 
 /// The sessions `filter` admits, with their workers' usage and state sizes,
 /// most recently active first.
-pub(super) async fn sessions(admin: &Admin, filter: &Filter) -> Vec<View> {
+///
+/// With `stored`, sessions that are only in the store (dormant since a
+/// restart, or another node's) are listed too.
+pub(super) async fn sessions(admin: &Admin, filter: &Filter, stored: bool) -> Vec<View> {
     let registry = &admin.shared.registry;
     let node = registry.node().to_string();
-    let mut found: Vec<(SessionInfo, Space)> = registry
-        .list_with_spaces()
+    let in_memory = registry.list_with_spaces();
+    let mut found: Vec<(SessionInfo, Space, Option<String>)> = vec![];
+    if stored {
+        let live: std::collections::HashSet<&Space> = in_memory.iter().map(|(_, s)| s).collect();
+        for record in stored_sessions(admin).await {
+            let (info, space) = dormant(&record);
+            if !live.contains(&space) && filter.admits(&info, &record.node) {
+                found.push((info, space, Some(record.node)));
+            }
+        }
+    }
+    found.extend(
+        in_memory
+            .into_iter()
+            .filter(|(info, _)| filter.admits(info, &node))
+            .map(|(info, space)| (info, space, None)),
+    );
+    found.sort_by_key(|(info, ..)| std::cmp::Reverse(info.last_active));
+    let mut infos = Vec::with_capacity(found.len());
+    let mut spaces = Vec::with_capacity(found.len());
+    let mut nodes = Vec::with_capacity(found.len());
+    for (info, space, stored_on) in found {
+        infos.push(info);
+        spaces.push(space);
+        nodes.push(stored_on);
+    }
+    let pids: Vec<Option<u32>> = infos.iter().map(|info| info.pid).collect();
+    let (usage, sizes) = tokio::join!(usage_of(pids), registry.store.sizes(spaces));
+    let sizes = match sizes {
+        Ok(sizes) => sizes.into_iter().map(Some).collect(),
+        Err(e) => {
+            tracing::warn!("admin API: state sizes: {e}");
+            vec![None; infos.len()]
+        }
+    };
+    infos
         .into_iter()
-        .filter(|(info, _)| filter.admits(info, &node))
-        .collect();
-    found.sort_by_key(|(info, _)| std::cmp::Reverse(info.last_active));
-    let pids: Vec<Option<u32>> = found.iter().map(|(info, _)| info.pid).collect();
-    let usage = tokio::task::spawn_blocking(move || {
-        pids.into_iter()
-            .map(|pid| pid.and_then(procfs::usage))
-            .collect::<Vec<_>>()
-    });
-    let store = registry.store.clone();
-    let reads: Vec<_> = found.iter().map(|(_, space)| store.keys(space)).collect();
-    let sizes: Vec<Option<u64>> = futures_util::stream::iter(reads)
-        .buffered(SIZING_CONCURRENCY)
-        .map(|keys| {
-            keys.ok()
-                .map(|keys| keys.iter().map(|(_, size)| size).sum())
-        })
-        .collect()
-        .await;
-    let usage = usage.await.unwrap_or_default();
-    found
-        .into_iter()
+        .zip(usage)
         .zip(sizes)
-        .enumerate()
-        .map(|(i, ((info, _), state_bytes))| View {
+        .zip(nodes)
+        .map(|(((info, usage), state_bytes), stored_on)| View {
             info,
-            usage: usage.get(i).copied().flatten(),
+            usage,
             state_bytes,
+            stored_on,
         })
         .collect()
+}
+
+/// The session records in the store that are not past their lifetime.
+async fn stored_sessions(admin: &Admin) -> Vec<crate::store::SessionRecord> {
+    match admin.shared.registry.store.sessions().await {
+        Ok(mut records) => {
+            let now = crate::store::unix_ms(SystemTime::now());
+            records.retain(|r| !r.expired_at(now));
+            records
+        }
+        Err(e) => {
+            tracing::warn!("admin API: listing stored sessions: {e}");
+            vec![]
+        }
+    }
+}
+
+/// A session known only by its stored record: dormant.
+fn dormant(record: &crate::store::SessionRecord) -> (SessionInfo, Space) {
+    let app = AppKey::from_stored(&record.app);
+    let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+    let info = SessionInfo {
+        handle: Handle::of(&app, &record.key),
+        app,
+        state: SessionState::Dormant,
+        created: at(record.created),
+        last_active: at(record.last_active),
+        requests: 0,
+        pid: None,
+        client: std::net::Ipv4Addr::UNSPECIFIED.into(),
+    };
+    let space = Space::Session {
+        app: record.app.clone(),
+        key: record.key.clone(),
+    };
+    (info, space)
+}
+
+/// The stored-only session `handle` names, with its record.
+async fn stored_one(admin: &Admin, handle: &str) -> Option<crate::store::SessionRecord> {
+    stored_sessions(admin)
+        .await
+        .into_iter()
+        .find(|r| dormant(r).0.handle.as_str() == handle)
+}
+
+/// `/proc` usage of each pid, read on blocking threads in parallel (a
+/// `/proc/PID/stat` read costs the kernel some microseconds; 10,000 add up).
+async fn usage_of(pids: Vec<Option<u32>>) -> Vec<Option<Usage>> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = pids.len().div_ceil(threads).max(256);
+    let reads: Vec<_> = pids
+        .chunks(chunk)
+        .map(|pids| {
+            let pids = pids.to_vec();
+            tokio::task::spawn_blocking(move || {
+                pids.into_iter()
+                    .map(|pid| pid.and_then(procfs::usage))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut usage = Vec::with_capacity(pids.len());
+    for (read, pids) in reads.into_iter().zip(pids.chunks(chunk)) {
+        match read.await {
+            Ok(part) => usage.extend(part),
+            Err(_) => usage.extend(pids.iter().map(|_| None)),
+        }
+    }
+    usage
 }
 
 /// One application, as `GET /api/apps` and the dashboard show it.
@@ -269,7 +379,7 @@ pub(super) fn health(admin: &Admin) -> Response<Body> {
 /// `GET /metrics`: OpenMetrics to a scraper that asks for it (Prometheus
 /// does), else the Prometheus text format.
 pub(super) async fn metrics(admin: &Admin, request: &Request<Incoming>) -> Response<Body> {
-    let views = sessions(admin, &Filter::default()).await;
+    let views = sessions(admin, &Filter::default(), false).await;
     let mut gauges = SessionGauges {
         max_sessions: admin.shared.registry.max_sessions as u64,
         ..SessionGauges::default()
@@ -341,9 +451,13 @@ pub(super) async fn answer(
                     );
                 }
             }
-            let views = sessions(admin, &filter).await;
-            let list: Vec<Value> = views.iter().map(|v| v.to_json(&node)).collect();
-            json(StatusCode::OK, &json!({ "sessions": list }))
+            let views = sessions(admin, &filter, true).await;
+            #[derive(Serialize)]
+            struct List<'a> {
+                sessions: Vec<SessionJson<'a>>,
+            }
+            let sessions = views.iter().map(|v| v.to_json(&node)).collect();
+            json(StatusCode::OK, &List { sessions })
         }
         (&Method::GET, ["sessions", handle]) => match one(admin, handle).await {
             Some(view) => json(StatusCode::OK, &view.to_json(&node)),
@@ -396,10 +510,14 @@ fn no_such_session(handle: &str) -> Response<Body> {
 /// The session `handle` names, with its worker's usage and state size.
 pub(super) async fn one(admin: &Admin, handle: &str) -> Option<View> {
     let registry = &admin.shared.registry;
-    let (info, space) = registry
-        .list_with_spaces()
-        .into_iter()
-        .find(|(info, _)| info.handle.as_str() == handle)?;
+    let (info, space, stored_on) = match registry.one_with_space(handle) {
+        Some((info, space)) => (info, space, None),
+        None => {
+            let record = stored_one(admin, handle).await?;
+            let (info, space) = dormant(&record);
+            (info, space, Some(record.node))
+        }
+    };
     let usage = info.pid.and_then(procfs::usage);
     let state_bytes = registry
         .store
@@ -411,6 +529,7 @@ pub(super) async fn one(admin: &Admin, handle: &str) -> Option<View> {
         info,
         usage,
         state_bytes,
+        stored_on,
     })
 }
 
@@ -432,7 +551,11 @@ pub(super) enum Stopped {
 pub(super) async fn stop(admin: &Admin, handle: &str) -> Stopped {
     let sessions = sessions_handle(admin);
     if !sessions.stop(handle) {
-        return Stopped::Missing;
+        // Only in the store: dormant already.
+        return match one(admin, handle).await {
+            Some(view) => Stopped::Now(view),
+            None => Stopped::Missing,
+        };
     }
     let deadline = Instant::now() + ORDER_WAIT + stop_timeout(admin);
     while Instant::now() < deadline {
@@ -453,7 +576,17 @@ pub(super) async fn stop(admin: &Admin, handle: &str) -> Stopped {
 pub(super) async fn end(admin: &Admin, handle: &str) -> bool {
     let sessions = sessions_handle(admin);
     if !sessions.end(handle) {
-        return false;
+        // Only in the store: its record and values are deleted there.
+        let Some(record) = stored_one(admin, handle).await else {
+            return false;
+        };
+        let store = &admin.shared.registry.store;
+        if let Err(e) = store.forget(&record.app, &record.key).await {
+            tracing::warn!(session = handle, "admin API: ending a stored session: {e}");
+            return false;
+        }
+        tracing::info!(session = handle, app = %record.app, "session ended by an operator (it was only in the store)");
+        return true;
     }
     let deadline = Instant::now() + ORDER_WAIT + stop_timeout(admin);
     while Instant::now() < deadline && sessions.get(handle).is_some() {

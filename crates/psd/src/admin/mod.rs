@@ -264,7 +264,7 @@ fn same_origin<B>(request: &Request<B>) -> bool {
 }
 
 /// A JSON answer.
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     let mut text = serde_json::to_string_pretty(value).expect("JSON values serialize");
     text.push('\n');
     let mut response = Response::new(body::full(text));

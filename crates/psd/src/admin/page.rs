@@ -298,7 +298,7 @@ fn dashboard(admin: &Admin, filter: &Filter, live: Markup) -> Markup {
 /// The part of the page that changes: applications and sessions.
 async fn live(admin: &Admin, filter: &Filter, notice: Option<&str>) -> Markup {
     let apps = api::apps(admin);
-    let views = api::sessions(admin, filter).await;
+    let views = api::sessions(admin, filter, true).await;
     let shown = &views[..views.len().min(MAX_ROWS)];
     html! {
         @if let Some(notice) = notice { div.notice role="status" { (notice) } }
@@ -408,16 +408,18 @@ fn session_row(view: &View) -> Markup {
             td { span.badge { i class={ "s-" (info.state.as_str()) } {} (info.state.as_str()) } }
             td.num.wide title=(api::iso8601(info.created)) { (format_duration(age)) }
             td.num title=(api::iso8601(info.last_active)) { (format_duration(idle)) }
-            td.num { (info.requests) }
+            td.num { @if view.stored_on.is_none() { (info.requests) } @else { span.muted title="only in the store since psd started" { "–" } } }
             td.num.wide { @if let Some(pid) = info.pid { (pid) } @else { span.muted { "–" } } }
             td.num { @if let Some(u) = view.usage { (format_bytes(u.rss_bytes)) } @else { span.muted { "–" } } }
             td.num.wide { @if let Some(u) = view.usage { (format!("{:.2} s", u.cpu_seconds)) } @else { span.muted { "–" } } }
             td.num.wide { @if let Some(b) = view.state_bytes { (format_bytes(b)) } @else { span.muted { "?" } } }
-            td.wide { (info.client) }
+            td.wide { @if view.stored_on.is_none() { (info.client) } @else { span.muted { "in the store" } } }
             td.actions {
-                form method="post" action={ "/sessions/" (handle) "/stop" }
-                    onsubmit={ "return confirm('Stop the worker of session " (handle) "? Its state is kept; its next request starts a new worker.')" } {
-                    button type="submit" title="Stop the worker, keep the state" { "Stop" }
+                @if info.pid.is_some() {
+                    form method="post" action={ "/sessions/" (handle) "/stop" }
+                        onsubmit={ "return confirm('Stop the worker of session " (handle) "? Its state is kept; its next request starts a new worker.')" } {
+                        button type="submit" title="Stop the worker, keep the state" { "Stop" }
+                    }
                 }
                 form method="post" action={ "/sessions/" (handle) "/end" }
                     onsubmit={ "return confirm('End session " (handle) "? Its worker stops and its state is deleted.')" } {

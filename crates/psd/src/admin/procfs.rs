@@ -8,28 +8,25 @@ pub(crate) struct Usage {
 }
 
 /// The usage of process `pid`, or `None` if it is gone (or `/proc` is not
-/// there).
+/// there). One file read: listing 10,000 sessions reads 10,000 of them.
 pub(crate) fn usage(pid: u32) -> Option<Usage> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let ticks = cpu_ticks(&stat)?;
+    let (ticks, resident_pages) = parse_stat(&stat)?;
     Some(Usage {
         rss_bytes: resident_pages * page_size(),
         cpu_seconds: ticks as f64 / clock_ticks_per_second() as f64,
     })
 }
 
-/// `utime + stime` from a `/proc/PID/stat` line. The command name (field 2)
-/// is in parentheses and may hold spaces and parentheses itself: the fields
-/// are counted from the last `)`.
-fn cpu_ticks(stat: &str) -> Option<u64> {
+/// `utime + stime` (clock ticks) and `rss` (pages) from a `/proc/PID/stat`
+/// line. The command name (field 2) is in parentheses and may hold spaces
+/// and parentheses itself: the fields are counted from the last `)`.
+fn parse_stat(stat: &str) -> Option<(u64, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
-    // After the name: state is field 3; utime and stime are fields 14 and 15.
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    // After the name: state is field 3; utime, stime are 14 and 15, rss 24.
+    let fields: Vec<&str> = rest.split_whitespace().take(22).collect();
+    let number = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
+    Some((number(14)? + number(15)?, number(24)?))
 }
 
 fn page_size() -> u64 {
@@ -51,10 +48,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_time_is_read_after_the_command_name() {
+    fn cpu_time_and_memory_are_read_after_the_command_name() {
         let line = "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
-                    250 30 0 0 20 0 1 0 123 1000 50";
-        assert_eq!(cpu_ticks(line), Some(280));
+                    250 30 0 0 20 0 1 0 123 1000 50 18446744073709551615";
+        assert_eq!(parse_stat(line), Some((280, 50)));
     }
 
     #[test]

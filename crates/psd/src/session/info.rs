@@ -41,6 +41,11 @@ impl AppKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The identity as a stored record names it.
+    pub(crate) fn from_stored(name: &str) -> AppKey {
+        AppKey(name.into())
+    }
 }
 
 impl fmt::Display for AppKey {

@@ -571,6 +571,24 @@ impl Registry {
         all
     }
 
+    /// The session named by `handle`, with its state space.
+    pub(crate) fn one_with_space(
+        &self,
+        handle: &str,
+    ) -> Option<(SessionInfo, crate::store::Space)> {
+        let sessions = self.sessions.lock().expect("registry lock");
+        sessions.iter().find_map(|(app, entries)| {
+            let (key, entry) = entries
+                .iter()
+                .find(|(_, e)| e.record.handle.as_str() == handle)?;
+            let space = crate::store::Space::Session {
+                app: app.as_str().into(),
+                key: key.to_string(),
+            };
+            Some((entry.info(), space))
+        })
+    }
+
     /// This node's name (`NodeName`).
     pub(crate) fn node(&self) -> &str {
         &self.node

@@ -290,6 +290,10 @@ impl Store for Embedded {
         self.write(move |kv| ops::retain_apps(kv, &apps))
     }
 
+    fn sessions(&self) -> BoxFuture<'static, Result<Vec<SessionRecord>, StoreError>> {
+        self.read(ops::sessions)
+    }
+
     fn value(
         &self,
         space: &Space,
@@ -302,6 +306,10 @@ impl Store for Embedded {
     fn keys(&self, space: &Space) -> BoxFuture<'static, Result<Vec<(String, u64)>, StoreError>> {
         let space = space.clone();
         self.read(move |kv| ops::keys(kv, &space))
+    }
+
+    fn sizes(&self, spaces: Vec<Space>) -> BoxFuture<'static, Result<Vec<u64>, StoreError>> {
+        self.read(move |kv| spaces.iter().map(|space| ops::size(kv, space)).collect())
     }
 
     fn put(

@@ -84,6 +84,10 @@ impl Store for Memory {
         self.with(|m| ops::retain_apps(m, &apps))
     }
 
+    fn sessions(&self) -> BoxFuture<'static, Result<Vec<SessionRecord>, StoreError>> {
+        self.with(|m| ops::sessions(m))
+    }
+
     fn value(
         &self,
         space: &Space,
@@ -94,6 +98,10 @@ impl Store for Memory {
 
     fn keys(&self, space: &Space) -> BoxFuture<'static, Result<Vec<(String, u64)>, StoreError>> {
         self.with(|m| ops::keys(m, space))
+    }
+
+    fn sizes(&self, spaces: Vec<Space>) -> BoxFuture<'static, Result<Vec<u64>, StoreError>> {
+        self.with(|m| spaces.iter().map(|space| ops::size(m, space)).collect())
     }
 
     fn put(

@@ -184,6 +184,10 @@ pub trait Store: Send + Sync + 'static {
     /// any more.
     fn forget(&self, app: &str, key: &str) -> Answer<()>;
 
+    /// Every session record, in no particular order (the admin API lists
+    /// the sessions that are only in the store). Unreadable ones are left out.
+    fn sessions(&self) -> Answer<Vec<SessionRecord>>;
+
     /// Deletes every session past its lifetime at `now`; returns how many.
     fn purge_expired(&self, now: u64) -> Answer<usize>;
 
@@ -212,6 +216,22 @@ pub trait Store: Send + Sync + 'static {
     /// Adds `n` to a decimal integer value (0 when absent), atomically;
     /// the outcome and the new number.
     fn add(&self, space: &Space, key: &str, n: i64, limit: u64) -> Answer<(Written, i64)>;
+
+    /// The bytes of values in each space, in order: what the admin API
+    /// shows for many sessions at once. Stores that can read them in one
+    /// go (one transaction) do.
+    fn sizes(&self, spaces: Vec<Space>) -> Answer<Vec<u64>> {
+        use futures_util::StreamExt as _;
+        let reads: Vec<_> = spaces.iter().map(|space| self.keys(space)).collect();
+        Box::pin(async move {
+            let mut sizes = Vec::with_capacity(reads.len());
+            let mut answers = futures_util::stream::iter(reads).buffered(64);
+            while let Some(keys) = answers.next().await {
+                sizes.push(keys?.iter().map(|(_, size)| size).sum());
+            }
+            Ok(sizes)
+        })
+    }
 
     /// Finishes the writes queued so far and lets go of the store (its file,
     /// its connection); everything after fails with [`StoreError::Closed`].
@@ -276,7 +296,10 @@ mod tests {
         let mut later = record("a", "x", 200);
         later.last_active = 50;
         store.save(later.clone()).await.unwrap();
-        assert_eq!(store.session("a", "x").await.unwrap(), Some(later));
+        assert_eq!(store.session("a", "x").await.unwrap(), Some(later.clone()));
+        let mut all = store.sessions().await.unwrap();
+        all.sort_by(|x, y| x.app.cmp(&y.app));
+        assert_eq!(all, vec![later, record("b", "x", 300)], "every record");
         assert_eq!(store.purge_expired(250).await.unwrap(), 1);
         store.save(record("gone", "y", u64::MAX)).await.unwrap();
         assert_eq!(
@@ -381,6 +404,20 @@ mod tests {
                 Written::Created(_)
             ),
             "its bytes are free again"
+        );
+        let keys = store.keys(&mine).await.unwrap();
+        let total: u64 = keys.iter().map(|(_, n)| n).sum();
+        let nobody = Space::Session {
+            app: "a".into(),
+            key: "nobody".into(),
+        };
+        assert_eq!(
+            store
+                .sizes(vec![mine.clone(), nobody, shared.clone()])
+                .await
+                .unwrap(),
+            vec![total, 0, store.keys(&shared).await.unwrap()[0].1],
+            "sizes of many spaces at once, in order"
         );
         store.forget("a", "x").await.unwrap();
         assert_eq!(

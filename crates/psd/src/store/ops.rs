@@ -110,6 +110,14 @@ fn forget_where(
     Ok(doomed.len())
 }
 
+pub(super) fn sessions(kv: &impl KvRead) -> Result<Vec<SessionRecord>, StoreError> {
+    Ok(kv
+        .scan("r\0")?
+        .iter()
+        .filter_map(|(_, bytes)| serde_json::from_slice(bytes).ok())
+        .collect())
+}
+
 pub(super) fn purge_expired(kv: &mut impl Kv, now: u64) -> Result<usize, StoreError> {
     forget_where(kv, |r| r.expired_at(now))
 }
@@ -141,6 +149,11 @@ pub(super) fn keys(kv: &impl KvRead, space: &Space) -> Result<Vec<(String, u64)>
             )
         })
         .collect())
+}
+
+/// The bytes of all values in a space.
+pub(super) fn size(kv: &impl KvRead, space: &Space) -> Result<u64, StoreError> {
+    Ok(keys(kv, space)?.iter().map(|(_, size)| size).sum())
 }
 
 fn check(current: Option<&Value>, when: Condition) -> bool {

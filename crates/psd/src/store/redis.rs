@@ -387,6 +387,23 @@ impl Store for Redis {
         })
     }
 
+    fn sessions(&self) -> BoxFuture<'static, Result<Vec<SessionRecord>, StoreError>> {
+        self.read(move |shared, mut conn| {
+            Box::pin(async move {
+                let all: Vec<Vec<u8>> = shared.answered(
+                    redis::cmd("HVALS")
+                        .arg(RECORDS)
+                        .query_async(&mut conn)
+                        .await,
+                )?;
+                Ok(all
+                    .iter()
+                    .filter_map(|json| serde_json::from_slice(json).ok())
+                    .collect())
+            })
+        })
+    }
+
     fn retain_apps(&self, apps: Vec<String>) -> BoxFuture<'static, Result<usize, StoreError>> {
         self.write(move |shared, mut conn| {
             Box::pin(async move {
