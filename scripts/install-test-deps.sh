@@ -33,6 +33,8 @@ command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 # with Prometheus' own promtool.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v promtool >/dev/null || need_apt+=(prometheus)
+# htpasswd files for AuthUserFile, made by Apache's own tool.
+command -v htpasswd >/dev/null || need_apt+=(apache2-utils)
 
 . "$(dirname "$0")/apt-install.sh"
 apt_install "${need_apt[@]}"

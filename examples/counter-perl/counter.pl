@@ -27,5 +27,6 @@ while ($request->Accept() >= 0) {
       " session=$ENV{PSD_SESSION_ID} script=$ENV{SCRIPT_NAME} path=$ENV{PATH_INFO}",
       " remote=$ENV{REMOTE_ADDR} access=$ENV{PSD_ACCESS}",
       " scheme=$ENV{REQUEST_SCHEME} https=", ($ENV{HTTPS} // 'off'), " host=$ENV{SERVER_NAME}:$ENV{SERVER_PORT} uid=$<",
-      " state=", ($ENV{PSD_STATE_URL} // ''), " shared=", ($ENV{PSD_SHARED_URL} // ''), "\n";
+      " state=", ($ENV{PSD_STATE_URL} // ''), " shared=", ($ENV{PSD_SHARED_URL} // ''),
+      " user=", ($ENV{REMOTE_USER} // '-'), " authorization=", ($ENV{HTTP_AUTHORIZATION} ? 'passed' : '-'), "\n";
 }

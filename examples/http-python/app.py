@@ -43,7 +43,8 @@ class Handler(BaseHTTPRequestHandler):
             f"pid={os.getpid()} count={count} path={url.path} "
             f"session={h.get('X-Psd-Session-Id')} access={h.get('X-Psd-Access')} "
             f"xff={h.get('X-Forwarded-For')} proto={h.get('X-Forwarded-Proto')} "
-            f"host={h.get('X-Forwarded-Host')} prefix={h.get('X-Forwarded-Prefix')}\n"
+            f"host={h.get('X-Forwarded-Host')} prefix={h.get('X-Forwarded-Prefix')} "
+            f"user={h.get('X-Remote-User')} groups={h.get('X-Remote-Groups')}\n"
         ).encode()
         self.reply(200, body)
 

@@ -44,6 +44,7 @@ fn bench(c: &mut Criterion) {
         path: "/page",
         client,
         params: &[],
+        user: None,
     };
 
     let cookie = key("cookie psd_sid");

@@ -36,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
             last_active: now,
             expires: now + 86_400_000,
             node: "psd".into(),
+            user: None,
         });
         let space = Space::Session {
             app: app.into(),

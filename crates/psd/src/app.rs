@@ -296,6 +296,7 @@ pub struct Request {
     pub(crate) body: Bytes,
     pub(crate) params: Vec<(String, String)>,
     pub(crate) session_id: Arc<str>,
+    pub(crate) user: Option<Arc<str>>,
     pub(crate) access: Access,
     pub(crate) client: IpAddr,
     pub(crate) reply: oneshot::Sender<Response<Bytes>>,
@@ -326,6 +327,12 @@ impl Request {
     /// read-only id. Write this into links, never [`Session::id`].
     pub fn session_id(&self) -> &str {
         &self.session_id
+    }
+
+    /// The user the request authenticated as (`AuthType Basic`, or a
+    /// trusted proxy's `X-Remote-User`); a session only ever sees its own.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
     }
 
     /// Whether this request may change the session.

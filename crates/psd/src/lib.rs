@@ -27,6 +27,7 @@
 mod access_log;
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod body;
 pub mod config;
 mod connection;

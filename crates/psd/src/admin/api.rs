@@ -45,6 +45,7 @@ pub(super) struct SessionJson<'a> {
     handle: &'a str,
     app: &'a str,
     node: &'a str,
+    user: Option<&'a str>,
     state: &'static str,
     created: String,
     last_active: String,
@@ -71,6 +72,7 @@ impl View {
             handle: self.info.handle.as_str(),
             app: self.info.app.as_str(),
             node: self.stored_on.as_deref().unwrap_or(node),
+            user: self.info.user.as_deref(),
             state: self.info.state.as_str(),
             created: iso8601(self.info.created),
             last_active: iso8601(self.info.last_active),
@@ -232,6 +234,7 @@ fn dormant(record: &crate::store::SessionRecord) -> (SessionInfo, Space) {
         requests: 0,
         pid: None,
         client: std::net::Ipv4Addr::UNSPECIFIED.into(),
+        user: record.user.as_deref().map(std::sync::Arc::from),
     };
     let space = Space::Session {
         app: record.app.clone(),

@@ -324,6 +324,7 @@ fn details(s: &Value) -> String {
         ("handle", s["handle"].as_str().unwrap_or("").to_string()),
         ("app", s["app"].as_str().unwrap_or("").to_string()),
         ("node", s["node"].as_str().unwrap_or("").to_string()),
+        ("user", s["user"].as_str().unwrap_or("-").to_string()),
         ("state", s["state"].as_str().unwrap_or("").to_string()),
         ("created", s["created"].as_str().unwrap_or("").to_string()),
         (

@@ -404,7 +404,7 @@ fn session_row(view: &View) -> Markup {
     html! {
         tr data-handle=(handle) {
             td { code { (handle) } }
-            td title=(info.app.as_str()) { (prefix) }
+            td title=(info.app.as_str()) { (prefix) @if let Some(user) = &info.user { " " span.muted { "· " (user) } } }
             td { span.badge { i class={ "s-" (info.state.as_str()) } {} (info.state.as_str()) } }
             td.num.wide title=(api::iso8601(info.created)) { (format_duration(age)) }
             td.num title=(api::iso8601(info.last_active)) { (format_duration(idle)) }

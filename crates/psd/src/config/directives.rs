@@ -748,6 +748,98 @@ pub const DIRECTIVES: &[Directive] = &[
         }),
     },
     Directive {
+        name: "AuthType",
+        scope: Scope::Location,
+        reload: Reload::Requests,
+        syntax: "AuthType Basic",
+        default: "none",
+        help: "HTTP Basic authentication, as Apache's mod_auth_basic, checked before any session is looked up or created: no session, no worker for a client that has not authenticated. Needs AuthUserFile and a Require naming users.",
+        apply: Apply::Location(|l, a| {
+            match one(a)?.to_ascii_lowercase().as_str() {
+                "basic" => l.auth_basic = true,
+                "none" => l.auth_basic = false,
+                other => return Err(format!("'{other}': psd supports AuthType Basic")),
+            }
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "AuthName",
+        scope: Scope::Location,
+        reload: Reload::Requests,
+        syntax: "AuthName TEXT",
+        default: "the <Location> prefix",
+        help: "The realm a browser shows when it asks for a user name and password.",
+        apply: Apply::Location(|l, a| {
+            let name = one(a)?;
+            if name.contains(['"', '\\']) || name.chars().any(char::is_control) {
+                return Err("AuthName may not hold quotes, backslashes or control characters".into());
+            }
+            l.auth_name = Some(name.to_string());
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "AuthUserFile",
+        scope: Scope::Location,
+        reload: Reload::Requests,
+        syntax: "AuthUserFile FILE",
+        default: "none",
+        help: "An htpasswd file (`htpasswd -B`: bcrypt; `-5`/`-2`: SHA-512/SHA-256 crypt; `-m`: Apache MD5). Plaintext, unsalted SHA-1 and DES crypt lines are refused. Read again when it changes (checked at most once a second) and on SIGHUP; a broken new version is logged and the last good one kept.",
+        apply: Apply::Location(|l, a| {
+            l.auth_user_file = Some(PathBuf::from(one(a)?));
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "AuthForward",
+        scope: Scope::Location,
+        reload: Reload::Requests,
+        syntax: "AuthForward URL [HEADER…]",
+        default: "none",
+        help: "Forward authentication (nginx's auth_request, Traefik's ForwardAuth), before any session is touched: psd asks URL (http://HOST:PORT/PATH) with the request's method and headers, no body, plus X-Forwarded-Method, -Uri, -Host, -Proto, -For. A 2xx answer lets the request through, with the named HEADERs of that answer copied onto it (the client's own of those names are dropped); its X-Remote-User, Remote-User, X-Auth-Request-User or X-Forwarded-User names the session's user. Any other answer goes back to the client as it is (an SSO's 302 to its login page, a 401). Not with AuthType or Require.",
+        apply: Apply::Location(|l, a| {
+            let (url, headers) = a.split_first().ok_or("expected URL [HEADER…]")?;
+            let uri: http::Uri = url.parse().map_err(|_| format!("'{url}' is not a URL"))?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                return Err(format!("'{url}': expected http://HOST:PORT/PATH"));
+            }
+            for h in headers {
+                http::HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| format!("'{h}' is not a header name"))?;
+            }
+            l.auth_forward = Some((url.to_string(), headers.to_vec()));
+            Ok(())
+        }),
+    },
+    Directive {
+        name: "Require",
+        scope: Scope::Location,
+        reload: Reload::Requests,
+        syntax: "Require valid-user|user NAME…|ip CIDR…",
+        default: "none",
+        help: "Who may reach the application; several Require lines: any one suffices (Apache's implicit RequireAny). `valid-user`: any user of AuthUserFile; `user NAME…`: those users only (others get 403); `ip CIDR…`: clients from these addresses, without credentials. Failed logins are limited per client address: after 10 within a minute, 429 with Retry-After until the minute is over.",
+        apply: Apply::Location(|l, a| {
+            let (kind, rest) = a.split_first().ok_or("expected valid-user, user NAME… or ip CIDR…")?;
+            let require = match kind.to_ascii_lowercase().as_str() {
+                "valid-user" if rest.is_empty() => super::Require::ValidUser,
+                "valid-user" => return Err("valid-user takes no arguments".into()),
+                "user" if !rest.is_empty() => super::Require::User(rest.to_vec()),
+                "ip" if !rest.is_empty() => super::Require::Ip(
+                    rest.iter().map(|c| c.parse()).collect::<Result<_, _>>()?,
+                ),
+                "user" | "ip" => return Err(format!("Require {kind} needs at least one value")),
+                other => {
+                    return Err(format!(
+                        "Require {other}: psd supports valid-user, user NAME… and ip CIDR…"
+                    ))
+                }
+            };
+            l.require.push(require);
+            Ok(())
+        }),
+    },
+    Directive {
         name: "ClientState",
         scope: Scope::Location,
         reload: Reload::Requests,

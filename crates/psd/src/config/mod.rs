@@ -68,6 +68,14 @@ pub struct Config {
     pub read_at_start: Vec<(&'static str, Vec<String>)>,
 }
 
+/// One `Require` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Require {
+    ValidUser,
+    User(Vec<String>),
+    Ip(Vec<Cidr>),
+}
+
 /// `LogFormat`: how the error log is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -174,6 +182,16 @@ pub struct LocationConfig {
     pub max_session_state: u64,
     /// `ClientState`: what clients may do with their state by URL.
     pub client_state: ClientState,
+    /// `AuthType Basic`.
+    pub auth_basic: bool,
+    /// `AuthName`: the realm.
+    pub auth_name: Option<String>,
+    /// `AuthUserFile`, resolved against ServerRoot.
+    pub auth_user_file: Option<PathBuf>,
+    /// `Require` lines: any one suffices.
+    pub require: Vec<Require>,
+    /// `AuthForward URL [HEADER…]`.
+    pub auth_forward: Option<(String, Vec<String>)>,
     pub set_env: Vec<(String, String)>,
     pub pass_env: Vec<String>,
     pub working_directory: Option<PathBuf>,
@@ -339,6 +357,11 @@ impl LocationConfig {
             resume_on_timeout: true,
             max_session_state: 10 * 1024 * 1024,
             client_state: ClientState::Off,
+            auth_basic: false,
+            auth_name: None,
+            auth_user_file: None,
+            require: vec![],
+            auth_forward: None,
             set_env: vec![],
             pass_env: vec![],
             working_directory: None,
@@ -535,6 +558,7 @@ impl Config {
             }
         }
         for location in &mut self.locations {
+            check_auth(location, &root, errors);
             match &mut location.handler {
                 None => errors.push(Error::new(
                     &at(&location.at),
@@ -764,6 +788,40 @@ fn host_matches(pattern: &str, name: &str) -> bool {
         Some((head, tail)) => {
             n.len() >= head.len() + tail.len() && n.starts_with(head) && n.ends_with(tail)
         }
+    }
+}
+
+/// `AuthType`, `AuthUserFile` and `Require` fit together, and the user
+/// file reads (its own `file:line` for each bad entry).
+fn check_auth(location: &mut LocationConfig, root: &Path, errors: &mut Vec<Error>) {
+    let here = at(&location.at);
+    let prefix = location.prefix.clone();
+    let names_users = location
+        .require
+        .iter()
+        .any(|r| matches!(r, Require::ValidUser | Require::User(_)));
+    if let Some(file) = &mut location.auth_user_file {
+        *file = root.join(&*file);
+        if let Err(problems) = crate::auth::UserFile::load(file) {
+            errors.extend(problems);
+        }
+    }
+    let mut problem =
+        |text: &str| errors.push(Error::new(&here, format!("<Location {prefix}>: {text}")));
+    if names_users && !location.auth_basic {
+        problem("Require valid-user / user needs AuthType Basic");
+    }
+    if location.auth_basic && location.auth_user_file.is_none() {
+        problem("AuthType Basic needs AuthUserFile");
+    }
+    if location.auth_basic && !names_users {
+        problem("AuthType Basic without Require valid-user or Require user: nobody would be asked to log in");
+    }
+    if !location.auth_basic && location.auth_user_file.is_some() {
+        problem("AuthUserFile without AuthType Basic");
+    }
+    if location.auth_forward.is_some() && (location.auth_basic || !location.require.is_empty()) {
+        problem("AuthForward decides alone: not with AuthType or Require");
     }
 }
 

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST, LOCATION, SET_COOKIE};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, LOCATION, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tokio::sync::oneshot;
 
 use super::{own_urls, Mount, Shared};
 use crate::access_log::{self, AccessLog};
+use crate::auth::Verdict;
 use crate::body::{self, Body, BoxError};
 use crate::config;
 use crate::error::{Error, Side};
@@ -163,6 +164,52 @@ where
             Err(_) => return Error::BadRequest("unparsable path".into()).to_response(),
         }
     }
+    // Only a trusted proxy may say who the user is (nginx auth_request, an
+    // SSO proxy); psd says it to workers.
+    let proxy_user: Option<Arc<str>> = match trusted.iter().any(|c| c.contains(conn.remote.ip())) {
+        true => request
+            .headers()
+            .get(X_REMOTE_USER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|u| !u.is_empty() && !u.contains(':'))
+            .map(Arc::from),
+        false => {
+            request.headers_mut().remove(X_REMOTE_USER);
+            None
+        }
+    };
+    // Access control comes before any session is looked up or created.
+    let user: Option<Arc<str>> = match &mount.gate {
+        None => proxy_user,
+        Some(gate) => {
+            let (mut head, body) = request.into_parts();
+            // Boxed: only locations with access control pay for its future.
+            let https = forwarded.https.unwrap_or(conn.https);
+            let verdict = Box::pin(gate.check(client, &head, https)).await;
+            let user = match verdict {
+                Verdict::Allow(user) => {
+                    if user.is_some() {
+                        // The password is psd's business, not the worker's.
+                        head.headers.remove(AUTHORIZATION);
+                    }
+                    user
+                }
+                Verdict::Forwarded(user, copied) => {
+                    for (name, _) in &copied {
+                        head.headers.remove(name);
+                    }
+                    for (name, value) in copied {
+                        head.headers.append(name, value);
+                    }
+                    user
+                }
+                Verdict::Answer(answer) => return answer,
+                verdict => return refused(gate, verdict),
+            };
+            request = Request::from_parts(head, body);
+            user
+        }
+    };
     let view = View {
         https: forwarded.https.unwrap_or(conn.https),
         host: forwarded.host.or(host_header).map(Arc::from),
@@ -179,11 +226,27 @@ where
         let own = under.strip_prefix("/.psd/").and_then(|r| r.split_once('/'));
         if let Some((space @ ("state" | "shared"), key)) = own {
             let key = key.to_string();
-            let answer = own_urls::state(shared, mount, request, space == "shared", &key, client);
+            let answer = own_urls::state(
+                shared,
+                mount,
+                request,
+                space == "shared",
+                &key,
+                client,
+                user.as_deref(),
+            );
             // Boxed: rare, and it would size every request's future.
             return Box::pin(answer).await;
         }
-        return own_urls::answer(shared, mount, &request, &under, client, &view);
+        return own_urls::answer(
+            shared,
+            mount,
+            &request,
+            &under,
+            client,
+            user.as_deref(),
+            &view,
+        );
     }
     // A script-per-file server runs the script the path names, or nothing.
     let script = match &location.document_root {
@@ -253,6 +316,7 @@ where
         path: &under,
         client,
         params: &params,
+        user: user.as_deref(),
     };
     let target = match shared.registry.resolve(&mount.app, location, &hit).await {
         Ok(target) => target,
@@ -276,7 +340,7 @@ where
     let (reply, answer) = oneshot::channel();
     let job = Job {
         request: Request::from_parts(parts, body),
-        meta: meta(mount, &target, client, conn, &view, script),
+        meta: meta(mount, &target, client, conn, &view, script, user),
         reply,
     };
     trace.session = Some(target.handle);
@@ -296,6 +360,47 @@ where
     response
 }
 
+/// The header a trusted proxy (or psd, to an http worker) names the user in.
+const X_REMOTE_USER: &str = "x-remote-user";
+
+/// The answer to a request the gate did not let through.
+fn refused(gate: &crate::auth::Gate, verdict: Verdict) -> Response<Body> {
+    let (status, text) = match verdict {
+        Verdict::Challenge => (StatusCode::UNAUTHORIZED, "Unauthorized: log in first\n"),
+        Verdict::Throttled(_) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too Many Requests: too many failed logins from your address; try again later\n",
+        ),
+        Verdict::Unavailable => (
+            StatusCode::BAD_GATEWAY,
+            "Bad Gateway: the authentication service did not answer\n",
+        ),
+        _ => (StatusCode::FORBIDDEN, "Forbidden\n"),
+    };
+    let mut response = Response::new(body::full(text));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    match verdict {
+        Verdict::Challenge => {
+            if let Ok(v) = HeaderValue::from_str(&gate.challenge()) {
+                headers.insert(http::header::WWW_AUTHENTICATE, v);
+            }
+        }
+        Verdict::Throttled(wait) => {
+            headers.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs().max(1)),
+            );
+        }
+        _ => {}
+    }
+    response
+}
+
 /// What the worker learns about a request besides the request itself.
 fn meta(
     mount: &Mount,
@@ -304,6 +409,7 @@ fn meta(
     conn: ConnInfo,
     view: &View,
     script: Option<Arc<crate::worker::script::Script>>,
+    user: Option<Arc<str>>,
 ) -> RequestMeta {
     RequestMeta {
         script,
@@ -321,6 +427,7 @@ fn meta(
         session_id: target.token.clone(),
         access: target.access,
         session_param: mount.config.mapper.query_name().map(Arc::from),
+        user,
     }
 }
 

@@ -102,6 +102,8 @@ pub(crate) struct Mount {
     pub document_root: Arc<str>,
     /// Its counters for `/metrics`.
     pub metrics: Arc<AppMetrics>,
+    /// Its access control (`AuthType`, `Require`), if any.
+    pub gate: Option<Arc<crate::auth::Gate>>,
 }
 
 /// Everything derived from one configuration; a reload swaps it whole.
@@ -133,6 +135,7 @@ impl Routing {
             })
             .map(|(app, l)| Mount {
                 metrics: metrics.app(&app),
+                gate: crate::auth::Gate::of(l),
                 app,
                 config: Arc::new(l.clone()),
                 prefix: if l.prefix == "/" {

@@ -33,6 +33,7 @@ pub(super) async fn state<B>(
     shared_space: bool,
     key: &str,
     client: IpAddr,
+    user: Option<&str>,
 ) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -44,13 +45,17 @@ where
     }
     let ids = &shared.registry.ids;
     let app = mount.app.as_str();
-    let mapped = session_at_root(shared, mount, &request, client);
+    let mapped = session_at_root(shared, mount, &request, client, user);
     let Some((session_key, presented)) = mapped.and_then(|m| Some((m.key, m.presented?))) else {
         return Error::NotFound.to_response();
     };
     let store = &*shared.registry.store;
-    let known =
-        ids.in_use(&presented.id) || matches!(store.session(app, &session_key).await, Ok(Some(_)));
+    // An id in use is some user's session; under AuthType, it must be this user's.
+    let live = match user {
+        None => ids.in_use(&presented.id),
+        Some(_) => shared.registry.has(&mount.app, &session_key),
+    };
+    let known = live || matches!(store.session(app, &session_key).await, Ok(Some(_)));
     if !known {
         return Error::NotFound.to_response();
     }
@@ -89,6 +94,7 @@ fn session_at_root<B>(
     mount: &Mount,
     request: &Request<B>,
     client: IpAddr,
+    user: Option<&str>,
 ) -> Option<Mapped> {
     let params = mapper::params(request.uri().query(), None);
     let hit = Hit {
@@ -98,9 +104,15 @@ fn session_at_root<B>(
         path: "/",
         client,
         params: &params,
+        user,
     };
-    let ids = Ids::new(&shared.registry.ids, mount.app.as_str());
-    mount.config.mapper.get_session_id_from_hit(&hit, &ids)
+    let scope = mapper::id_scope(mount.app.as_str(), user);
+    let ids = Ids::new(&shared.registry.ids, &scope);
+    mount
+        .config
+        .mapper
+        .get_session_id_from_hit(&hit, &ids)
+        .map(|m| m.for_user(user))
 }
 
 /// 404 with a sentence that says why.
@@ -120,19 +132,21 @@ pub(super) fn answer<B>(
     request: &Request<B>,
     under: &str,
     client: IpAddr,
+    user: Option<&str>,
     view: &View,
 ) -> Response<Body> {
     let mapper = &*mount.config.mapper;
     let ids = &shared.registry.ids;
-    let app = mount.app.as_str();
+    let scope = mapper::id_scope(mount.app.as_str(), user);
+    let app = &*scope;
     let params = mapper::params(request.uri().query(), None);
     let base = format!("{}/", view.script_name);
     match under {
         "/.psd/share" => {
             // Sharing is of the id: with `path` parts, the read-only id
             // reaches every path's session of it, as the read-write id does.
-            let presented =
-                session_at_root(shared, mount, request, client).and_then(|mapped| mapped.presented);
+            let presented = session_at_root(shared, mount, request, client, user)
+                .and_then(|mapped| mapped.presented);
             let read_only = match presented {
                 Some(p) if p.access == Access::ReadOnly => return Error::ReadOnly.to_response(),
                 Some(p) => ids.share(app, &p.id),

@@ -38,6 +38,9 @@ pub struct Hit<'a> {
     pub client: IpAddr,
     /// Query parameters, then urlencoded form fields if the mapper asked for them.
     pub params: &'a [(String, String)],
+    /// The user the request authenticated as (`AuthType`), if any: a
+    /// session belongs to its user, and no other user's request reaches it.
+    pub user: Option<&'a str>,
 }
 
 /// What a verified id allows.
@@ -76,6 +79,33 @@ pub struct Mapped {
     pub presented: Option<Presented>,
 }
 
+impl Mapped {
+    /// The key in `user`'s own key space: under `AuthType`, sessions
+    /// belong to a user, and another user's request with the same id (or
+    /// address, or path) maps to a session of its own.
+    pub(crate) fn for_user(mut self, user: Option<&str>) -> Mapped {
+        if let Some(user) = user {
+            self.key = user_key(user, &self.key);
+        }
+        self
+    }
+}
+
+/// What an application's ids are signed for: the application, and under
+/// `AuthType` its user too, so that one user's id does not verify for
+/// another (no id of a session is ever reused across users).
+pub(crate) fn id_scope<'a>(app: &'a str, user: Option<&str>) -> std::borrow::Cow<'a, str> {
+    match user {
+        None => std::borrow::Cow::Borrowed(app),
+        Some(user) => std::borrow::Cow::Owned(format!("{app}\0user={user}")),
+    }
+}
+
+/// `user:key`: user names never hold `:` (htpasswd's separator).
+fn user_key(user: &str, key: &str) -> String {
+    format!("{user}:{key}")
+}
+
 /// A new session for a request that named none.
 #[derive(Debug, Clone)]
 pub struct Assigned {
@@ -86,6 +116,16 @@ pub struct Assigned {
     pub cookie: Option<String>,
     /// Answer `303 See Other` to the same URL with this parameter added.
     pub query: Option<String>,
+}
+
+impl Assigned {
+    /// See [`Mapped::for_user`].
+    pub(crate) fn for_user(mut self, user: Option<&str>) -> Assigned {
+        if let Some(user) = user {
+            self.key = user_key(user, &self.key);
+        }
+        self
+    }
 }
 
 /// Issues and verifies the ids of one application for a mapper; backed

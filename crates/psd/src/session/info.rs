@@ -143,6 +143,8 @@ pub struct SessionInfo {
     /// When its last request ended (or it was created).
     pub last_active: SystemTime,
     pub requests: u64,
+    /// The user it belongs to (`AuthType`), if any.
+    pub user: Option<Arc<str>>,
     /// The worker process, while one runs.
     pub pid: Option<u32>,
     /// The address that created it.
@@ -167,6 +169,8 @@ pub(crate) struct Record {
     pub app: AppKey,
     pub created: SystemTime,
     pub client: IpAddr,
+    /// The user it belongs to (`AuthType`, a trusted proxy's `X-Remote-User`).
+    pub user: Option<Arc<str>>,
     now: Mutex<Now>,
 }
 
@@ -188,12 +192,14 @@ impl Record {
         client: IpAddr,
         phase: Phase,
         created: SystemTime,
+        user: Option<Arc<str>>,
     ) -> Arc<Record> {
         Arc::new(Record {
             handle: Handle::of(app, key),
             app: app.clone(),
             created,
             client,
+            user,
             now: Mutex::new(Now {
                 phase,
                 pid: None,
@@ -247,6 +253,7 @@ impl Record {
             last_active: unix_ms(last_active),
             expires: unix_ms(self.created + lifetime),
             node: node.into(),
+            user: self.user.as_deref().map(String::from),
         }
     }
 

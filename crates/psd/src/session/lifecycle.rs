@@ -536,6 +536,7 @@ mod tests {
                 "127.0.0.1".parse().unwrap(),
                 super::Phase::Dormant,
                 std::time::SystemTime::now(),
+                None,
             ),
             app,
             serial: 0,

@@ -171,6 +171,7 @@ impl Entry {
             requests,
             pid,
             client: self.record.client,
+            user: self.record.user.clone(),
         }
     }
 }
@@ -187,6 +188,8 @@ struct New {
     /// Whether it existed before (the directory found it).
     resumed: bool,
     assigned: Option<Assigned>,
+    /// The user it belongs to.
+    user: Option<Arc<str>>,
 }
 
 /// A session key as the registry keeps it: the id's own allocation when it
@@ -258,8 +261,12 @@ impl Registry {
         location: &Arc<LocationConfig>,
         hit: &Hit<'_>,
     ) -> Result<Target, Error> {
-        let ids = Ids::new(&self.ids, app.as_str());
-        let mapped = location.mapper.get_session_id_from_hit(hit, &ids);
+        let scope = crate::mapper::id_scope(app.as_str(), hit.user);
+        let ids = Ids::new(&self.ids, &scope);
+        let mapped = location
+            .mapper
+            .get_session_id_from_hit(hit, &ids)
+            .map(|m| m.for_user(hit.user));
         if let Some(target) = mapped.as_ref().and_then(|m| self.find(app, m)) {
             return Ok(target);
         }
@@ -304,13 +311,18 @@ impl Registry {
                         created,
                         resumed: true,
                         assigned: None,
+                        user: hit.user.map(Arc::from),
                     },
                 );
             }
         }
         let assigned = location
             .mapper
-            .assign_session_id(hit, &Ids::new(&self.ids, app.as_str()));
+            .assign_session_id(
+                hit,
+                &Ids::new(&self.ids, &crate::mapper::id_scope(app.as_str(), hit.user)),
+            )
+            .for_user(hit.user);
         self.create(
             app,
             location,
@@ -322,6 +334,7 @@ impl Registry {
                 created: SystemTime::now(),
                 resumed: false,
                 assigned: Some(assigned),
+                user: hit.user.map(Arc::from),
             },
         )
     }
@@ -352,7 +365,7 @@ impl Registry {
             Some(Handler::InProcess(_)) => Phase::Running,
             _ => Phase::Dormant,
         };
-        let record = Record::new(app, &new.key, client, phase, new.created);
+        let record = Record::new(app, &new.key, client, phase, new.created, new.user);
         let handle = record.handle;
         if new.resumed {
             record.mark_stored();
@@ -587,6 +600,12 @@ impl Registry {
             };
             Some((entry.info(), space))
         })
+    }
+
+    /// Whether a session with `key` of `app` is in memory.
+    pub(crate) fn has(&self, app: &AppKey, key: &str) -> bool {
+        let sessions = self.sessions.lock().expect("registry lock");
+        sessions.get(app).is_some_and(|m| m.contains_key(key))
     }
 
     /// This node's name (`NodeName`).

@@ -38,6 +38,7 @@ pub(crate) fn in_process_task(
         "127.0.0.1".parse().unwrap(),
         info::Phase::Running,
         std::time::SystemTime::now(),
+        None,
     );
     let link = StateLink {
         registry,
@@ -66,6 +67,7 @@ impl Parts {
             path: &self.path,
             client: "127.0.0.1".parse().unwrap(),
             params,
+            user: None,
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct SessionRecord {
     pub expires: u64,
     /// The `NodeName` of the psd that last ran it.
     pub node: String,
+    /// The user it belongs to (`AuthType`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl SessionRecord {
@@ -276,6 +279,7 @@ mod tests {
             last_active: 2,
             expires,
             node: "n".into(),
+            user: None,
         }
     }
 

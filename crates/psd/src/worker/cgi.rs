@@ -94,6 +94,9 @@ pub fn params(parts: &Parts, meta: &RequestMeta, worker: &[(&str, std::sync::Arc
         }
     }
     put("PSD_SESSION_ID", meta.session_id.as_bytes());
+    if let Some(user) = meta.user.as_deref() {
+        put("REMOTE_USER", user.as_bytes());
+    }
     put("PSD_APP", meta.app.as_bytes());
     put("PSD_ACCESS", meta.access.as_str().as_bytes());
     if let Some(param) = &meta.session_param {

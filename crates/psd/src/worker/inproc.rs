@@ -136,6 +136,7 @@ impl Task {
             headers: parts.headers,
             body,
             session_id: meta.session_id.clone(),
+            user: meta.user.clone(),
             access: meta.access,
             client: meta.client,
             reply,

@@ -73,6 +73,9 @@ pub(crate) struct RequestMeta {
     pub access: Access,
     /// The query parameter that carries ids, for workers that write links.
     pub session_param: Option<Arc<str>>,
+    /// The authenticated user (`AuthType`, or a trusted proxy's
+    /// `X-Remote-User`): `REMOTE_USER`, `X-Remote-User`, `user`.
+    pub user: Option<Arc<str>>,
 }
 
 /// Everything a new worker is started with.

@@ -491,6 +491,9 @@ fn request_fields(parts: &http::request::Parts, meta: &RequestMeta) -> Map<Strin
     fields.insert("query".into(), json!(parts.uri.query().unwrap_or("")));
     fields.insert("headers".into(), Value::Array(headers));
     fields.insert("session".into(), json!(&*meta.session_id));
+    if let Some(user) = meta.user.as_deref() {
+        fields.insert("user".into(), json!(user));
+    }
     fields.insert("access".into(), json!(meta.access.as_str()));
     fields.insert("client".into(), json!(meta.client.to_string()));
     fields

@@ -43,7 +43,7 @@ pub(crate) fn is_hop_by_hop(name: &str) -> bool {
 }
 
 /// Headers a client may not send on to a worker: psd sets them.
-const SET_BY_PSD: [&str; 7] = [
+const SET_BY_PSD: [&str; 8] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
@@ -51,6 +51,7 @@ const SET_BY_PSD: [&str; 7] = [
     "forwarded",
     "x-psd-session-id",
     "x-psd-access",
+    "x-remote-user",
 ];
 
 /// A connection to the upstream, and whether it carried a request before.
@@ -249,6 +250,9 @@ pub(crate) fn forward<B>(
     }
     set("x-psd-session-id", &meta.session_id);
     set("x-psd-access", meta.access.as_str());
+    if let Some(user) = meta.user.as_deref() {
+        set("x-remote-user", user);
+    }
     if let Some(host) = meta.host.as_deref() {
         set("x-forwarded-host", host);
     }
@@ -521,6 +525,7 @@ mod tests {
             session_id: "ID".into(),
             access: crate::mapper::Access::ReadWrite,
             session_param: None,
+            user: None,
         };
         let out = forward(request, &meta, false, "127.0.0.1:4000");
         assert_eq!(out.uri(), "/x?y=1");
