@@ -35,6 +35,8 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 # htpasswd files for AuthUserFile, made by Apache's own tool.
 command -v htpasswd >/dev/null || need_apt+=(apache2-utils)
+# The login example's client scripts: Perl's LWP with HTTP::Cookies, Python's requests.
+perl -MLWP::UserAgent -MHTTP::Cookies -e1 2>/dev/null || need_apt+=(libwww-perl)
 
 . "$(dirname "$0")/apt-install.sh"
 apt_install "${need_apt[@]}"
@@ -43,3 +45,4 @@ python3 -c 'import flup' 2>/dev/null || python3 -m pip install -q 'flup>=1.0.3'
 python3 -c 'import websockets.asyncio.server' 2>/dev/null || python3 -m pip install -q 'websockets>=13'
 python3 -c 'import gunicorn' 2>/dev/null || python3 -m pip install -q 'gunicorn>=21'
 python3 -c 'import selenium' 2>/dev/null || python3 -m pip install -q 'selenium>=4.20'
+python3 -c 'import requests' 2>/dev/null || python3 -m pip install -q 'requests>=2.28'

@@ -357,7 +357,45 @@ where
     if let Some(cookie) = target.assigned.as_ref().and_then(|a| a.cookie.as_deref()) {
         set_cookie(&mut response, cookie, &target.token, &view);
     }
+    if response.headers_mut().remove(END_SESSION).is_some() {
+        return end_after(shared, mount, &target, &view, response);
+    }
     response
+}
+
+/// A worker's response header that ends its session once the response is
+/// sent (a logout): the worker stops, the state is deleted, the id names
+/// nothing, and the client's cookie is expired.
+const END_SESSION: &str = "x-psd-end-session";
+
+fn end_after(
+    shared: &Shared,
+    mount: &Mount,
+    target: &Target,
+    view: &View,
+    mut response: Response<Body>,
+) -> Response<Body> {
+    if target.access == Access::ReadOnly {
+        tracing::info!(session = %target.handle, "a read-only viewer's request asked to end the session: ignored");
+        return response;
+    }
+    if let Some(cookie) = mount.config.mapper.cookie_name() {
+        let expired = format!(
+            "{}; Max-Age=0",
+            mapper::set_cookie(cookie, "", view.cookie_path(), view.https)
+        );
+        if let Ok(v) = HeaderValue::from_str(&expired) {
+            response.headers_mut().append(SET_COOKIE, v);
+        }
+    }
+    let sessions = crate::Sessions::new(shared.registry.clone());
+    let handle = target.handle;
+    tracing::info!(session = %handle, "the worker ended its session (X-PSD-End-Session)");
+    let (parts, body) = response.into_parts();
+    let body = body::OnEnd::new(body, move |_| {
+        sessions.end(handle.as_str());
+    });
+    Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
 }
 
 /// The header a trusted proxy (or psd, to an http worker) names the user in.
