@@ -443,3 +443,17 @@ fn forward_auth_headers_reach_an_http_worker_and_a_dead_sso_is_502() {
     assert_eq!(r.status, 502, "{r:?}");
     assert!(r.body.contains("authentication service"), "{r:?}");
 }
+
+#[test]
+fn a_stdio_worker_gets_the_user_in_its_request() {
+    let dir = TempDir::new("auth-stdio");
+    let file = users_file(&dir);
+    let d = Daemon::start(&format!(
+        "<Location /s>\n  Worker stdio python3 {}\n  AuthType Basic\n  AuthUserFile {}\n  Require valid-user\n</Location>\n",
+        test_worker("stdio-test.py").display(),
+        file.display()
+    ));
+    let r = Client::anonymous().request(&d.url("/s/"), &["-u", "cy:cy-pw"]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.field("user").as_deref(), Some("cy"));
+}

@@ -538,3 +538,41 @@ async fn the_demo_page_works_in_chromium_at_desktop_and_phone_widths() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_session_knows_its_user() {
+    let dir = TempDir::new("inproc-user");
+    let users = dir.join("users");
+    let made = std::process::Command::new("htpasswd")
+        .args(["-c", "-b", "-B"])
+        .arg(&users)
+        .args(["ann", "ann-pw"])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let app = App::new(|mut session| async move {
+        while let Some(request) = session.next().await {
+            let user = request.user().unwrap_or("-").to_string();
+            request.respond(text(format!("user={user}")));
+        }
+    });
+    let mut location = LocationConfig::in_process("/", app);
+    location.auth_basic = true;
+    location.auth_user_file = Some(users);
+    location.require = vec![psd::config::Require::ValidUser];
+    let (base, stop, server) = serve(&dir, vec![location], 100).await;
+    let (anonymous, ann) = blocking(move || {
+        let url = format!("{base}/");
+        (
+            Client::anonymous().get(&url).status,
+            Client::anonymous()
+                .request(&url, &["-u", "ann:ann-pw"])
+                .body,
+        )
+    })
+    .await;
+    assert_eq!(anonymous, 401);
+    assert_eq!(ann, "user=ann");
+    drop(stop);
+    server.await.unwrap().unwrap();
+}

@@ -71,4 +71,4 @@ for line in sys.stdin:
         continue
     count += 1
     send({"id": msg["id"], "status": 200, "headers": [["Content-Type", "text/plain"]],
-          "body": f"pid={os.getpid()} count={count} path={path} session={msg['session']} access={msg['access']}\n"})
+          "body": f"pid={os.getpid()} count={count} path={path} session={msg['session']} access={msg['access']} user={msg.get('user', '-')}\n"})
