@@ -447,6 +447,10 @@ http {{
         return "\n".join(parts)
 
 
+# The rows, by the names --only takes, and the Bench method of each.
+ROWS = {"warm": "warm", "routed": "routed", "cgi": "cgi", "new": "new_sessions", "scale": "scale"}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -457,6 +461,9 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and durations; no results written")
     parser.add_argument("--no-install", action="store_true")
     args = parser.parse_args()
+    unknown = [name for name in args.only.split(",") if name not in ROWS]
+    if unknown:
+        parser.error(f"--only {','.join(unknown)}: no such row; the rows are {', '.join(ROWS)}")
     if args.smoke:
         args.rounds, args.seconds = 1, 1
     if not args.no_install:
@@ -464,8 +471,7 @@ def main():
     bench = Bench(args)
     try:
         bench.build()
-        rows = {"warm": bench.warm, "routed": bench.routed, "cgi": bench.cgi, "new": bench.new_sessions,
-                "scale": bench.scale}
+        rows = {name: getattr(bench, method) for name, method in ROWS.items()}
         with (contextlib.nullcontext(NoAutogroup.unchanged()) if args.smoke else NoAutogroup()) as autogroup:
             bench.autogroup = autogroup.state
             for name in args.only.split(","):
