@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the benchmarks need beyond the test suite's tools, idempotently:
 # spawn-fcgi (a FastCGI process manager), fcgiwrap (classic CGI behind nginx),
-# libfcgi-dev (to build the C worker), and the test dependencies (nginx, wrk…).
+# libfcgi-dev (to build the C worker), h2load (nghttp2-client: HTTP/2 load), and
+# the test dependencies (nginx, wrk…).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
@@ -10,5 +11,6 @@ command -v spawn-fcgi >/dev/null || need+=(spawn-fcgi)
 [ -x /usr/sbin/fcgiwrap ] || need+=(fcgiwrap)
 [ -f /usr/include/fcgiapp.h ] || need+=(libfcgi-dev)
 command -v gcc >/dev/null || need+=(gcc)
+command -v h2load >/dev/null || need+=(nghttp2-client)
 . scripts/apt-install.sh
 apt_install "${need[@]}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """psd against the proxies users would put in front of the same HTTP worker.
 
-    bench/proxies.py --rounds 3 --seconds 4 [--nginx-workers 1] [--psd PATH]
+    bench/proxies.py --rounds 3 --seconds 4 [--nginx-workers 1] [--psd PATH] [--tls]
 
 The same Rust http worker (examples/http-rust, `target/release/http-worker`)
 behind: nothing (direct, the limit), nginx `proxy_pass` with upstream
@@ -9,7 +9,11 @@ keep-alive, HAProxy (`mode http`, keep-alive), and psd (one session,
 `WorkerConcurrency 64`, its cookie on every request). wrk -t2 -c32 on each,
 the four alternating per round; medians, spread, p99, and the ratios psd /
 nginx and psd / HAProxy. `--psd` measures another psd binary (an experiment's
-build) in the same way. Loopback only.
+build) in the same way. With `--tls`, nginx and psd terminate TLS with the same
+self-signed certificate (`psd cert`) and three loads run on each: keep-alive
+HTTPS (wrk), a new TLS connection per request (wrk with `Connection: close`),
+and HTTP/2 (h2load, `-c32 -m10`, nghttp2-client); HAProxy and direct are left
+out. Loopback only.
 """
 import argparse
 import os
@@ -32,7 +36,10 @@ def main():
     parser.add_argument("--nginx-workers", default="1")
     parser.add_argument("--psd", default=str(ROOT / "target/release/psd"))
     parser.add_argument("--psd-b", help="a second psd binary (an experiment), alternating with the first")
+    parser.add_argument("--tls", action="store_true", help="HTTPS, new TLS connections and HTTP/2 rows")
     args = parser.parse_args()
+    if args.tls:
+        return tls_rows(args)
     subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "psd", "-p", "http-worker", "--bins"],
                    cwd=ROOT, check=True)
     work = Path(tempfile.mkdtemp(prefix="psd-proxies-"))
@@ -51,6 +58,9 @@ error_log {work}/nginx-error.log;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
+    # nginx closes a connection after 1000 requests by default (HTTP/2 too);
+    # h2load does not reconnect, and wrk pays a new TLS handshake: lifted.
+    keepalive_requests 1000000;
     upstream app {{ server 127.0.0.1:{worker_port}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{nginx_port};
@@ -139,6 +149,105 @@ LogLevel warn
         print(f"\n{name} / nginx = {med[name] / med['nginx']:.2f}; {name} / haproxy = {med[name] / med['haproxy']:.2f}")
     if args.psd_b:
         print(f"\npsd-b ({args.psd_b}) / psd ({args.psd}) = {med['psd-b'] / med['psd']:.3f}")
+
+
+def h2load(url, seconds, conns):
+    """HTTP/2 requests per second with h2load: (req/s, failed)."""
+    out = subprocess.run(["h2load", "-D", str(seconds), "-c", str(conns), "-m", "10", "-t", "2", url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    failed = int(re.search(r"(\d+) failed", out).group(1))
+    return rps, failed
+
+
+def tls_rows(args):
+    """nginx and psd terminating TLS in front of the same worker."""
+    subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "psd", "-p", "http-worker", "--bins"],
+                   cwd=ROOT, check=True)
+    work = Path(tempfile.mkdtemp(prefix="psd-proxies-tls-"))
+    subprocess.run([args.psd, "cert", "--host", "127.0.0.1", "--out", str(work)], check=True,
+                   capture_output=True)
+    cert, key = work / "cert.pem", work / "key.pem"
+    worker = ROOT / "target/release/http-worker"
+    worker_port = free_port()
+    procs = [Proc([str(worker)], env={**os.environ, "PORT": str(worker_port)}, stderr=subprocess.DEVNULL)]
+    wait_port(worker_port)
+    nginx_port = free_port()
+    user = "user root;" if os.geteuid() == 0 else ""
+    (work / "nginx.conf").write_text(f"""
+{user}
+worker_processes {args.nginx_workers};
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    # nginx closes a connection after 1000 requests by default (HTTP/2 too);
+    # h2load does not reconnect, and wrk pays a new TLS handshake: lifted.
+    keepalive_requests 1000000;
+    upstream app {{ server 127.0.0.1:{worker_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{nginx_port} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.3;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+""")
+    procs.append(Proc(["/usr/sbin/nginx", "-c", str(work / "nginx.conf"), "-p", f"{work}/", "-g", "daemon off;"],
+                      stderr=subprocess.DEVNULL))
+    psd_port = free_port()
+    (work / "psd.conf").write_text(f"""Listen 127.0.0.1:{psd_port} https
+SSLCertificateFile {cert}
+SSLCertificateKeyFile {key}
+DataDir {work}/data
+LogLevel warn
+<Location />
+    Worker http {worker}
+    WorkerConcurrency 64
+    SessionKey ip
+</Location>
+""")
+    procs.append(Proc([args.psd, "serve", "-c", str(work / "psd.conf")], stderr=open(work / "psd.log", "w")))
+    rows = {"HTTPS keep-alive (wrk)": {}, "new TLS connection per request (wrk)": {}, "HTTP/2 (h2load -m10)": {}}
+    try:
+        wait_port(nginx_port)
+        wait_port(psd_port)
+        # psd's session: by the client's address (wrk and h2load keep no cookies).
+        subprocess.run(["curl", "-sk", "-o", "/dev/null", f"https://127.0.0.1:{psd_port}/"], check=True)
+        systems = {"nginx": nginx_port, "psd": psd_port}
+        for row in rows.values():
+            for name in systems:
+                row[name] = []
+        for _ in range(args.rounds):
+            for name, port in systems.items():
+                url = f"https://127.0.0.1:{port}/"
+                r = wrk(url, args.conns, args.seconds)
+                rows["HTTPS keep-alive (wrk)"][name].append(r["rps"])
+                r = wrk(url, args.conns, args.seconds, headers=["Connection: close"])
+                rows["new TLS connection per request (wrk)"][name].append(r["rps"])
+                rps, failed = h2load(url, args.seconds, args.conns)
+                # With -D, requests still in flight when time is up count as failed.
+                assert failed <= args.conns * 10, (name, failed)
+                rows["HTTP/2 (h2load -m10)"][name].append(rps)
+    finally:
+        for p in reversed(procs):
+            p.__exit__(None, None, None)
+    print(f"# bench/proxies.py --tls --rounds {args.rounds} --seconds {args.seconds} --conns {args.conns} "
+          f"--nginx-workers {args.nginx_workers} --psd {args.psd}\n")
+    print("| load | nginx req/s | psd req/s | psd / nginx | rounds (nginx; psd) |")
+    print("| --- | --- | --- | --- | --- |")
+    for load, by in rows.items():
+        n, p = statistics.median(by["nginx"]), statistics.median(by["psd"])
+        rounds = ", ".join(f"{x:.0f}" for x in by["nginx"]) + "; " + ", ".join(f"{x:.0f}" for x in by["psd"])
+        print(f"| {load} | {n:,.0f} | {p:,.0f} | {p / n:.2f} | {rounds} |")
 
 
 if __name__ == "__main__":
