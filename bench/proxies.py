@@ -28,6 +28,49 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import ROOT, Proc, free_port, wait_port, wrk  # noqa: E402
 
 
+def build_and_start_worker():
+    """Builds psd and the Rust http worker; starts the worker on a free port."""
+    subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "psd", "-p", "http-worker", "--bins"],
+                   cwd=ROOT, check=True)
+    worker = ROOT / "target/release/http-worker"
+    port = free_port()
+    proc = Proc([str(worker)], env={**os.environ, "PORT": str(port)}, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return worker, port, [proc]
+
+
+def start_nginx(work, workers, worker_port, listen_extra, location_extra):
+    """nginx proxying to the worker with upstream keep-alive; `listen_extra`
+    ends its `listen` line (TLS), `location_extra` adds to its location."""
+    port = free_port()
+    user = "user root;" if os.geteuid() == 0 else ""
+    (work / "nginx.conf").write_text(f"""
+{user}
+worker_processes {workers};
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    # nginx closes a connection after 1000 requests by default (HTTP/2 too);
+    # h2load does not reconnect, and wrk pays a new TLS handshake: lifted.
+    keepalive_requests 1000000;
+    upstream app {{ server 127.0.0.1:{worker_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port}{listen_extra};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";{location_extra}
+        }}
+    }}
+}}
+""")
+    proc = Proc(["/usr/sbin/nginx", "-c", str(work / "nginx.conf"), "-p", f"{work}/", "-g", "daemon off;"],
+                stderr=subprocess.DEVNULL)
+    return proc, port
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -40,42 +83,12 @@ def main():
     args = parser.parse_args()
     if args.tls:
         return tls_rows(args)
-    subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "psd", "-p", "http-worker", "--bins"],
-                   cwd=ROOT, check=True)
     work = Path(tempfile.mkdtemp(prefix="psd-proxies-"))
-    worker = ROOT / "target/release/http-worker"
-    worker_port = free_port()
-    procs = [Proc([str(worker)], env={**os.environ, "PORT": str(worker_port)}, stderr=subprocess.DEVNULL)]
-    wait_port(worker_port)
-
-    nginx_port = free_port()
-    user = "user root;" if os.geteuid() == 0 else ""
-    (work / "nginx.conf").write_text(f"""
-{user}
-worker_processes {args.nginx_workers};
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    # nginx closes a connection after 1000 requests by default (HTTP/2 too);
-    # h2load does not reconnect, and wrk pays a new TLS handshake: lifted.
-    keepalive_requests 1000000;
-    upstream app {{ server 127.0.0.1:{worker_port}; keepalive 64; }}
-    server {{
-        listen 127.0.0.1:{nginx_port};
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
+    worker, worker_port, procs = build_and_start_worker()
+    nginx, nginx_port = start_nginx(work, args.nginx_workers, worker_port, "", """
             proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-        }}
-    }}
-}}
-""")
-    procs.append(Proc(["/usr/sbin/nginx", "-c", str(work / "nginx.conf"), "-p", f"{work}/", "-g", "daemon off;"],
-                      stderr=subprocess.DEVNULL))
+            proxy_set_header X-Forwarded-For $remote_addr;""")
+    procs.append(nginx)
 
     haproxy_port = free_port()
     (work / "haproxy.cfg").write_text(f"""
@@ -162,47 +175,18 @@ def h2load(url, seconds, conns):
 
 def tls_rows(args):
     """nginx and psd terminating TLS in front of the same worker."""
-    subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "psd", "-p", "http-worker", "--bins"],
-                   cwd=ROOT, check=True)
     work = Path(tempfile.mkdtemp(prefix="psd-proxies-tls-"))
+    worker, worker_port, procs = build_and_start_worker()
     subprocess.run([args.psd, "cert", "--host", "127.0.0.1", "--out", str(work)], check=True,
                    capture_output=True)
     cert, key = work / "cert.pem", work / "key.pem"
-    worker = ROOT / "target/release/http-worker"
-    worker_port = free_port()
-    procs = [Proc([str(worker)], env={**os.environ, "PORT": str(worker_port)}, stderr=subprocess.DEVNULL)]
-    wait_port(worker_port)
-    nginx_port = free_port()
-    user = "user root;" if os.geteuid() == 0 else ""
-    (work / "nginx.conf").write_text(f"""
-{user}
-worker_processes {args.nginx_workers};
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    # nginx closes a connection after 1000 requests by default (HTTP/2 too);
-    # h2load does not reconnect, and wrk pays a new TLS handshake: lifted.
-    keepalive_requests 1000000;
-    upstream app {{ server 127.0.0.1:{worker_port}; keepalive 64; }}
-    server {{
-        listen 127.0.0.1:{nginx_port} ssl http2;
+    nginx, nginx_port = start_nginx(work, args.nginx_workers, worker_port, f""" ssl http2;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.3;
         ssl_session_cache off;
-        ssl_session_tickets off;
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
-""")
-    procs.append(Proc(["/usr/sbin/nginx", "-c", str(work / "nginx.conf"), "-p", f"{work}/", "-g", "daemon off;"],
-                      stderr=subprocess.DEVNULL))
+        ssl_session_tickets off""", "")
+    procs.append(nginx)
     psd_port = free_port()
     (work / "psd.conf").write_text(f"""Listen 127.0.0.1:{psd_port} https
 SSLCertificateFile {cert}

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::body::{self, Body, Limited};
 use crate::config::{LocationConfig, Require};
-use crate::worker::upstream::{Address, Upstream};
+use crate::worker::upstream::{strip_hop_by_hop, Address, Upstream};
 
 /// Failed logins one address may make per [`FAILURE_WINDOW`]; past it, 429.
 const MAX_FAILURES: u32 = 10;
@@ -164,9 +164,8 @@ pub(crate) enum Verdict {
 
 /// One `<Location>`'s access control.
 pub(crate) struct Gate {
-    forward: Option<Forward>,
-    /// `AuthForward`'s URL, as written (even when it could not be used).
-    forward_url: Option<String>,
+    /// `AuthForward`, or why its URL cannot be used (its requests get 502).
+    forward: Option<Result<Forward, String>>,
     realm: String,
     require: Vec<Require>,
     path: Option<PathBuf>,
@@ -180,24 +179,20 @@ pub(crate) struct Gate {
 impl Gate {
     /// The gate of `location`, if it has any access control.
     pub fn of(location: &LocationConfig) -> Option<Arc<Gate>> {
-        let forward = location
-            .auth_forward
-            .as_ref()
-            .and_then(|(url, headers)| match Forward::new(url, headers) {
-                Ok(forward) => Some(forward),
-                Err(e) => {
-                    tracing::error!("AuthForward {url}: {e}; its requests get 502");
-                    None
-                }
-            });
-        if location.require.is_empty() && location.auth_forward.is_none() {
+        let forward = location.auth_forward.as_ref().map(|(url, headers)| {
+            Forward::new(url, headers).map_err(|e| {
+                let why = format!("AuthForward {url}: {e}");
+                tracing::error!("{why}; its requests get 502");
+                why
+            })
+        });
+        if location.require.is_empty() && forward.is_none() {
             return None;
         }
         let mut salt = [0u8; 16];
         let _ = getrandom::fill(&mut salt);
         let gate = Gate {
             forward,
-            forward_url: location.auth_forward.as_ref().map(|(url, _)| url.clone()),
             realm: location
                 .auth_name
                 .clone()
@@ -234,21 +229,17 @@ impl Gate {
     /// Checks a request from `client`: by `AuthForward`, or by its
     /// `Authorization` header and `Require`.
     pub async fn check(&self, client: IpAddr, head: &http::request::Parts, https: bool) -> Verdict {
-        if let Some(url) = self.forward_url() {
-            return match &self.forward {
-                Some(forward) => forward.ask(client, head, https).await,
-                None => {
-                    tracing::warn!("AuthForward {url} is not usable");
-                    Verdict::Unavailable
-                }
-            };
+        match &self.forward {
+            Some(Ok(forward)) => forward.ask(client, head, https).await,
+            Some(Err(why)) => {
+                tracing::warn!("{why}");
+                Verdict::Unavailable
+            }
+            None => {
+                let authorization = head.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes);
+                self.basic(client, authorization).await
+            }
         }
-        let authorization = head.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes);
-        self.basic(client, authorization).await
-    }
-
-    fn forward_url(&self) -> Option<&str> {
-        self.forward_url.as_deref()
     }
 
     async fn basic(&self, client: IpAddr, authorization: Option<&[u8]>) -> Verdict {
@@ -432,14 +423,12 @@ impl Forward {
             Err(_) => return Verdict::Unavailable,
         };
         let headers = request.headers_mut();
-        for (name, value) in &head.headers {
-            if !matches!(
-                name.as_str(),
-                "content-length" | "transfer-encoding" | "connection" | "upgrade" | "expect" | "te"
-            ) {
-                headers.append(name, value.clone());
-            }
-        }
+        *headers = head.headers.clone();
+        // No body goes: nothing that frames or announces one, nor what
+        // concerns the client's hop.
+        strip_hop_by_hop(headers, false);
+        headers.remove(http::header::CONTENT_LENGTH);
+        headers.remove(http::header::EXPECT);
         let original_host = head
             .headers
             .get(http::header::HOST)
@@ -501,14 +490,10 @@ impl Forward {
         }
         let mut answer = Response::new(body::full(body));
         *answer.status_mut() = parts.status;
-        for (name, value) in &parts.headers {
-            if !matches!(
-                name.as_str(),
-                "content-length" | "transfer-encoding" | "connection" | "keep-alive"
-            ) {
-                answer.headers_mut().append(name, value.clone());
-            }
-        }
+        *answer.headers_mut() = parts.headers;
+        // The body was read whole: hyper frames it anew for the client.
+        strip_hop_by_hop(answer.headers_mut(), false);
+        answer.headers_mut().remove(http::header::CONTENT_LENGTH);
         Verdict::Answer(answer)
     }
 }

@@ -218,11 +218,7 @@ fn prepare(config: Config, directory: Option<Arc<dyn Directory>>) -> anyhow::Res
 
 /// The admin side of `shared`, with its token (created if missing).
 fn admin_for(shared: &Arc<Shared>) -> anyhow::Result<Arc<crate::admin::Admin>> {
-    let config = &shared.routing().config;
-    let path = config
-        .admin_token
-        .clone()
-        .unwrap_or_else(|| config.data_dir.join("admin-token"));
+    let path = shared.routing().config.admin_token_path();
     let token = crate::admin::load_or_create_token(&path)
         .with_context(|| format!("AdminToken {}", path.display()))?;
     Ok(Arc::new(crate::admin::Admin::new(shared.clone(), &token)))

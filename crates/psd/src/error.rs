@@ -36,6 +36,18 @@ pub enum Error {
     TooManySessionsForClient(usize),
     #[error("a read-only session id allows only GET and HEAD")]
     ReadOnly,
+    /// `AuthType`: no credentials, or wrong ones; the challenge to send.
+    #[error("not authenticated")]
+    Unauthorized { challenge: String },
+    /// `Require` admits neither this user nor this address.
+    #[error("Require does not admit this client")]
+    Forbidden,
+    /// Too many failed logins from the client's address; retry after this.
+    #[error("too many failed logins from this address")]
+    TooManyLogins(Duration),
+    /// The `AuthForward` service did not answer.
+    #[error("the AuthForward service did not answer")]
+    AuthUnavailable,
     #[error("MaxSpawnRate reached: too many new workers at once")]
     SpawnRateExceeded,
     #[error("too many requests queued for one session")]
@@ -73,7 +85,7 @@ pub enum Side {
     Psd,
     /// The state store: 503.
     Store,
-    /// Another node of a cluster.
+    /// Another server psd relies on: a cluster node, the `AuthForward` service.
     Peer,
 }
 
@@ -149,7 +161,11 @@ impl Error {
             | Error::BadRequest(_)
             | Error::ClientTimeout
             | Error::ReadOnly
+            | Error::Unauthorized { .. }
+            | Error::Forbidden
+            | Error::TooManyLogins(_)
             | Error::TooManySessionsForClient(_) => Side::Client,
+            Error::AuthUnavailable => Side::Peer,
             Error::Internal(_)
             | Error::TooManySessions(_)
             | Error::SpawnRateExceeded
@@ -179,7 +195,10 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Error::ReadOnly => StatusCode::FORBIDDEN,
+            Error::ReadOnly | Error::Forbidden => StatusCode::FORBIDDEN,
+            Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Error::TooManyLogins(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::AuthUnavailable => StatusCode::BAD_GATEWAY,
             Error::TooManySessions(_)
             | Error::TooManySessionsForClient(_)
             | Error::SessionBusy
@@ -218,6 +237,12 @@ impl Error {
                 "Service Unavailable: too many sessions from your address, try again later\n"
             }
             Error::ReadOnly => "Forbidden: this session link is read-only\n",
+            Error::Unauthorized { .. } => "Unauthorized: log in first\n",
+            Error::Forbidden => "Forbidden\n",
+            Error::TooManyLogins(_) => {
+                "Too Many Requests: too many failed logins from your address; try again later\n"
+            }
+            Error::AuthUnavailable => "Bad Gateway: the authentication service did not answer\n",
             Error::SessionBusy => {
                 "Service Unavailable: too many requests queued for this session\n"
             }
@@ -244,6 +269,20 @@ impl Error {
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),
             );
+        }
+        match self {
+            Error::Unauthorized { challenge } => {
+                if let Ok(v) = HeaderValue::from_str(challenge) {
+                    headers.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            Error::TooManyLogins(wait) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(wait.as_secs().max(1)),
+                );
+            }
+            _ => {}
         }
         response
     }

@@ -10,26 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Adds `user` with `password` to the htpasswd file `file`, hashed with
-/// `flag` (`-B` bcrypt, `-5` SHA-512, `-2` SHA-256, `-m` Apache MD5).
-fn htpasswd(file: &std::path::Path, flag: &str, user: &str, password: &str) {
-    let mut cmd = Command::new("htpasswd");
-    if !file.exists() {
-        cmd.arg("-c");
-    }
-    let out = cmd
-        .args(["-b", flag])
-        .arg(file)
-        .args([user, password])
-        .output()
-        .expect("htpasswd (Debian's apache2-utils; scripts/install-test-deps.sh)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn counter() -> String {
     repo()
         .join("examples/counter-perl/counter.pl")

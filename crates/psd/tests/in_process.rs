@@ -543,13 +543,7 @@ async fn the_demo_page_works_in_chromium_at_desktop_and_phone_widths() {
 async fn an_in_process_session_knows_its_user() {
     let dir = TempDir::new("inproc-user");
     let users = dir.join("users");
-    let made = std::process::Command::new("htpasswd")
-        .args(["-c", "-b", "-B"])
-        .arg(&users)
-        .args(["ann", "ann-pw"])
-        .output()
-        .unwrap();
-    assert!(made.status.success());
+    htpasswd(&users, "-B", "ann", "ann-pw");
     let app = App::new(|mut session| async move {
         while let Some(request) = session.next().await {
             let user = request.user().unwrap_or("-").to_string();

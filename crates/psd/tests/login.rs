@@ -13,13 +13,7 @@ use common::*;
 fn start() -> Daemon {
     let dir = TempDir::new("login-users");
     let users = dir.0.join("users.htpasswd");
-    let out = Command::new("htpasswd")
-        .args(["-c", "-b", "-B"])
-        .arg(&users)
-        .args(["ann", "ann-pw"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    htpasswd(&users, "-B", "ann", "ann-pw");
     // The daemon's own folder outlives this one: keep the file there.
     let d = Daemon::start(&format!(
         "<Location /app>\n  Worker fastcgi {}\n  SetEnv LOGIN_USERS {}\n</Location>\n",

@@ -560,15 +560,8 @@ pub(super) async fn stop(admin: &Admin, handle: &str) -> Stopped {
             None => Stopped::Missing,
         };
     }
-    let deadline = Instant::now() + ORDER_WAIT + stop_timeout(admin);
-    while Instant::now() < deadline {
-        match sessions.get(handle) {
-            Some(s) if matches!(s.state, SessionState::Dormant) => break,
-            Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            // An in-process session with nothing stored ends with its task.
-            None => break,
-        }
-    }
+    // An in-process session with nothing stored ends with its task.
+    settle(admin, || stopped(&sessions, handle)).await;
     match one(admin, handle).await {
         Some(view) => Stopped::Now(view),
         None => Stopped::Gone,
@@ -591,22 +584,32 @@ pub(super) async fn end(admin: &Admin, handle: &str) -> bool {
         tracing::info!(session = handle, app = %record.app, "session ended by an operator (it was only in the store)");
         return true;
     }
-    let deadline = Instant::now() + ORDER_WAIT + stop_timeout(admin);
-    while Instant::now() < deadline && sessions.get(handle).is_some() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    settle(admin, || sessions.get(handle).is_none()).await;
     true
 }
 
-/// The longest `WorkerStopTimeout` of the applications.
-fn stop_timeout(admin: &Admin) -> Duration {
-    let routing = admin.shared.routing();
-    routing
+/// Whether the session `handle` has no worker any more (dormant, or gone).
+fn stopped(sessions: &Sessions, handle: &str) -> bool {
+    sessions
+        .get(handle)
+        .is_none_or(|s| matches!(s.state, SessionState::Dormant))
+}
+
+/// Waits until `done` holds, looking every 10 ms, for at most the longest
+/// `WorkerStopTimeout` of the applications and [`ORDER_WAIT`] more.
+async fn settle(admin: &Admin, done: impl Fn() -> bool) {
+    let stop_timeout = admin
+        .shared
+        .routing()
         .mounts
         .iter()
         .map(|m| m.config.worker_stop_timeout)
         .max()
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let deadline = Instant::now() + ORDER_WAIT + stop_timeout;
+    while !done() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Stops every running worker, keeping each session's state (each resumes
@@ -622,18 +625,10 @@ pub(super) async fn drain(admin: &Admin) -> usize {
     for handle in &running {
         sessions.stop(handle.as_str());
     }
-    let deadline = Instant::now() + ORDER_WAIT + stop_timeout(admin);
-    while Instant::now() < deadline {
-        let busy = running.iter().any(|h| {
-            sessions
-                .get(h.as_str())
-                .is_some_and(|s| !matches!(s.state, SessionState::Dormant))
-        });
-        if !busy {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    settle(admin, || {
+        running.iter().all(|h| stopped(&sessions, h.as_str()))
+    })
+    .await;
     tracing::info!("drain: {} workers stopped by an operator", running.len());
     running.len()
 }

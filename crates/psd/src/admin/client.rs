@@ -97,13 +97,9 @@ impl Target {
                 path.display()
             )));
         };
-        let token = config
-            .admin_token
-            .clone()
-            .unwrap_or_else(|| config.data_dir.join("admin-token"));
         Ok(Target {
             at,
-            token: read_token(&token)?,
+            token: read_token(&config.admin_token_path())?,
         })
     }
 }

@@ -689,6 +689,13 @@ impl Config {
     /// Locations of the main server: those in no `<VirtualHost>`.
     /// The directives read only at start whose values differ in `next`,
     /// each named once: a reload to `next` cannot apply them.
+    /// `AdminToken`, or its default `DataDir/admin-token`.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.admin_token
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin-token"))
+    }
+
     pub fn needs_restart(&self, next: &Config) -> Vec<&'static str> {
         let written = |c: &Config, name: &str| -> Vec<Vec<String>> {
             c.read_at_start

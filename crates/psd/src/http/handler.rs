@@ -166,7 +166,7 @@ where
     }
     // Only a trusted proxy may say who the user is (nginx auth_request, an
     // SSO proxy); psd says it to workers.
-    let proxy_user: Option<Arc<str>> = match trusted.iter().any(|c| c.contains(conn.remote.ip())) {
+    let proxy_user: Option<Arc<str>> = match client::trusts(trusted, conn.remote.ip()) {
         true => request
             .headers()
             .get(X_REMOTE_USER)
@@ -204,7 +204,13 @@ where
                     user
                 }
                 Verdict::Answer(answer) => return answer,
-                verdict => return refused(gate, verdict),
+                Verdict::Challenge => {
+                    let challenge = gate.challenge();
+                    return Error::Unauthorized { challenge }.to_response();
+                }
+                Verdict::Forbidden => return Error::Forbidden.to_response(),
+                Verdict::Throttled(wait) => return Error::TooManyLogins(wait).to_response(),
+                Verdict::Unavailable => return Error::AuthUnavailable.to_response(),
             };
             request = Request::from_parts(head, body);
             user
@@ -400,44 +406,6 @@ fn end_after(
 
 /// The header a trusted proxy (or psd, to an http worker) names the user in.
 const X_REMOTE_USER: &str = "x-remote-user";
-
-/// The answer to a request the gate did not let through.
-fn refused(gate: &crate::auth::Gate, verdict: Verdict) -> Response<Body> {
-    let (status, text) = match verdict {
-        Verdict::Challenge => (StatusCode::UNAUTHORIZED, "Unauthorized: log in first\n"),
-        Verdict::Throttled(_) => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too Many Requests: too many failed logins from your address; try again later\n",
-        ),
-        Verdict::Unavailable => (
-            StatusCode::BAD_GATEWAY,
-            "Bad Gateway: the authentication service did not answer\n",
-        ),
-        _ => (StatusCode::FORBIDDEN, "Forbidden\n"),
-    };
-    let mut response = Response::new(body::full(text));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    match verdict {
-        Verdict::Challenge => {
-            if let Ok(v) = HeaderValue::from_str(&gate.challenge()) {
-                headers.insert(http::header::WWW_AUTHENTICATE, v);
-            }
-        }
-        Verdict::Throttled(wait) => {
-            headers.insert(
-                http::header::RETRY_AFTER,
-                HeaderValue::from(wait.as_secs().max(1)),
-            );
-        }
-        _ => {}
-    }
-    response
-}
 
 /// What the worker learns about a request besides the request itself.
 fn meta(

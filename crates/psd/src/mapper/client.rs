@@ -73,9 +73,14 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Whether `ip` is one of the `TrustedProxy` ranges.
+pub fn trusts(trusted: &[Cidr], ip: IpAddr) -> bool {
+    trusted.iter().any(|c| c.contains(ip))
+}
+
 /// The client's address for a request that arrived from `peer`.
 pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    let is_trusted = |ip: IpAddr| trusts(trusted, ip);
     if !is_trusted(peer) {
         return peer;
     }
@@ -110,7 +115,7 @@ pub struct Forwarded {
 /// believed only from a trusted peer. The first value of a list is the one
 /// the client's own request carried.
 pub fn forwarded(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Forwarded {
-    if !trusted.iter().any(|c| c.contains(peer)) {
+    if !trusts(trusted, peer) {
         return Forwarded::default();
     }
     let first = |name: &str| {

@@ -183,6 +183,26 @@ impl Daemon {
     }
 }
 
+/// Adds `user` with `password` to the htpasswd file `file`, hashed with
+/// `flag` (`-B` bcrypt, `-5` SHA-512, `-2` SHA-256, `-m` Apache MD5).
+pub fn htpasswd(file: &std::path::Path, flag: &str, user: &str, password: &str) {
+    let mut cmd = Command::new("htpasswd");
+    if !file.exists() {
+        cmd.arg("-c");
+    }
+    let out = cmd
+        .args(["-b", flag])
+        .arg(file)
+        .args([user, password])
+        .output()
+        .expect("htpasswd (Debian's apache2-utils; scripts/install-test-deps.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A port that was free a moment ago, for configurations that need one.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
