@@ -36,7 +36,7 @@ header .facts b{color:var(--text)}
 main{padding:20px 24px;max-width:1400px;margin:0 auto}
 h2{font-size:15px;margin:24px 0 10px;color:var(--muted);text-transform:uppercase;letter-spacing:.06em}
 .apps{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:14px}
-.card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px 16px}
+.card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px 16px;min-width:0}
 .card .top{display:flex;justify-content:space-between;align-items:baseline;gap:8px}
 .card .prefix{font-weight:600;font-size:16px}
 .card .kind{font-size:12px;color:var(--muted);border:1px solid var(--line);border-radius:99px;padding:1px 8px}
@@ -81,7 +81,7 @@ button.danger:hover{background:var(--stopping);color:#fff}
 .error{color:var(--stopping)}
 .rate line{stroke:var(--line);stroke-width:1}
 @media (max-width:640px){header{padding:10px 14px;gap:8px}header .facts{order:3;flex-basis:100%;gap:10px;font-size:12.5px}
-main{padding:12px 14px}.apps{grid-template-columns:1fr}
+main{padding:12px 14px}.apps{grid-template-columns:minmax(0,1fr)}
 th.wide,td.wide{display:none}table{min-width:0}th,td{padding:7px 8px}}
 "#;
 
