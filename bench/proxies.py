@@ -28,15 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import ROOT, Proc, free_port, wait_port, wrk  # noqa: E402
 
 
-def build_and_start_worker():
-    """Builds psd and the Rust http worker; starts the worker on a free port."""
-    subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "psd", "-p", "http-worker", "--bins"],
-                   cwd=ROOT, check=True)
-    worker = ROOT / "target/release/http-worker"
+def start_worker(worker):
+    """Starts the Rust http worker on a free port."""
     port = free_port()
     proc = Proc([str(worker)], env={**os.environ, "PORT": str(port)}, stderr=subprocess.DEVNULL)
     wait_port(port)
-    return worker, port, [proc]
+    return port, [proc]
 
 
 def start_nginx(work, workers, worker_port, listen_extra, location_extra):
@@ -71,27 +68,39 @@ http {{
     return proc, port
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=4)
-    parser.add_argument("--conns", type=int, default=32)
-    parser.add_argument("--nginx-workers", default="1")
-    parser.add_argument("--psd", default=str(ROOT / "target/release/psd"))
-    parser.add_argument("--psd-b", help="a second psd binary (an experiment), alternating with the first")
-    parser.add_argument("--tls", action="store_true", help="HTTPS, new TLS connections and HTTP/2 rows")
-    args = parser.parse_args()
-    if args.tls:
-        return tls_rows(args)
-    work = Path(tempfile.mkdtemp(prefix="psd-proxies-"))
-    worker, worker_port, procs = build_and_start_worker()
-    nginx, nginx_port = start_nginx(work, args.nginx_workers, worker_port, "", """
+def start_psd(binary, work, name, worker, listen="", server="", location=""):
+    """psd with one `<Location />` for the worker, `WorkerConcurrency 64`;
+    `listen` ends its `Listen` line, `server` and `location` add directives."""
+    port = free_port()
+    conf = work / f"{name}.conf"
+    conf.write_text(f"""Listen 127.0.0.1:{port}{listen}
+DataDir {work}/{name}-data
+LogLevel warn
+{server}<Location />
+    Worker http {worker}
+    WorkerConcurrency 64
+{location}</Location>
+""")
+    proc = Proc([str(binary), "serve", "-c", str(conf)], stderr=open(work / f"{name}.log", "w"))
+    return proc, port
+
+
+def stop(procs):
+    for p in reversed(procs):
+        p.__exit__(None, None, None)
+
+
+def plain(work, worker, psds, rounds, seconds, conns=32, nginx_workers="1"):
+    """Plain HTTP keep-alive, wrk on each of direct, nginx, HAProxy and the
+    psd binaries `psds` ({name: path}), alternating: {name: [wrk result]}."""
+    worker_port, procs = start_worker(worker)
+    try:
+        nginx, nginx_port = start_nginx(work, nginx_workers, worker_port, "", """
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $remote_addr;""")
-    procs.append(nginx)
-
-    haproxy_port = free_port()
-    (work / "haproxy.cfg").write_text(f"""
+        procs.append(nginx)
+        haproxy_port = free_port()
+        (work / "haproxy.cfg").write_text(f"""
 global
     maxconn 4096
 defaults
@@ -108,60 +117,28 @@ backend app
     http-reuse always
     server w1 127.0.0.1:{worker_port}
 """)
-    procs.append(Proc(["/usr/sbin/haproxy", "-f", str(work / "haproxy.cfg")], stderr=subprocess.DEVNULL))
-
-    psd_port = free_port()
-    (work / "psd.conf").write_text(f"""Listen 127.0.0.1:{psd_port}
-DataDir {work}/data
-LogLevel warn
-<Location />
-    Worker http {worker}
-    WorkerConcurrency 64
-</Location>
-""")
-    procs.append(Proc([args.psd, "serve", "-c", str(work / "psd.conf")], stderr=open(work / "psd.log", "w")))
-    psds = {"psd": psd_port}
-    if args.psd_b:
-        b_port = free_port()
-        (work / "psd-b.conf").write_text((work / "psd.conf").read_text()
-                                         .replace(f":{psd_port}", f":{b_port}").replace("/data", "/data-b"))
-        procs.append(Proc([args.psd_b, "serve", "-c", str(work / "psd-b.conf")], stderr=subprocess.DEVNULL))
-        psds["psd-b"] = b_port
-    try:
-        for port in (nginx_port, haproxy_port, *psds.values()):
+        procs.append(Proc(["/usr/sbin/haproxy", "-f", str(work / "haproxy.cfg")], stderr=subprocess.DEVNULL))
+        systems = {"direct": worker_port, "nginx": nginx_port, "haproxy": haproxy_port}
+        for name, binary in psds.items():
+            proc, systems[name] = start_psd(binary, work, name, worker)
+            procs.append(proc)
+        headers = {name: [] for name in systems}
+        for name, port in systems.items():
             wait_port(port)
-        systems = {
-            "direct": (worker_port, []),
-            "nginx": (nginx_port, []),
-            "haproxy": (haproxy_port, []),
-        }
-        for name, port in psds.items():
-            head = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", f"http://127.0.0.1:{port}/"],
-                                  capture_output=True, text=True, check=True).stdout
-            cookie = re.search(r"(?i)set-cookie: ([^;]+)", head).group(1)
-            systems[name] = (port, [f"Cookie: {cookie}"])
+            # psd's session by its cookie, sent by wrk on every request.
+            if name in psds:
+                head = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", f"http://127.0.0.1:{port}/"],
+                                      capture_output=True, text=True, check=True).stdout
+                headers[name] = [f"Cookie: {re.search(r'(?i)set-cookie: ([^;]+)', head).group(1)}"]
         results = {name: [] for name in systems}
-        for _ in range(args.rounds):
-            for name, (port, headers) in systems.items():
-                r = wrk(f"http://127.0.0.1:{port}/", args.conns, args.seconds, headers=headers)
+        for _ in range(rounds):
+            for name, port in systems.items():
+                r = wrk(f"http://127.0.0.1:{port}/", conns, seconds, headers=headers[name])
                 assert r["non2xx"] == 0, (name, r)
                 results[name].append(r)
+        return results
     finally:
-        for p in reversed(procs):
-            p.__exit__(None, None, None)
-    med = {n: statistics.median(r["rps"] for r in rs) for n, rs in results.items()}
-    print(f"# bench/proxies.py --rounds {args.rounds} --seconds {args.seconds} --conns {args.conns} "
-          f"--nginx-workers {args.nginx_workers} --psd {args.psd}\n")
-    print("| path | req/s (median) | rounds | p99 ms (median) | / direct |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, rs in results.items():
-        rounds = ", ".join(f"{r['rps']:.0f}" for r in rs)
-        p99 = statistics.median(r["p99"] for r in rs)
-        print(f"| {name} | {med[name]:,.0f} | {rounds} | {p99:.2f} | {med[name] / med['direct']:.2f} |")
-    for name in psds:
-        print(f"\n{name} / nginx = {med[name] / med['nginx']:.2f}; {name} / haproxy = {med[name] / med['haproxy']:.2f}")
-    if args.psd_b:
-        print(f"\npsd-b ({args.psd_b}) / psd ({args.psd}) = {med['psd-b'] / med['psd']:.3f}")
+        stop(procs)
 
 
 def h2load(url, seconds, conns):
@@ -173,65 +150,91 @@ def h2load(url, seconds, conns):
     return rps, failed
 
 
-def tls_rows(args):
-    """nginx and psd terminating TLS in front of the same worker."""
-    work = Path(tempfile.mkdtemp(prefix="psd-proxies-tls-"))
-    worker, worker_port, procs = build_and_start_worker()
-    subprocess.run([args.psd, "cert", "--host", "127.0.0.1", "--out", str(work)], check=True,
-                   capture_output=True)
-    cert, key = work / "cert.pem", work / "key.pem"
-    nginx, nginx_port = start_nginx(work, args.nginx_workers, worker_port, f""" ssl http2;
+TLS_LOADS = ("HTTPS keep-alive (wrk)", "new TLS connection per request (wrk)", "HTTP/2 (h2load -m10)")
+
+
+def tls(work, worker, psd, rounds, seconds, conns=32, nginx_workers="1"):
+    """nginx and psd terminating TLS (1.3, the same certificate, no session
+    resumption) in front of the same worker: {load: {"nginx"|"psd": [req/s]}}."""
+    worker_port, procs = start_worker(worker)
+    try:
+        subprocess.run([str(psd), "cert", "--host", "127.0.0.1", "--out", str(work)], check=True,
+                       capture_output=True)
+        cert, key = work / "cert.pem", work / "key.pem"
+        nginx, nginx_port = start_nginx(work, nginx_workers, worker_port, f""" ssl http2;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.3;
         ssl_session_cache off;
         ssl_session_tickets off""", "")
-    procs.append(nginx)
-    psd_port = free_port()
-    (work / "psd.conf").write_text(f"""Listen 127.0.0.1:{psd_port} https
-SSLCertificateFile {cert}
-SSLCertificateKeyFile {key}
-DataDir {work}/data
-LogLevel warn
-<Location />
-    Worker http {worker}
-    WorkerConcurrency 64
-    SessionKey ip
-</Location>
-""")
-    procs.append(Proc([args.psd, "serve", "-c", str(work / "psd.conf")], stderr=open(work / "psd.log", "w")))
-    rows = {"HTTPS keep-alive (wrk)": {}, "new TLS connection per request (wrk)": {}, "HTTP/2 (h2load -m10)": {}}
-    try:
+        procs.append(nginx)
+        # The session by the client's address: wrk and h2load keep no cookies.
+        proc, psd_port = start_psd(psd, work, "psd-tls", worker, " https",
+                                   f"SSLCertificateFile {cert}\nSSLCertificateKeyFile {key}\n",
+                                   "    SessionKey ip\n")
+        procs.append(proc)
         wait_port(nginx_port)
         wait_port(psd_port)
-        # psd's session: by the client's address (wrk and h2load keep no cookies).
-        subprocess.run(["curl", "-sk", "-o", "/dev/null", f"https://127.0.0.1:{psd_port}/"], check=True)
         systems = {"nginx": nginx_port, "psd": psd_port}
-        for row in rows.values():
-            for name in systems:
-                row[name] = []
-        for _ in range(args.rounds):
+        rows = {load: {name: [] for name in systems} for load in TLS_LOADS}
+        for _ in range(rounds):
             for name, port in systems.items():
                 url = f"https://127.0.0.1:{port}/"
-                r = wrk(url, args.conns, args.seconds)
-                rows["HTTPS keep-alive (wrk)"][name].append(r["rps"])
-                r = wrk(url, args.conns, args.seconds, headers=["Connection: close"])
-                rows["new TLS connection per request (wrk)"][name].append(r["rps"])
-                rps, failed = h2load(url, args.seconds, args.conns)
+                r = wrk(url, conns, seconds)
+                assert r["non2xx"] == 0, (name, r)
+                rows[TLS_LOADS[0]][name].append(r["rps"])
+                r = wrk(url, conns, seconds, headers=["Connection: close"])
+                assert r["non2xx"] == 0, (name, r)
+                rows[TLS_LOADS[1]][name].append(r["rps"])
+                rps, failed = h2load(url, seconds, conns)
                 # With -D, requests still in flight when time is up count as failed.
-                assert failed <= args.conns * 10, (name, failed)
-                rows["HTTP/2 (h2load -m10)"][name].append(rps)
+                assert failed <= conns * 10, (name, failed)
+                rows[TLS_LOADS[2]][name].append(rps)
+        return rows
     finally:
-        for p in reversed(procs):
-            p.__exit__(None, None, None)
-    print(f"# bench/proxies.py --tls --rounds {args.rounds} --seconds {args.seconds} --conns {args.conns} "
-          f"--nginx-workers {args.nginx_workers} --psd {args.psd}\n")
-    print("| load | nginx req/s | psd req/s | psd / nginx | rounds (nginx; psd) |")
+        stop(procs)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=4)
+    parser.add_argument("--conns", type=int, default=32)
+    parser.add_argument("--nginx-workers", default="1")
+    parser.add_argument("--psd", default=str(ROOT / "target/release/psd"))
+    parser.add_argument("--psd-b", help="a second psd binary (an experiment), alternating with the first")
+    parser.add_argument("--tls", action="store_true", help="HTTPS, new TLS connections and HTTP/2 rows")
+    args = parser.parse_args()
+    subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "psd", "-p", "http-worker", "--bins"],
+                   cwd=ROOT, check=True)
+    worker = ROOT / "target/release/http-worker"
+    work = Path(tempfile.mkdtemp(prefix="psd-proxies-"))
+    command = (f"bench/proxies.py{' --tls' if args.tls else ''} --rounds {args.rounds} --seconds {args.seconds} "
+               f"--conns {args.conns} --nginx-workers {args.nginx_workers} --psd {args.psd}")
+    if args.tls:
+        rows = tls(work, worker, args.psd, args.rounds, args.seconds, args.conns, args.nginx_workers)
+        print(f"# {command}\n")
+        print("| load | nginx req/s | psd req/s | psd / nginx | rounds (nginx; psd) |")
+        print("| --- | --- | --- | --- | --- |")
+        for load, by in rows.items():
+            n, p = statistics.median(by["nginx"]), statistics.median(by["psd"])
+            rounds = ", ".join(f"{x:.0f}" for x in by["nginx"]) + "; " + ", ".join(f"{x:.0f}" for x in by["psd"])
+            print(f"| {load} | {n:,.0f} | {p:,.0f} | {p / n:.2f} | {rounds} |")
+        return
+    psds = {"psd": args.psd, **({"psd-b": args.psd_b} if args.psd_b else {})}
+    results = plain(work, worker, psds, args.rounds, args.seconds, args.conns, args.nginx_workers)
+    med = {n: statistics.median(r["rps"] for r in rs) for n, rs in results.items()}
+    print(f"# {command}\n")
+    print("| path | req/s (median) | rounds | p99 ms (median) | / direct |")
     print("| --- | --- | --- | --- | --- |")
-    for load, by in rows.items():
-        n, p = statistics.median(by["nginx"]), statistics.median(by["psd"])
-        rounds = ", ".join(f"{x:.0f}" for x in by["nginx"]) + "; " + ", ".join(f"{x:.0f}" for x in by["psd"])
-        print(f"| {load} | {n:,.0f} | {p:,.0f} | {p / n:.2f} | {rounds} |")
+    for name, rs in results.items():
+        rounds = ", ".join(f"{r['rps']:.0f}" for r in rs)
+        p99 = statistics.median(r["p99"] for r in rs)
+        print(f"| {name} | {med[name]:,.0f} | {rounds} | {p99:.2f} | {med[name] / med['direct']:.2f} |")
+    for name in psds:
+        print(f"\n{name} / nginx = {med[name] / med['nginx']:.2f}; {name} / haproxy = {med[name] / med['haproxy']:.2f}")
+    if args.psd_b:
+        print(f"\npsd-b ({args.psd_b}) / psd ({args.psd}) = {med['psd-b'] / med['psd']:.3f}")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,17 @@
 
 Each row compares two systems serving the same worker program, measured
 alternately for several rounds; the table gives medians, the spread
-((max - min) / median) and the ratio, next to the target of issue 6. Results
-go to bench/results/<date>/ (results.md, results.json, plot.svg, machine.txt).
+((max - min) / median) and the ratio, next to its target (issues 6 and 16).
+The rows: warm (FastCGI sessions vs nginx + spawn-fcgi), routed (an http
+worker through psd vs direct), cgi (vs nginx + fcgiwrap), new (new sessions
+vs bare spawns), scale, proxy (vs nginx proxy_pass and HAProxy), tls (HTTPS,
+new TLS connections, HTTP/2 vs nginx), stateful (session workers vs a pool
+with Redis), spares (a slow-starting app's new sessions vs a warm request),
+busy (the warm row with a CPU hog, both worker scheduling policies).
+Results go to bench/results/<date>/ (results.md, results.json, plot.svg,
+machine.txt; an --only run replaces just its rows) and README.md's table.
 
-    bench/run.py                 full run (installs what it needs; ~10 minutes)
+    bench/run.py                 full run (installs what it needs; ~20 minutes)
     bench/run.py --smoke         tiny sizes and durations, for the test suite
     bench/run.py --rounds 5 --seconds 10 --only warm,cgi
 
@@ -253,18 +260,21 @@ http {{
         })
 
     # -- the rows -------------------------------------------------------------
-    def warm(self):
-        """50 warm sessions: psd (a C worker per session) vs nginx → spawn-fcgi pool of 50."""
-        sessions, secs = (8, 1) if self.args.smoke else (50, self.args.seconds)
-        pool = self.work / "counter-c-pool"
+    @contextlib.contextmanager
+    def warm_pair(self, name, sessions, psd_extra=""):
+        """psd (a C worker per session) and nginx → a spawn-fcgi pool of as
+        many, running: yields a load function for each, the same wrk (nginx
+        gets psd's cookies too, and ignores them)."""
+        secs = 1 if self.args.smoke else self.args.seconds
+        pool = self.work / f"counter-c-pool-{name}"
         shutil.copy(self.c_worker, pool)
-        sock = self.work / "pool.sock"
+        sock = self.work / f"pool-{name}.sock"
         subprocess.run(["spawn-fcgi", "-s", str(sock), "-F", str(sessions), "--", str(pool)],
                        check=True, capture_output=True)
         try:
-            psd, psd_port = self.psd("warm", f"<Location />\n  Worker fastcgi {self.c_worker}\n"
-                                            f"  MaxSessionsPerClient 100000\n</Location>\n")
-            nginx, nginx_port = self.nginx("warm", {
+            psd, psd_port = self.psd(name, f"<Location />\n  Worker fastcgi {self.c_worker}\n"
+                                          f"  MaxSessionsPerClient 100000\n{psd_extra}</Location>\n")
+            nginx, nginx_port = self.nginx(name, {
                 "http": f"upstream pool {{ server unix:{sock}; keepalive {sessions}; }}",
                 # The CGI variables every nginx + FastCGI deployment sends.
                 "server": "location / { fastcgi_pass pool; fastcgi_keep_conn on; "
@@ -272,15 +282,103 @@ http {{
             })
             with psd, nginx:
                 script = self.cookies_script(psd_port, "/", sessions)
-                a, b = self.alternate(
-                    lambda: wrk(f"http://127.0.0.1:{psd_port}/", sessions, secs, script=script),
-                    # The same load for both: nginx gets the cookies too, and ignores them.
-                    lambda: wrk(f"http://127.0.0.1:{nginx_port}/", sessions, secs, script=script))
+                yield (lambda: wrk(f"http://127.0.0.1:{psd_port}/", sessions, secs, script=script),
+                       lambda: wrk(f"http://127.0.0.1:{nginx_port}/", sessions, secs, script=script))
         finally:
             subprocess.run(["pkill", "-f", str(pool)])
+
+    def warm(self):
+        """50 warm sessions: psd (a C worker per session) vs nginx → spawn-fcgi pool of 50."""
+        sessions = 8 if self.args.smoke else 50
+        with self.warm_pair("warm", sessions) as (psd, nginx):
+            a, b = self.alternate(psd, nginx)
         self.check(a + b)
         self.row("warm sessions", f"req/s, {sessions} sessions", [r["rps"] for r in a], [r["rps"] for r in b],
                  "nginx + spawn-fcgi pool", ("≥ 1.2×", lambda v: v >= 1.2))
+
+    def busy(self):
+        """The warm row on a busy machine: one CPU-bound process competing
+        (as on a shared server), quiet and busy rounds alternating, workers
+        under WorkerSchedulingPolicy batch (the default) and other. psd may
+        lose no more of its speed to the competitor than nginx does."""
+        sessions = 8 if self.args.smoke else 50
+        hog = [sys.executable, "-c", "while True: pass"]
+        for policy in ("batch", "other"):
+            with self.warm_pair(f"busy-{policy}", sessions, f"  WorkerSchedulingPolicy {policy}\n") as (psd, nginx):
+                quiet_p, quiet_n = self.alternate(psd, nginx)
+                with Proc(hog):
+                    busy_p, busy_n = self.alternate(psd, nginx)
+            self.check(quiet_p + quiet_n + busy_p + busy_n)
+            kept = lambda busy, quiet: statistics.median(r["rps"] for r in busy) / statistics.median(
+                r["rps"] for r in quiet)
+            self.row("busy machine", f"req/s with a CPU hog, workers {policy}", [r["rps"] for r in busy_p],
+                     [r["rps"] for r in busy_n], "nginx + spawn-fcgi pool (same hog)", ("≥ 1.2×", lambda v: v >= 1.2))
+            psd_kept, nginx_kept = kept(busy_p, quiet_p), kept(busy_n, quiet_n)
+            self.rows.append({"row": "busy machine", "metric": f"share of quiet speed kept, workers {policy}",
+                              "psd": psd_kept, "peer": nginx_kept, "peer_name": "nginx + spawn-fcgi pool",
+                              "value": psd_kept / nginx_kept, "kind": "ratio", "unit": "",
+                              "target": "≥ 1.0× (no worse than nginx)", "met": psd_kept / nginx_kept >= 0.95,
+                              "rounds": len(busy_p), "psd_spread": 0, "peer_spread": 0})
+
+    def proxy(self):
+        """One http worker behind psd (one session) vs nginx proxy_pass and HAProxy (bench/proxies.py)."""
+        import proxies
+        secs = 1 if self.args.smoke else self.args.seconds
+        work = self.work / "proxies"
+        work.mkdir()
+        results = proxies.plain(work, self.bin / "http-worker", {"psd": self.bin / "psd"}, self.args.rounds, secs)
+        rps = {name: [r["rps"] for r in rs] for name, rs in results.items()}
+        self.row("http proxy", "req/s, one http worker, 32 conns", rps["psd"], rps["nginx"],
+                 "nginx proxy_pass (1 worker process)", ("≥ 1.2×", lambda v: v >= 1.2))
+        self.row("http proxy", "req/s, one http worker, 32 conns", rps["psd"], rps["haproxy"],
+                 "HAProxy", ("≥ 1.2×", lambda v: v >= 1.2))
+        p99 = {name: [r["p99"] for r in rs] for name, rs in results.items()}
+        self.row("http proxy", "p99 ms, 32 conns", p99["psd"], p99["nginx"], "nginx proxy_pass",
+                 ("≤ +0 ms (no worse)", lambda v: v <= 0), ratio=False, unit="ms")
+
+    def tls(self):
+        """HTTPS keep-alive, a new TLS 1.3 connection per request and HTTP/2: psd vs nginx, same certificate."""
+        import proxies
+        secs = 1 if self.args.smoke else self.args.seconds
+        work = self.work / "tls"
+        work.mkdir()
+        loads = proxies.tls(work, self.bin / "http-worker", self.bin / "psd", self.args.rounds, secs)
+        for load, by in loads.items():
+            self.row("TLS", f"req/s, {load}", by["psd"], by["nginx"], "nginx (1 worker process)",
+                     ("≥ 1.2×", lambda v: v >= 1.2))
+
+    def stateful(self):
+        """Why a session process at all: 100 KB of state per user kept in a session worker vs loaded from
+        and stored to Redis on each request by a pool behind nginx (bench/stateful.py)."""
+        import stateful
+        secs = 1 if self.args.smoke else self.args.seconds
+        users = 4 if self.args.smoke else 64
+        work = self.work / "stateful"
+        work.mkdir()
+        results = stateful.measure(work, self.bin / "psd", self.args.rounds, secs, users=users)
+        mine, theirs = (results[side] for side in stateful.SIDES)
+        peer = "nginx + flup pool + redis-server"
+        self.row("stateful app", f"req/s, 100 KB state, {users} users", [r["rps"] for r in mine],
+                 [r["rps"] for r in theirs], peer, ("≥ 3×", lambda v: v >= 3))
+        self.row("stateful app", "CPU ms per request, all processes (result: theirs / psd's)", [r["cpu_ms"] for r in mine],
+                 [r["cpu_ms"] for r in theirs], peer, ("(reported)", lambda v: True), higher_is_better=False)
+        self.row("stateful app", "memory MiB, PSS, all processes (result: theirs / psd's)", [r["mib"] for r in mine],
+                 [r["mib"] for r in theirs], peer, ("(reported)", lambda v: True), higher_is_better=False)
+
+    def spares(self):
+        """A 2-second-start app's new sessions with SpareWorkers 4, next to a warm request (bench/spares.py)."""
+        import spares
+        sessions, gap = (3, 0.6) if self.args.smoke else (12, 0.6)
+        work = self.work / "spares"
+        work.mkdir()
+        results = spares.measure(self.bin / "psd", work, sessions, gap)
+        new, warm, _ = results[4]
+        self.row("slow start", "p50 time to first byte added, ms, SpareWorkers 4", new, warm,
+                 "a warm request of the same app", ("≤ +1 ms", lambda v: v <= 1.0), ratio=False, unit="ms")
+        cold, _, _ = results[0]
+        self.row("slow start", "p50 time to first byte added, ms, SpareWorkers 0", cold, warm,
+                 "a warm request of the same app", ("(reported: the 2 s start)", lambda v: True),
+                 ratio=False, unit="ms")
 
     def routed(self):
         """The same warm http worker through psd vs hit directly; and latency below saturation."""
@@ -403,29 +501,34 @@ http {{
         return (f"{os.cpu_count()} cores ({cpu}), {int(mem) // 1024 // 1024} GiB, {platform.system()} {platform.release()}; "
                 f"{nginx}; autogroup scheduling {self.autogroup}; rounds={self.args.rounds}, seconds={self.args.seconds}")
 
+    def table(self):
+        return results_table(self.rows)
+
     def report(self):
-        lines = ["| row | metric | psd | peer | peer | result | target | met |",
-                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in self.rows:
-            fmt = lambda v: "—" if v is None else (f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}")
-            result = {"ratio": f"{r['value']:.2f}×", "difference": f"{r['value']:+.3f} {r['unit']}"}.get(
-                r["kind"], f"{r['value']:,.0f} {r['unit']}")
-            spread = f" (±{r['psd_spread'] * 50:.0f}%)" if r["rounds"] > 1 else ""
-            lines.append(f"| {r['row']} | {r['metric']} | {fmt(r['psd'])}{spread} | {fmt(r['peer'])} | "
-                         f"{r['peer_name']} | {result} | {r['target']} | {'yes' if r['met'] else 'NO'} |")
-        table = "\n".join(lines)
-        print(table)
+        print(self.table())
         if self.args.smoke:
             return
         out = ROOT / "bench/results" / datetime.date.today().isoformat()
         out.mkdir(parents=True, exist_ok=True)
         machine = self.machine()
+        command = "bench/run.py " + " ".join(sys.argv[1:])
+        for r in self.rows:
+            r["command"] = command
+        # A run of some rows (--only) replaces those rows of the day's results.
+        earlier = out / "results.json"
+        if earlier.exists():
+            measured = {r["row"] for r in self.rows}
+            kept = [r for r in json.loads(earlier.read_text())["rows"] if r["row"] not in measured]
+            self.rows = kept + self.rows
+        table = self.table()
+        commands = sorted({r.get("command", "bench/run.py") for r in self.rows})
         (out / "machine.txt").write_text(machine + "\n")
         (out / "results.json").write_text(json.dumps({"machine": machine, "rows": self.rows}, indent=2) + "\n")
-        command = "bench/run.py " + " ".join(sys.argv[1:])
-        (out / "results.md").write_text(f"# psd vs peers\n\n{machine}\n\n`{command}`\n\n{table}\n\n![ratios](plot.svg)\n")
+        ran = "\n".join(f"`{c}`" for c in commands)
+        (out / "results.md").write_text(f"# psd vs peers\n\n{machine}\n\n{ran}\n\n{table}\n\n![ratios](plot.svg)\n")
         (out / "plot.svg").write_text(self.svg())
-        print(f"\nwritten to {out}")
+        update_readme(out)
+        print(f"\nwritten to {out}; README.md's table updated")
 
     def svg(self):
         """Horizontal bars of each ratio row against its target."""
@@ -447,8 +550,41 @@ http {{
         return "\n".join(parts)
 
 
+def results_table(rows):
+    """The rows as a Markdown table: medians, psd's spread, the result and its target."""
+    lines = ["| row | metric | psd | peer | peer | result | target | met |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        fmt = lambda v: "—" if v is None else (f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}")
+        result = {"ratio": f"{r['value']:.2f}×", "difference": f"{r['value']:+.3f} {r['unit']}"}.get(
+            r["kind"], f"{r['value']:,.0f} {r['unit']}")
+        spread = f" (±{r['psd_spread'] * 50:.0f}%)" if r["rounds"] > 1 else ""
+        lines.append(f"| {r['row']} | {r['metric']} | {fmt(r['psd'])}{spread} | {fmt(r['peer'])} | "
+                     f"{r['peer_name']} | {result} | {r['target']} | {'yes' if r['met'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+README_START = "<!-- bench/run.py writes this table from bench/results; do not edit -->"
+README_END = "<!-- end of the generated table -->"
+
+
+def update_readme(out):
+    """Rewrites README.md's benchmark table from `out`'s results.json."""
+    results = json.loads((out / "results.json").read_text())
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise RuntimeError(f"README.md has no generated table between {README_START!r} and {README_END!r}")
+    rel = out.relative_to(ROOT)
+    block = (f"{README_START}\nFrom [`{rel}/results.md`]({rel}/results.md) ({results['machine']}):\n\n"
+             f"{results_table(results['rows'])}\n\n![psd / peer]({rel}/plot.svg)\n")
+    readme.write_text(text[:start] + block + text[end:])
+
+
 # The rows, by the names --only takes, and the Bench method of each.
-ROWS = {"warm": "warm", "routed": "routed", "cgi": "cgi", "new": "new_sessions", "scale": "scale"}
+ROWS = {"warm": "warm", "routed": "routed", "cgi": "cgi", "new": "new_sessions", "scale": "scale",
+        "proxy": "proxy", "tls": "tls", "stateful": "stateful", "spares": "spares", "busy": "busy"}
 
 
 def main():
@@ -457,10 +593,13 @@ def main():
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--process-sessions", type=int, default=10_000)
     parser.add_argument("--inproc-sessions", type=int, default=1_000_000)
-    parser.add_argument("--only", default="warm,routed,cgi,new,scale")
+    parser.add_argument("--only", default=",".join(ROWS))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and durations; no results written")
     parser.add_argument("--no-install", action="store_true")
+    parser.add_argument("--readme", metavar="DIR", help="only rewrite README.md's table from DIR/results.json")
     args = parser.parse_args()
+    if args.readme:
+        return update_readme(Path(args.readme).resolve())
     unknown = [name for name in args.only.split(",") if name not in ROWS]
     if unknown:
         parser.error(f"--only {','.join(unknown)}: no such row; the rows are {', '.join(ROWS)}")

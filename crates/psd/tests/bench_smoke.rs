@@ -1,6 +1,7 @@
 //! The benchmark harness (bench/run.py) at tiny sizes, so it cannot rot:
 //! every row must run to the end against the real peers (nginx,
-//! spawn-fcgi, fcgiwrap) without a failed request.
+//! spawn-fcgi, fcgiwrap, HAProxy, redis-server, h2load) without a failed
+//! request.
 
 mod common;
 
@@ -25,6 +26,11 @@ fn the_benchmark_harness_runs_every_row() {
         "CGI acceleration",
         "new sessions",
         "scale",
+        "http proxy",
+        "TLS",
+        "stateful app",
+        "slow start",
+        "busy machine",
     ] {
         assert!(
             stdout.contains(&format!("| {row} |")),

@@ -46,6 +46,10 @@ use crate::metrics::ExitCause;
 use crate::store::{Space, StoreError};
 use crate::worker::{Activity, Job, Spawn, Worker};
 
+/// How long a taken spare's replacement waits for the first request's
+/// answer (a long poll may take much longer) before it starts anyway.
+const REFILL_AFTER_AT_MOST: Duration = Duration::from_millis(250);
+
 /// What both kinds of session task hold: who they are, and their ties to
 /// the registry.
 pub(super) struct Core {
@@ -296,6 +300,7 @@ impl Supervisor {
     /// of its own (its turn ends with it).
     async fn accept(&mut self, life: &mut Life, job: Job, turn: Turn) {
         let core = &self.core;
+        let mut spare_taken = false;
         // A request that found the worker dead may come before its exit is
         // handled above; it gets a new worker (the slot stays held).
         if life.worker.as_ref().is_some_and(Worker::has_exited) {
@@ -328,14 +333,33 @@ impl Supervisor {
             }
             // Boxed: starting is rare, and awaiting it inline would size every
             // session's task for it for its whole life.
-            if let Err(e) = Box::pin(self.start_worker(life)).await {
-                let _ = job.reply.send(Err(e));
-                return;
+            match Box::pin(self.start_worker(life)).await {
+                Ok(took_spare) => spare_taken = took_spare,
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                    return;
+                }
             }
         }
         let serve = life.worker.as_ref().expect("started above").serve(job);
+        // The spare's replacement starts once this first request has its
+        // answer: a new worker process starting (a Python interpreter, say)
+        // would take CPU from the very request the spare was kept for.
+        let refill = spare_taken.then(|| (self.core.registry.clone(), self.core.app.clone()));
         tokio::spawn(async move {
-            if let Some(job) = serve.await {
+            let mut serve = std::pin::pin!(serve);
+            let undelivered = match refill {
+                Some((registry, app)) => {
+                    let first = tokio::time::timeout(REFILL_AFTER_AT_MOST, &mut serve).await;
+                    registry.refill(&app);
+                    match first {
+                        Ok(undelivered) => undelivered,
+                        Err(_) => serve.await,
+                    }
+                }
+                None => serve.await,
+            };
+            if let Some(job) = undelivered {
                 let _ = job.reply.send(Err(Error::Worker(
                     "the new worker died before the request reached it".into(),
                 )));
@@ -344,8 +368,9 @@ impl Supervisor {
         });
     }
 
-    /// Starts the session's worker, with its state API URLs.
-    async fn start_worker(&mut self, life: &mut Life) -> Result<(), Error> {
+    /// Starts the session's worker, with its state API URLs, or gives it a
+    /// spare one (then `Ok(true)`).
+    async fn start_worker(&mut self, life: &mut Life) -> Result<bool, Error> {
         self.transition(life, Phase::Starting);
         let core = &self.core;
         let session = Space::Session {
@@ -357,6 +382,7 @@ impl Supervisor {
             false => core.registry.take_spare(&core.app, session.clone()),
             true => None,
         };
+        let took_spare = spare.is_some();
         let worker = match spare {
             Some(spare) => {
                 tracing::info!(session = %core.record.handle, pid = ?spare.worker.pid(), "took a spare worker");
@@ -404,7 +430,7 @@ impl Supervisor {
         life.worker = Some(worker);
         life.resumed = true;
         self.transition(life, Phase::Running);
-        Ok(())
+        Ok(took_spare)
     }
 
     fn transition(&self, life: &mut Life, to: Phase) {

@@ -86,7 +86,9 @@ impl Registry {
     }
 
     /// A started worker for a new session of `app`, if one is ready; its
-    /// state URL now names `session`. The pool refills behind it.
+    /// state URL now names `session`. With none ready, the pool refills at
+    /// once; a taken one is replaced by the caller's [`Self::refill`], once
+    /// its first request is answered.
     pub(crate) fn take_spare(self: &Arc<Self>, app: &AppKey, session: Space) -> Option<Spare> {
         let spare = {
             let mut pools = self.spares.pools.lock().expect("spares lock");
@@ -100,7 +102,9 @@ impl Registry {
                 self.grants.bind(token, session);
             }
         }
-        self.refill(app);
+        if spare.is_none() {
+            self.refill(app);
+        }
         spare
     }
 
@@ -123,7 +127,7 @@ impl Registry {
     }
 
     /// Starts spares for `app` until its pool is full, within `MaxSessions`.
-    fn refill(self: &Arc<Self>, app: &AppKey) {
+    pub(crate) fn refill(self: &Arc<Self>, app: &AppKey) {
         loop {
             let location = {
                 let mut pools = self.spares.pools.lock().expect("spares lock");

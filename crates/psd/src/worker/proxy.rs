@@ -123,6 +123,9 @@ impl HttpWorker {
             .await_ready(location.worker_start_timeout, &command.program, probe)
             .await?;
         tracing::info!(session = %process.label, app = %spawn.location.prefix, pid = process.pid(), %address, program = %command.program.display(), "worker started");
+        if spawn.spare {
+            process.upstream.preconnect().await;
+        }
         Ok(process)
     }
 

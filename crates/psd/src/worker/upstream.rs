@@ -155,6 +155,16 @@ impl Upstream {
         })
     }
 
+    /// Opens a connection ahead of the first request and keeps it (a
+    /// spare worker's: its first request then finds a connection the worker
+    /// has accepted already). A failure is left to that request.
+    pub async fn preconnect(&self) {
+        match self.connect(false).await {
+            Ok(sender) => self.give_back(sender),
+            Err(e) => tracing::debug!(session = %self.label, "connecting ahead: {e}"),
+        }
+    }
+
     /// Sends `request` on `conn`: the response head, and the connection to
     /// [`give_back`](Self::give_back) once the body has been read. A kept
     /// connection the upstream closed before the request went out
