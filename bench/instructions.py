@@ -3,10 +3,11 @@
 callgrind: repeatable whatever else the machine does, so a hot-path change
 of a few percent shows where wrk's round-to-round noise (±15 % here) hides it.
 
-    bench/instructions.py BEFORE_PSD AFTER_PSD [--requests 3000]
+    bench/instructions.py BEFORE_PSD AFTER_PSD [--requests 3000] [--http]
 
 For each binary: psd under callgrind with the C libfcgi counter
-(bench/workers/counter.c), `http-load URL N 4 warm` (4 sessions, each
+(bench/workers/counter.c; with --http, the Rust http worker behind psd's
+proxy path), `http-load URL N 4 warm` (4 sessions, each
 connection's own cookie) once with N = requests / 3 and once with N =
 requests; the difference divided by the difference in requests is the cost
 of one warm request, start-up and session creation cancelled out. Loopback
@@ -30,11 +31,11 @@ def total(path):
     return int(m.group(1))
 
 
-def run(binary, worker, work, n):
+def run(binary, worker, protocol, work, n):
     port = free_port()
     conf = work / f"{port}.conf"
     conf.write_text(f"Listen 127.0.0.1:{port}\nDataDir {work}/data-{port}\nLogLevel warn\n"
-                    f"<Location />\n  Worker fastcgi {worker}\n  MaxSessionsPerClient 100000\n</Location>\n")
+                    f"<Location />\n  Worker {protocol} {worker}\n  MaxSessionsPerClient 100000\n</Location>\n")
     out = work / f"callgrind.{port}"
     psd = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                             str(binary), "serve", "-c", str(conf)],
@@ -54,15 +55,20 @@ def main():
     parser.add_argument("before")
     parser.add_argument("after")
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--http", action="store_true", help="the http proxy path (the Rust http worker)")
     args = parser.parse_args()
     subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "http-worker", "--bins"], cwd=ROOT, check=True)
     work = Path(tempfile.mkdtemp(prefix="psd-instr-"))
-    worker = work / "counter-c"
-    subprocess.run(["gcc", "-O2", "-o", str(worker), str(ROOT / "bench/workers/counter.c"), "-lfcgi"], check=True)
+    if args.http:
+        worker, protocol = ROOT / "target/release/http-worker", "http"
+    else:
+        worker, protocol = work / "counter-c", "fastcgi"
+        subprocess.run(["gcc", "-O2", "-o", str(worker), str(ROOT / "bench/workers/counter.c"), "-lfcgi"],
+                       check=True)
     low, high = args.requests // 3, args.requests
     per = {}
     for name, binary in (("before", args.before), ("after", args.after)):
-        a, b = run(binary, worker, work, low), run(binary, worker, work, high)
+        a, b = run(binary, worker, protocol, work, low), run(binary, worker, protocol, work, high)
         per[name] = (b - a) / (high - low)
         print(f"{name}: {per[name]:,.0f} instructions per warm request ({binary})")
     print(f"after / before = {per['after'] / per['before']:.4f}")

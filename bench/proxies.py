@@ -1,19 +1,21 @@
 #!/usr/bin/env python3
 """psd against the proxies users would put in front of the same HTTP worker.
 
-    bench/proxies.py --rounds 3 --seconds 4 [--nginx-workers 1] [--psd PATH] [--tls]
+    bench/proxies.py [--rounds 3] [--seconds 4] [--psd PATH] [--psd-b PATH]
+    bench/proxies.py --tls [--workers 1|auto]
 
 The same Rust http worker (examples/http-rust, `target/release/http-worker`)
 behind: nothing (direct, the limit), nginx `proxy_pass` with upstream
-keep-alive, HAProxy (`mode http`, keep-alive), and psd (one session,
-`WorkerConcurrency 64`, its cookie on every request). wrk -t2 -c32 on each,
-the four alternating per round; medians, spread, p99, and the ratios psd /
-nginx and psd / HAProxy. `--psd` measures another psd binary (an experiment's
-build) in the same way. With `--tls`, nginx and psd terminate TLS with the same
-self-signed certificate (`psd cert`) and three loads run on each: keep-alive
-HTTPS (wrk), a new TLS connection per request (wrk with `Connection: close`),
-and HTTP/2 (h2load, `-c32 -m10`, nghttp2-client); HAProxy and direct are left
-out. Loopback only.
+keep-alive (`worker_processes 1` and `auto`), HAProxy (`mode http`,
+keep-alive), and psd (one session, `WorkerConcurrency 64`, its cookie on
+every request) with `Threads 1` and `auto`: each psd against the nginx with as
+many event-loop threads. wrk -t2 -c32 on each, all alternating per round;
+medians, spread, p99, the ratios. `--psd-b` measures a second psd binary (an
+experiment's build) in the same rotation. With `--tls`, nginx and psd
+terminate TLS with the same self-signed certificate (`psd cert`) and three
+loads run on each: keep-alive HTTPS (wrk), a new TLS connection per request
+(wrk with `Connection: close`), and HTTP/2 (h2load, `-c32 -m10`,
+nghttp2-client); HAProxy and direct are left out. Loopback only.
 """
 import argparse
 import os
@@ -37,15 +39,17 @@ def start_worker(worker):
 
 
 def start_nginx(work, workers, worker_port, listen_extra, location_extra):
-    """nginx proxying to the worker with upstream keep-alive; `listen_extra`
-    ends its `listen` line (TLS), `location_extra` adds to its location."""
+    """nginx (`workers` worker processes) proxying to the worker with
+    upstream keep-alive; `listen_extra` ends its `listen` line (TLS),
+    `location_extra` adds to its location."""
     port = free_port()
     user = "user root;" if os.geteuid() == 0 else ""
-    (work / "nginx.conf").write_text(f"""
+    name = f"nginx-{workers}"
+    (work / f"{name}.conf").write_text(f"""
 {user}
 worker_processes {workers};
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log;
+pid {work}/{name}.pid;
+error_log {work}/{name}-error.log;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
@@ -63,7 +67,7 @@ http {{
     }}
 }}
 """)
-    proc = Proc(["/usr/sbin/nginx", "-c", str(work / "nginx.conf"), "-p", f"{work}/", "-g", "daemon off;"],
+    proc = Proc(["/usr/sbin/nginx", "-c", str(work / f"{name}.conf"), "-p", f"{work}/", "-g", "daemon off;"],
                 stderr=subprocess.DEVNULL)
     return proc, port
 
@@ -90,15 +94,18 @@ def stop(procs):
         p.__exit__(None, None, None)
 
 
-def plain(work, worker, psds, rounds, seconds, conns=32, nginx_workers="1"):
-    """Plain HTTP keep-alive, wrk on each of direct, nginx, HAProxy and the
-    psd binaries `psds` ({name: path}), alternating: {name: [wrk result]}."""
+def plain(work, worker, psds, rounds, seconds, conns=32):
+    """Plain HTTP keep-alive, wrk on each of direct, nginx with one worker
+    process and with `auto`, HAProxy and the psd builds `psds` ({name:
+    (binary, Threads)}), alternating: {name: [wrk result]}."""
     worker_port, procs = start_worker(worker)
     try:
-        nginx, nginx_port = start_nginx(work, nginx_workers, worker_port, "", """
+        systems = {"direct": worker_port}
+        for workers in ("1", "auto"):
+            nginx, systems[f"nginx {workers}"] = start_nginx(work, workers, worker_port, "", """
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $remote_addr;""")
-        procs.append(nginx)
+            procs.append(nginx)
         haproxy_port = free_port()
         (work / "haproxy.cfg").write_text(f"""
 global
@@ -118,9 +125,9 @@ backend app
     server w1 127.0.0.1:{worker_port}
 """)
         procs.append(Proc(["/usr/sbin/haproxy", "-f", str(work / "haproxy.cfg")], stderr=subprocess.DEVNULL))
-        systems = {"direct": worker_port, "nginx": nginx_port, "haproxy": haproxy_port}
-        for name, binary in psds.items():
-            proc, systems[name] = start_psd(binary, work, name, worker)
+        systems["haproxy"] = haproxy_port
+        for name, (binary, threads) in psds.items():
+            proc, systems[name] = start_psd(binary, work, name.replace(" ", "-"), worker, "", f"Threads {threads}\n")
             procs.append(proc)
         headers = {name: [] for name in systems}
         for name, port in systems.items():
@@ -153,7 +160,7 @@ def h2load(url, seconds, conns):
 TLS_LOADS = ("HTTPS keep-alive (wrk)", "new TLS connection per request (wrk)", "HTTP/2 (h2load -m10)")
 
 
-def tls(work, worker, psd, rounds, seconds, conns=32, nginx_workers="1"):
+def tls(work, worker, psd, rounds, seconds, conns=32, workers="1"):
     """nginx and psd terminating TLS (1.3, the same certificate, no session
     resumption) in front of the same worker: {load: {"nginx"|"psd": [req/s]}}."""
     worker_port, procs = start_worker(worker)
@@ -161,7 +168,7 @@ def tls(work, worker, psd, rounds, seconds, conns=32, nginx_workers="1"):
         subprocess.run([str(psd), "cert", "--host", "127.0.0.1", "--out", str(work)], check=True,
                        capture_output=True)
         cert, key = work / "cert.pem", work / "key.pem"
-        nginx, nginx_port = start_nginx(work, nginx_workers, worker_port, f""" ssl http2;
+        nginx, nginx_port = start_nginx(work, workers, worker_port, f""" ssl http2;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.3;
@@ -170,7 +177,7 @@ def tls(work, worker, psd, rounds, seconds, conns=32, nginx_workers="1"):
         procs.append(nginx)
         # The session by the client's address: wrk and h2load keep no cookies.
         proc, psd_port = start_psd(psd, work, "psd-tls", worker, " https",
-                                   f"SSLCertificateFile {cert}\nSSLCertificateKeyFile {key}\n",
+                                   f"SSLCertificateFile {cert}\nSSLCertificateKeyFile {key}\nThreads {workers}\n",
                                    "    SessionKey ip\n")
         procs.append(proc)
         wait_port(nginx_port)
@@ -200,7 +207,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--conns", type=int, default=32)
-    parser.add_argument("--nginx-workers", default="1")
+    parser.add_argument("--workers", default="1", help="--tls: nginx's worker_processes and psd's Threads")
     parser.add_argument("--psd", default=str(ROOT / "target/release/psd"))
     parser.add_argument("--psd-b", help="a second psd binary (an experiment), alternating with the first")
     parser.add_argument("--tls", action="store_true", help="HTTPS, new TLS connections and HTTP/2 rows")
@@ -209,11 +216,11 @@ def main():
                    cwd=ROOT, check=True)
     worker = ROOT / "target/release/http-worker"
     work = Path(tempfile.mkdtemp(prefix="psd-proxies-"))
-    command = (f"bench/proxies.py{' --tls' if args.tls else ''} --rounds {args.rounds} --seconds {args.seconds} "
-               f"--conns {args.conns} --nginx-workers {args.nginx_workers} --psd {args.psd}")
     if args.tls:
-        rows = tls(work, worker, args.psd, args.rounds, args.seconds, args.conns, args.nginx_workers)
-        print(f"# {command}\n")
+        rows = tls(work, worker, args.psd, args.rounds, args.seconds, args.conns, args.workers)
+        print(f"# bench/proxies.py --tls --rounds {args.rounds} --seconds {args.seconds} --conns {args.conns} "
+              f"--workers {args.workers} --psd {args.psd}\n")
+        print(f"nginx worker_processes {args.workers}, psd Threads {args.workers}.\n")
         print("| load | nginx req/s | psd req/s | psd / nginx | rounds (nginx; psd) |")
         print("| --- | --- | --- | --- | --- |")
         for load, by in rows.items():
@@ -221,20 +228,28 @@ def main():
             rounds = ", ".join(f"{x:.0f}" for x in by["nginx"]) + "; " + ", ".join(f"{x:.0f}" for x in by["psd"])
             print(f"| {load} | {n:,.0f} | {p:,.0f} | {p / n:.2f} | {rounds} |")
         return
-    psds = {"psd": args.psd, **({"psd-b": args.psd_b} if args.psd_b else {})}
-    results = plain(work, worker, psds, args.rounds, args.seconds, args.conns, args.nginx_workers)
+    builds = {"psd": args.psd, **({"psd-b": args.psd_b} if args.psd_b else {})}
+    psds = {f"{name} {threads}": (binary, threads) for name, binary in builds.items() for threads in ("1", "auto")}
+    results = plain(work, worker, psds, args.rounds, args.seconds, args.conns)
     med = {n: statistics.median(r["rps"] for r in rs) for n, rs in results.items()}
-    print(f"# {command}\n")
+    print(f"# bench/proxies.py --rounds {args.rounds} --seconds {args.seconds} --conns {args.conns} "
+          f"--psd {args.psd}{f' --psd-b {args.psd_b}' if args.psd_b else ''}\n")
+    print("nginx N: worker_processes N; psd N: Threads N.\n")
     print("| path | req/s (median) | rounds | p99 ms (median) | / direct |")
     print("| --- | --- | --- | --- | --- |")
     for name, rs in results.items():
         rounds = ", ".join(f"{r['rps']:.0f}" for r in rs)
         p99 = statistics.median(r["p99"] for r in rs)
         print(f"| {name} | {med[name]:,.0f} | {rounds} | {p99:.2f} | {med[name] / med['direct']:.2f} |")
+    print()
     for name in psds:
-        print(f"\n{name} / nginx = {med[name] / med['nginx']:.2f}; {name} / haproxy = {med[name] / med['haproxy']:.2f}")
+        threads = name.rsplit(" ", 1)[1]
+        print(f"- {name} / nginx {threads} = {med[name] / med['nginx ' + threads]:.2f}; "
+              f"{name} / haproxy = {med[name] / med['haproxy']:.2f}")
     if args.psd_b:
-        print(f"\npsd-b ({args.psd_b}) / psd ({args.psd}) = {med['psd-b'] / med['psd']:.3f}")
+        for threads in ("1", "auto"):
+            print(f"- psd-b {threads} ({args.psd_b}) / psd {threads} ({args.psd}) = "
+                  f"{med['psd-b ' + threads] / med['psd ' + threads]:.3f}")
 
 
 if __name__ == "__main__":

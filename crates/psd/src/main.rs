@@ -203,9 +203,17 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     };
     init_logging(&config)?;
     raise_fd_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = match config.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()?;
     runtime.block_on(async {
         // Handlers first: a signal that comes right after psd says it is
         // ready must not find the default action (exit without cleanup).

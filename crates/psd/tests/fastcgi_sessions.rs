@@ -92,6 +92,30 @@ fn a_libfcgi_worker_keeps_its_connection_from_request_to_request() {
 }
 
 #[test]
+fn on_one_thread_a_slow_request_holds_up_no_other_session() {
+    let sleepy = test_worker("sleepy.py");
+    let d = Daemon::start(&format!("Threads 1\n{}", location("/", &sleepy, "")));
+    let (a, b) = (Client::with_jar(&d.dir, "a"), Client::with_jar(&d.dir, "b"));
+    assert_eq!(a.get(&d.url("/")).status, 200, "{}", d.log_text());
+    assert_eq!(b.get(&d.url("/")).status, 200);
+    let slow = {
+        let url = d.url("/?ms=3000");
+        thread::spawn(move || a.get(&url))
+    };
+    thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(b.get(&d.url("/")).status, 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the other session waited: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(slow.join().unwrap().status, 200);
+}
+
+#[test]
 fn workers_run_under_sched_batch_unless_configured_otherwise() {
     fn policy(pid: u32) -> i32 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

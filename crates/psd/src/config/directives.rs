@@ -348,6 +348,21 @@ pub const DIRECTIVES: &[Directive] = &[
         }),
     },
     Directive {
+        name: "Threads",
+        scope: Scope::Server,
+        reload: Reload::Restart,
+        syntax: "Threads N|auto",
+        default: "auto",
+        help: "Threads that run psd's event loop: connections, routing, proxying (nginx's worker_processes). `auto` is one per CPU core. With 1, psd runs on one thread with no hand-offs between threads: the least CPU per request, for a small machine shared with its workers, or to compare with an nginx of one worker process.",
+        apply: Apply::Server(|c, a, _| {
+            c.threads = match one(a)? {
+                v if v.eq_ignore_ascii_case("auto") => None,
+                v => Some(positive(v)?),
+            };
+            Ok(())
+        }),
+    },
+    Directive {
         name: "ErrorLog",
         scope: Scope::Server,
         reload: Reload::Restart,
@@ -618,8 +633,9 @@ pub const DIRECTIVES: &[Directive] = &[
         help: "CPU scheduling policy of worker processes, as systemd's `CPUSchedulingPolicy`. \
                With `batch` a worker woken by a request does not preempt psd, which finishes \
                the work it has ready first: far fewer context switches under load, and no \
-               difference when a CPU is free. `other` is the normal policy; `idle` runs \
-               workers only when nothing else wants the CPU.",
+               difference when a CPU is free; but a batch worker does not preempt other \
+               CPU-bound programs either, so on a shared machine choose `other`, the normal \
+               policy. `idle` runs workers only when nothing else wants the CPU.",
         apply: Apply::Location(|l, a| {
             l.scheduling = match one(a)?.to_ascii_lowercase().as_str() {
                 "batch" => SchedulingPolicy::Batch,

@@ -43,6 +43,8 @@ pub struct Config {
     pub max_connections_per_client: usize,
     /// `MaxSpawnRate`: new workers per second.
     pub max_spawn_rate: u32,
+    /// `Threads`: the threads that run psd's event loop (`None`: one per core).
+    pub threads: Option<usize>,
     pub trusted_proxies: Vec<Cidr>,
     pub error_log: Option<PathBuf>,
     /// `None`: no access log; `Some(None)`: stderr; `Some(Some(path))`: a file.
@@ -316,6 +318,7 @@ impl Default for Config {
             max_connections: 10_000,
             max_connections_per_client: 256,
             max_spawn_rate: 64,
+            threads: None,
             trusted_proxies: vec![],
             error_log: None,
             access_log: None,

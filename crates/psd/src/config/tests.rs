@@ -178,3 +178,20 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn threads_are_a_count_or_auto() {
+    let threads = |line: &str| {
+        load(&format!(
+            "{line}\n<Location />\nWorker fastcgi a\n</Location>\n"
+        ))
+    };
+    assert_eq!(threads("").unwrap().threads, None);
+    assert_eq!(threads("Threads auto").unwrap().threads, None);
+    assert_eq!(threads("Threads 1").unwrap().threads, Some(1));
+    assert_eq!(threads("Threads 8").unwrap().threads, Some(8));
+    assert_eq!(
+        threads("Threads 0").unwrap_err(),
+        ["t.conf:1: Threads: '0' is not a positive whole number"]
+    );
+}

@@ -150,7 +150,9 @@ impl Upstream {
             }
         }
         Ok(Pooled {
-            sender: self.connect(upgrades).await?,
+            // Boxed: connecting is the rare path, and its handshake future
+            // would size every request's future.
+            sender: Box::pin(self.connect(upgrades)).await?,
             reused: false,
         })
     }
@@ -180,9 +182,13 @@ impl Upstream {
             Err(mut e) => match e.take_message() {
                 Some(request) if conn.reused => {
                     tracing::debug!(session = %self.label, "kept connection closed: {}; sending again", e.error());
-                    let mut sender = self.connect(false).await?;
-                    let response = sender.send_request(request).await?;
-                    Ok((response, sender))
+                    // Boxed, as in `connection`.
+                    Box::pin(async move {
+                        let mut sender = self.connect(false).await?;
+                        let response = sender.send_request(request).await?;
+                        Ok((response, sender))
+                    })
+                    .await
                 }
                 _ => Err(e.into_error().into()),
             },
@@ -241,40 +247,57 @@ pub(crate) fn forward<B>(
     parts.version = http::Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, websocket);
-    for name in SET_BY_PSD {
-        headers.remove(name);
+    // One pass over the few headers a request has, rather than a hashed
+    // look-up of each name psd sets.
+    if headers
+        .keys()
+        .any(|name| SET_BY_PSD.contains(&name.as_str()))
+    {
+        for name in SET_BY_PSD {
+            headers.remove(name);
+        }
     }
     let has_host = headers.contains_key(header::HOST);
-    let mut set = |name: &'static str, value: &str| {
+    let mut set = |name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);
         }
     };
-    set("x-forwarded-for", &meta.client.to_string());
-    set(
-        "x-forwarded-proto",
-        if meta.https { "https" } else { "http" },
-    );
+    set(X_FORWARDED_FOR, &meta.client.to_string());
+    set(X_FORWARDED_PROTO, if meta.https { "https" } else { "http" });
     if !meta.script_name.is_empty() {
-        set("x-forwarded-prefix", &meta.script_name);
+        set(X_FORWARDED_PREFIX, &meta.script_name);
     }
-    set("x-psd-session-id", &meta.session_id);
-    set("x-psd-access", meta.access.as_str());
+    set(X_PSD_SESSION_ID, &meta.session_id);
+    set(X_PSD_ACCESS, meta.access.as_str());
     if let Some(user) = meta.user.as_deref() {
-        set("x-remote-user", user);
+        set(X_REMOTE_USER, user);
     }
     if let Some(host) = meta.host.as_deref() {
-        set("x-forwarded-host", host);
+        set(X_FORWARDED_HOST, host);
     }
     if !has_host {
-        set("host", upstream);
+        set(header::HOST, upstream);
     }
     Request::from_parts(parts, body)
 }
 
+// The names psd sets, made once (a name from a `&str` is parsed each time).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_PSD_SESSION_ID: HeaderName = HeaderName::from_static("x-psd-session-id");
+const X_PSD_ACCESS: HeaderName = HeaderName::from_static("x-psd-access");
+const X_REMOTE_USER: HeaderName = HeaderName::from_static("x-remote-user");
+
 /// Removes the hop-by-hop headers and those `Connection` names. A
 /// WebSocket upgrade keeps `Connection: upgrade` and `Upgrade: websocket`.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, websocket: bool) {
+    // Most messages have none: one pass over their names decides.
+    if !websocket && !headers.keys().any(|name| is_hop_by_hop(name.as_str())) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
