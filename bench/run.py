@@ -70,10 +70,13 @@ class Proc:
             os.killpg(self.p.pid, signal.SIGTERM)
             self.p.wait(timeout=15)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            pass
+        # Whatever of the group outlived its leader (nginx workers whose
+        # master went first were seen to) goes too.
+        try:
+            os.killpg(self.p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         return False
 
 

@@ -27,13 +27,24 @@ fn node(name: &str, port: u16) -> Daemon {
     ))
 }
 
-/// nginx in the foreground; killed on drop.
+/// nginx in the foreground; stopped on drop.
 struct Nginx(Child);
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        // SIGTERM: the master stops its workers, then itself. A SIGKILL to
+        // the master alone left its workers running, still listening.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let stopped = eventually(Duration::from_secs(10), || {
+            matches!(self.0.try_wait(), Ok(Some(_)))
+        });
+        if !stopped {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
