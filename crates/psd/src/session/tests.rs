@@ -262,6 +262,22 @@ async fn max_sessions_refuses_in_process_sessions_beyond_it() {
     assert!(matches!(refused, Err(Error::TooManySessions(2))));
 }
 
+/// On the real clock: a timer, even one due now, fires at the timer wheel's
+/// next millisecond tick, which every new session paid before.
+#[tokio::test]
+async fn a_start_within_the_burst_waits_for_no_timer() {
+    let rate = SpawnRate::new(100);
+    let began = std::time::Instant::now();
+    for _ in 0..50 {
+        rate.turn().await.unwrap();
+    }
+    assert!(
+        began.elapsed() < Duration::from_millis(10),
+        "50 starts within the burst took {:?}",
+        began.elapsed()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn spawns_are_paced_after_a_burst_and_refused_past_the_wait() {
     let rate = SpawnRate::new(10);
