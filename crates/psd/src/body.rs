@@ -338,11 +338,16 @@ impl http_body::Body for Limited {
 }
 
 /// A body that fails once its source has been silent for `idle` (a worker
-/// that stops writing mid-response).
+/// that stops writing mid-response). The clock runs only while the body
+/// waits: a body whose frames are there when asked for (most responses,
+/// read whole with their head) never arms a timer.
 pub(crate) struct IdleTimeout<B> {
     inner: B,
     idle: std::time::Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Set when the body first waits, reset when it waits again after a frame.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the deadline counts from the current wait.
+    armed: bool,
 }
 
 impl<B> IdleTimeout<B> {
@@ -350,7 +355,8 @@ impl<B> IdleTimeout<B> {
         IdleTimeout {
             inner,
             idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
+            deadline: None,
+            armed: false,
         }
     }
 }
@@ -368,16 +374,28 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         use std::future::Future;
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + self.idle;
-                self.deadline.as_mut().reset(next);
+                this.armed = false;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err("went silent mid-body".into()))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if !this.armed {
+                    // The silence starts now.
+                    let until = tokio::time::Instant::now() + this.idle;
+                    match &mut this.deadline {
+                        Some(deadline) => deadline.as_mut().reset(until),
+                        None => this.deadline = Some(Box::pin(tokio::time::sleep_until(until))),
+                    }
+                    this.armed = true;
+                }
+                let deadline = this.deadline.as_mut().expect("armed above");
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err("went silent mid-body".into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -670,5 +688,52 @@ mod fuzz {
                 prop_assert!(n == d || status == 204 || status == 304, "{} vs {}", n, d);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod idle_timeout {
+    use super::*;
+    use std::time::Duration;
+
+    /// A body fed by a channel: frames when sent, pending in between.
+    struct Fed(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl http_body::Body for Fed {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_fails_only_after_a_silence_as_long_as_the_limit() {
+        let (feed, rx) = tokio::sync::mpsc::channel(4);
+        let mut body = IdleTimeout::new(Fed(rx), Duration::from_secs(10));
+        let writer = tokio::spawn(async move {
+            // Frames 6 s apart: never 10 s of silence.
+            for _ in 0..4 {
+                feed.send(Bytes::from_static(b"x")).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(6)).await;
+            }
+            // Then silence, the sender kept open.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(feed);
+        });
+        let started = tokio::time::Instant::now();
+        for _ in 0..4 {
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), "x");
+        }
+        let silent = tokio::time::Instant::now();
+        let failed = body.frame().await.unwrap();
+        assert!(failed.is_err(), "the worker went silent");
+        assert_eq!(silent.elapsed(), Duration::from_secs(10));
+        assert!(started.elapsed() >= Duration::from_secs(28));
+        writer.abort();
     }
 }
