@@ -1,7 +1,7 @@
 //! The benchmark harness (bench/run.py) at tiny sizes, so it cannot rot:
 //! every row must run to the end against the real peers (nginx,
 //! spawn-fcgi, fcgiwrap, HAProxy, redis-server, h2load) without a failed
-//! request.
+//! request; and bench/cpu_split.py likewise.
 
 mod common;
 
@@ -9,32 +9,49 @@ use std::process::Command;
 
 use common::repo;
 
-#[test]
-fn the_benchmark_harness_runs_every_row() {
+/// Runs a bench script from the repository's root; its standard output,
+/// after checking that it succeeded and printed a table line for each of
+/// `lines` (`| line |`).
+fn bench(script: &str, args: &[&str], lines: &[&str]) {
     let out = Command::new("python3")
-        .arg(repo().join("bench/run.py"))
-        .args(["--smoke"])
+        .arg(repo().join(script))
+        .args(args)
         .current_dir(repo())
         .output()
         .expect("python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    for row in [
-        "warm sessions",
-        "routed vs direct",
-        "CGI acceleration",
-        "new sessions",
-        "scale",
-        "http proxy",
-        "TLS",
-        "stateful app",
-        "slow start",
-        "busy machine",
-    ] {
+    assert!(out.status.success(), "{script}: {stdout}\n{stderr}");
+    for line in lines {
         assert!(
-            stdout.contains(&format!("| {row} |")),
-            "row {row} missing:\n{stdout}"
+            stdout.contains(&format!("| {line} |")),
+            "{script}: {line} missing:\n{stdout}"
         );
     }
+}
+
+#[test]
+fn the_benchmark_harness_runs_every_row() {
+    bench(
+        "bench/run.py",
+        &["--smoke"],
+        &[
+            "warm sessions",
+            "routed vs direct",
+            "CGI acceleration",
+            "new sessions",
+            "scale",
+            "http proxy",
+            "TLS",
+            "stateful app",
+            "slow start",
+            "busy machine",
+        ],
+    );
+    // On the debug binaries the smoke run built.
+    bench(
+        "bench/cpu_split.py",
+        &["--rounds", "1", "--seconds", "1", "--profile", "debug"],
+        &["direct", "nginx 1", "psd Threads 1"],
+    );
 }
