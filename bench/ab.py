@@ -4,6 +4,7 @@ costs on the hot path, without the noise of two separate runs.
 
     git worktree add /tmp/psd-before <commit> && (cd /tmp/psd-before && cargo build --release -p psd)
     bench/ab.py /tmp/psd-before/target/release/psd target/release/psd --rounds 6 --seconds 5
+    bench/ab.py target/release/psd target/release/psd --b-conf "Threads 1"   # one binary, two settings
 
 50 sessions, each a C libfcgi worker (bench/workers/counter.c), one cookie
 per wrk connection, as the warm row of bench/run.py. Loopback only.
@@ -27,15 +28,18 @@ def main():
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--a-conf", default="", help="server-wide directives for a (lines separated by ';')")
+    parser.add_argument("--b-conf", default="", help="the same for b")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="psd-ab-"))
     worker = work / "counter-c"
     subprocess.run(["gcc", "-O2", "-o", str(worker), str(ROOT / "bench/workers/counter.c"), "-lfcgi"], check=True)
 
-    def start(name, binary):
+    def start(name, binary, extra):
         port = free_port()
         conf = work / f"{name}.conf"
-        conf.write_text(f"Listen 127.0.0.1:{port}\nDataDir {work}/{name}-data\nLogLevel warn\n"
+        extra = "".join(f"{line.strip()}\n" for line in extra.split(";") if line.strip())
+        conf.write_text(f"Listen 127.0.0.1:{port}\nDataDir {work}/{name}-data\nLogLevel warn\n{extra}"
                         f"<Location />\n  Worker fastcgi {worker}\n  MaxSessionsPerClient 100000\n</Location>\n")
         proc = Proc([binary, "serve", "-c", str(conf)], stderr=open(work / f"{name}.log", "w"))
         wait_port(port)
@@ -50,8 +54,8 @@ def main():
                           '  return wrk.format("GET", "/", { ["Cookie"] = cookies[(n % #cookies) + 1] })\nend\n')
         return proc, port, script
 
-    a, a_port, a_script = start("a", args.a)
-    b, b_port, b_script = start("b", args.b)
+    a, a_port, a_script = start("a", args.a, args.a_conf)
+    b, b_port, b_script = start("b", args.b, args.b_conf)
     ra, rb = [], []
     with a, b:
         for _ in range(args.rounds):
@@ -59,8 +63,8 @@ def main():
             rb.append(wrk(f"http://127.0.0.1:{b_port}/", args.sessions, args.seconds, script=b_script)["rps"])
     ma, mb = statistics.median(ra), statistics.median(rb)
     print(f"# bench/ab.py {' '.join(sys.argv[1:])}")
-    print(f"a {args.a}: median {ma:,.0f} req/s  {[round(x) for x in ra]}")
-    print(f"b {args.b}: median {mb:,.0f} req/s  {[round(x) for x in rb]}")
+    print(f"a {args.a} {args.a_conf!r}: median {ma:,.0f} req/s  {[round(x) for x in ra]}")
+    print(f"b {args.b} {args.b_conf!r}: median {mb:,.0f} req/s  {[round(x) for x in rb]}")
     print(f"b / a = {mb / ma:.3f}")
 
 
