@@ -114,10 +114,13 @@ impl Door {
             }
             return unanswered(answer.await);
         };
-        let serve = worker.serve(job);
+        // The worker's future is made inside the boxed one: made outside
+        // and moved in, it would be held twice over (once captured, once
+        // awaited), and the box copied at twice its size.
+        let serving = worker.clone();
         let exchange = Exchange {
             run: Some(Box::pin(async move {
-                let job = serve.await?;
+                let job = serving.serve(job).await?;
                 Some(Admitted { job, turn })
             })),
         };

@@ -341,13 +341,14 @@ impl Supervisor {
                 }
             }
         }
-        let serve = life.worker.as_ref().expect("started above").serve(job);
+        // Made inside the task (see `Door::call`).
+        let worker = life.worker.clone().expect("started above");
         // The spare's replacement starts once this first request has its
         // answer: a new worker process starting (a Python interpreter, say)
         // would take CPU from the very request the spare was kept for.
         let refill = spare_taken.then(|| (self.core.registry.clone(), self.core.app.clone()));
         tokio::spawn(async move {
-            let mut serve = std::pin::pin!(serve);
+            let mut serve = std::pin::pin!(worker.serve(job));
             let undelivered = match refill {
                 Some((registry, app)) => {
                     let first = tokio::time::timeout(REFILL_AFTER_AT_MOST, &mut serve).await;
