@@ -25,7 +25,7 @@ use crate::error::{Error, Side};
 use crate::mapper::{self, client, Access, Hit};
 use crate::metrics::AppMetrics;
 use crate::session::Target;
-use crate::worker::{Job, RequestMeta};
+use crate::worker::{JobParts, RequestMeta};
 
 /// What a request's connection says about it.
 #[derive(Debug, Clone, Copy)]
@@ -344,11 +344,11 @@ where
     let head_request = parts.method == Method::HEAD;
     let upgrade = crate::worker::is_websocket(&parts.headers);
     let (reply, answer) = oneshot::channel();
-    let job = Job {
+    let job = Box::new(JobParts {
         request: Request::from_parts(parts, body),
         meta: meta(mount, &target, client, conn, &view, script, user),
         reply,
-    };
+    });
     trace.session = Some(target.handle);
     let asked = tokio::time::Instant::now();
     let answer = target.door.call(target.queue.as_ref(), job, answer).await;

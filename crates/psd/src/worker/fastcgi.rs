@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::process::{self, WorkerProcess};
 use tokio::time::{timeout, Instant};
 
-use super::{cgi, Job, Spawn};
+use super::{cgi, Job, JobParts, Spawn};
 use crate::body::{self, Body, BoxError, RequestBody};
 use crate::config::{LocationConfig, WorkerCommand};
 use crate::error::{Cause, Error, Retry};
@@ -241,11 +241,11 @@ impl FastCgiWorker {
             Err(e) if self.proc.found_dead(&e).await => return Some(job),
             first => first,
         };
-        let Job {
+        let JobParts {
             request,
             meta,
             reply,
-        } = job;
+        } = *job;
         let mut reply = Some(reply);
         let (parts, mut body) = request.into_parts();
         let params = cgi::params(&parts, &meta, &self.env);
@@ -262,11 +262,11 @@ impl FastCgiWorker {
                     if self.proc.found_dead(&e).await {
                         let reply = reply.take()?;
                         let request = http::Request::from_parts(parts, again());
-                        return Some(Job {
+                        return Some(Box::new(JobParts {
                             request,
                             meta,
                             reply,
-                        });
+                        }));
                     }
                     tracing::debug!(session = %self.label, "kept connection was closed ({e}); retrying on a new one");
                     fresh = true;

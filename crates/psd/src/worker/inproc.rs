@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::timeout;
 
-use super::Job;
+use super::{Job, JobParts};
 use crate::app::{decode_params, App, Request, Session, SessionFuture};
 use crate::body;
 use crate::error::Error;
@@ -107,11 +107,11 @@ impl Task {
     }
 
     pub async fn serve(self, job: Job) {
-        let Job {
+        let JobParts {
             request,
             reply,
             meta,
-        } = job;
+        } = *job;
         let result = self.exchange(request, &meta).await;
         if let Err(e) = &result {
             tracing::info!(session = %self.link.state.record.handle, "request failed: {e}");

@@ -37,7 +37,12 @@ use crate::error::Error;
 use crate::mapper::Access;
 
 /// One request on its way to a session, with the channel for its answer.
-pub(crate) struct Job {
+/// Boxed: a job passes through several futures on its way to the worker,
+/// and each move of its ~470 bytes was a copy.
+pub(crate) type Job = Box<JobParts>;
+
+/// What a [`Job`] holds.
+pub(crate) struct JobParts {
     pub request: http::Request<RequestBody>,
     pub meta: RequestMeta,
     pub reply: oneshot::Sender<Result<Response<Body>, Error>>,

@@ -28,7 +28,7 @@ use tokio::time::timeout;
 use super::listen;
 use super::process::{self, WorkerProcess};
 use super::upstream::{self, Address, Upstream};
-use super::{is_websocket, Activity, Job, Spawn};
+use super::{is_websocket, Activity, Job, JobParts, Spawn};
 use crate::body::{caused_by, ClientBody, IdleTimeout, Limited, OnEnd, TooLarge};
 use crate::config::{LocationConfig, WorkerCommand, WorkerListen};
 use crate::error::{Cause, Error};
@@ -153,11 +153,11 @@ impl HttpWorker {
             Err(e) if self.proc.found_dead(&e).await => return Some(job),
             other => other,
         };
-        let Job {
+        let JobParts {
             mut request,
             meta,
             reply,
-        } = job;
+        } = *job;
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
         let place = request
             .extensions()

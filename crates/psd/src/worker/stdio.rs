@@ -50,7 +50,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::process::{self, WorkerProcess};
-use super::{is_websocket, Activity, Job, RequestMeta, Spawn};
+use super::{is_websocket, Activity, Job, JobParts, RequestMeta, Spawn};
 use crate::body::{self, Body, BoxError};
 use crate::config::{LocationConfig, WorkerCommand};
 use crate::error::{Cause, Error};
@@ -200,11 +200,11 @@ impl StdioWorker {
     }
 
     pub async fn serve(self: Arc<Self>, job: Job) {
-        let Job {
+        let JobParts {
             request,
             meta,
             reply,
-        } = job;
+        } = *job;
         if is_websocket(request.headers()) {
             return self.websocket(request, &meta, reply).await;
         }
