@@ -118,13 +118,25 @@ impl Door {
         // and moved in, it would be held twice over (once captured, once
         // awaited), and the box copied at twice its size.
         let serving = worker.clone();
-        let exchange = Exchange {
+        let mut exchange = Exchange {
             run: Some(Box::pin(async move {
                 let job = serving.serve(job).await?;
                 Some(Admitted { job, turn })
             })),
         };
-        exchange.answer(answer, self, &worker, queue).await
+        let answered = exchange.answer(answer, self, &worker, queue).await;
+        match (answered, exchange.run.take()) {
+            // The rest of the exchange (the worker's end of the response
+            // body) goes with the body, polled by whoever sends it: no task
+            // of its own per request.
+            (Ok(response), Some(rest)) => {
+                Ok(response.map(|body| Body::new(Tailed::new(body, rest))))
+            }
+            (answered, rest) => {
+                exchange.run = rest;
+                answered
+            }
+        }
     }
 
     async fn turn(self: &Arc<Self>) -> Result<Turn, Error> {
@@ -278,7 +290,7 @@ struct Exchange {
 
 impl Exchange {
     async fn answer(
-        mut self,
+        &mut self,
         answer: oneshot::Receiver<Result<Response<Body>, Error>>,
         door: &Door,
         worker: &Worker,
@@ -305,6 +317,93 @@ impl Exchange {
                 unanswered(answer.await)
             }
             answered = &mut answer => unanswered(answered),
+        }
+    }
+}
+
+/// A response body with the rest of its exchange: the rest is polled
+/// before each frame (it may be what produces them) and once more at the
+/// end, when it can usually finish (a proxied response's connection goes
+/// back to the pool, the session's turn passes on). Whatever is left when
+/// the body is dropped — its client went away, or the body was never read
+/// to its end — goes on in a task of its own, as [`Exchange`]'s does.
+struct Tailed {
+    body: Option<Body>,
+    /// In a mutex only for `Sync` (a response body must be); reached
+    /// through `get_mut`, it is never locked.
+    rest: Mutex<Option<Run>>,
+}
+
+impl Tailed {
+    fn new(body: Body, rest: Run) -> Tailed {
+        Tailed {
+            body: Some(body),
+            rest: Mutex::new(Some(rest)),
+        }
+    }
+
+    fn rest(&mut self) -> &mut Option<Run> {
+        self.rest
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Polls the rest once; forgets it when it is done.
+    fn advance(&mut self, cx: &mut std::task::Context<'_>) {
+        let rest = self.rest();
+        if let Some(run) = rest {
+            // An answered request is no longer handed back.
+            if run.as_mut().poll(cx).is_ready() {
+                *rest = None;
+            }
+        }
+    }
+}
+
+impl http_body::Body for Tailed {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        this.advance(cx);
+        let Some(body) = &mut this.body else {
+            return std::task::Poll::Ready(None);
+        };
+        let frame = Pin::new(body).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = frame {
+            this.advance(cx);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.as_ref().map_or_else(
+            || http_body::SizeHint::with_exact(0),
+            http_body::Body::size_hint,
+        )
+    }
+}
+
+impl Drop for Tailed {
+    fn drop(&mut self) {
+        // The body first: its end is often what the rest waits for.
+        drop(self.body.take());
+        let Some(mut rest) = self.rest().take() else {
+            return;
+        };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if rest.as_mut().poll(&mut cx).is_pending() {
+            drop(Exchange { run: Some(rest) });
         }
     }
 }
@@ -439,5 +538,68 @@ mod tests {
             door.evictable(min_idle, 1).is_none(),
             "served two: in real use"
         );
+    }
+}
+
+#[cfg(test)]
+mod tailed {
+    use std::sync::atomic::AtomicBool;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// A rest that waits for `until`, then says it ran.
+    fn rest(until: oneshot::Receiver<()>) -> (Run, Arc<AtomicBool>) {
+        let ran = Arc::new(AtomicBool::new(false));
+        let said = ran.clone();
+        let run: Run = Box::pin(async move {
+            let _ = until.await;
+            said.store(true, Ordering::SeqCst);
+            None
+        });
+        (run, ran)
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_an_exchange_finishes_as_its_body_ends() {
+        // As a proxied response: the rest waits for the body's end.
+        let (end, until) = oneshot::channel();
+        let body = Body::new(crate::body::OnEnd::new(
+            crate::body::full("hello"),
+            move |_| drop(end),
+        ));
+        let (run, ran) = rest(until);
+        let mut tailed = Tailed::new(body, run);
+        let mut got = vec![];
+        while let Some(frame) = tailed.frame().await {
+            got.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(got, b"hello");
+        assert!(
+            ran.load(Ordering::SeqCst),
+            "finished with the body, by its reader"
+        );
+        assert!(tailed.rest().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_rest_still_waiting_when_its_body_is_dropped_goes_on_by_itself() {
+        let (go, until) = oneshot::channel();
+        let (run, ran) = rest(until);
+        let mut tailed = Tailed::new(crate::body::full("unread"), run);
+        let first = tailed.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "unread");
+        // The client went away mid-body.
+        drop(tailed);
+        assert!(!ran.load(Ordering::SeqCst));
+        go.send(()).unwrap();
+        for _ in 0..100 {
+            if ran.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the rest never ran after its body was dropped");
     }
 }
