@@ -432,7 +432,7 @@ fn meta(
         document_root: mount.document_root.clone(),
         session_id: target.token.clone(),
         access: target.access,
-        session_param: mount.config.mapper.query_name().map(Arc::from),
+        session_param: mount.session_param.clone(),
         user,
     }
 }

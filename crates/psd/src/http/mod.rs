@@ -104,6 +104,8 @@ pub(crate) struct Mount {
     pub metrics: Arc<AppMetrics>,
     /// Its access control (`AuthType`, `Require`), if any.
     pub gate: Option<Arc<crate::auth::Gate>>,
+    /// The query parameter that carries the session id, if the mapper reads one.
+    pub session_param: Option<Arc<str>>,
 }
 
 /// Everything derived from one configuration; a reload swaps it whole.
@@ -136,6 +138,7 @@ impl Routing {
             .map(|(app, l)| Mount {
                 metrics: metrics.app(&app),
                 gate: crate::auth::Gate::of(l),
+                session_param: l.mapper.query_name().map(Arc::from),
                 app,
                 config: Arc::new(l.clone()),
                 prefix: if l.prefix == "/" {

@@ -238,12 +238,19 @@ pub(crate) fn forward<B>(
     upstream: &str,
 ) -> Request<B> {
     let (mut parts, body) = request.into_parts();
-    let under = crate::path::under(&meta.prefix, parts.uri.path());
-    let target = match parts.uri.query() {
-        Some(q) => format!("{under}?{q}"),
-        None => under.to_string(),
-    };
-    parts.uri = target.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    let path = parts.uri.path();
+    let under = crate::path::under(&meta.prefix, path);
+    // An origin-form target under no prefix goes on as it came (no copy).
+    let unchanged = under.len() == path.len()
+        && parts.uri.scheme().is_none()
+        && parts.uri.authority().is_none();
+    if !unchanged {
+        let target = match parts.uri.query() {
+            Some(q) => format!("{under}?{q}"),
+            None => under.to_string(),
+        };
+        parts.uri = target.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    }
     parts.version = http::Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, websocket);
@@ -258,18 +265,30 @@ pub(crate) fn forward<B>(
         }
     }
     let has_host = headers.contains_key(header::HOST);
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if meta.https { "https" } else { "http" }),
+    );
+    headers.insert(X_PSD_ACCESS, HeaderValue::from_static(meta.access.as_str()));
+    // The address written on the stack: one allocation (the value's), not two.
+    let mut ip = [0u8; 45];
+    let free = {
+        let mut rest = &mut ip[..];
+        let _ = std::io::Write::write_fmt(&mut rest, format_args!("{}", meta.client));
+        rest.len()
+    };
+    if let Ok(v) = HeaderValue::from_bytes(&ip[..ip.len() - free]) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
     let mut set = |name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);
         }
     };
-    set(X_FORWARDED_FOR, &meta.client.to_string());
-    set(X_FORWARDED_PROTO, if meta.https { "https" } else { "http" });
     if !meta.script_name.is_empty() {
         set(X_FORWARDED_PREFIX, &meta.script_name);
     }
     set(X_PSD_SESSION_ID, &meta.session_id);
-    set(X_PSD_ACCESS, meta.access.as_str());
     if let Some(user) = meta.user.as_deref() {
         set(X_REMOTE_USER, user);
     }
@@ -569,5 +588,35 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "example.org");
         assert_eq!(h["host"], "127.0.0.1:4000");
         assert!(!h.contains_key("x-hop"));
+
+        // Under no prefix the target goes on as it came; the longest
+        // address text fits.
+        let meta = RequestMeta {
+            client: "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
+            prefix: "".into(),
+            script_name: "".into(),
+            https: false,
+            ..meta
+        };
+        let request = Request::builder().uri("/a/b?c=%20d").body(()).unwrap();
+        let out = forward(request, &meta, false, "127.0.0.1:4000");
+        assert_eq!(out.uri(), "/a/b?c=%20d");
+        let h = out.headers();
+        assert_eq!(
+            h["x-forwarded-for"],
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("x-forwarded-prefix"));
+        let request = Request::builder()
+            .uri("http://elsewhere/a?b")
+            .body(())
+            .unwrap();
+        let out = forward(request, &meta, false, "127.0.0.1:4000");
+        assert_eq!(
+            out.uri(),
+            "/a?b",
+            "an absolute-form target loses its scheme and host"
+        );
     }
 }
