@@ -401,8 +401,9 @@ impl Drop for Tailed {
         let Some(mut rest) = self.rest().take() else {
             return;
         };
+        // Not while unwinding: a panic in the rest would then abort psd.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if rest.as_mut().poll(&mut cx).is_pending() {
+        if std::thread::panicking() || rest.as_mut().poll(&mut cx).is_pending() {
             drop(Exchange { run: Some(rest) });
         }
     }
