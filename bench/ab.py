@@ -10,7 +10,6 @@ costs on the hot path, without the noise of two separate runs.
 per wrk connection, as the warm row of bench/run.py. Loopback only.
 """
 import argparse
-import re
 import statistics
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, Proc, free_port, wait_port, wrk  # noqa: E402
+from run import ROOT, Proc, free_port, new_session_cookie, wait_port, wrk  # noqa: E402
 
 
 def main():
@@ -45,9 +44,7 @@ def main():
         wait_port(port)
         cookies = []
         for _ in range(args.sessions):
-            out = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", f"http://127.0.0.1:{port}/"],
-                                 capture_output=True, text=True, check=True).stdout
-            cookies.append(re.search(r"(?i)set-cookie: ([^;]+)", out).group(1))
+            cookies.append(new_session_cookie(f"http://127.0.0.1:{port}/"))
         script = work / f"{name}.lua"
         script.write_text("local cookies = {\n" + "\n".join(f'  "{c}",' for c in cookies) + "\n}\nlocal n = 0\n"
                           "request = function()\n  n = n + 1\n"

@@ -6,7 +6,7 @@
 The Rust http worker hit directly, through nginx `proxy_pass` (upstream
 keep-alive, `worker_processes N`) and through psd (one session, `Threads N`),
 alternating, `wrk -t2 -c32` on loopback. For each: req/s and the CPU time
-(user + system, from getrusage for wrk and /proc/PID/task/*/stat for the
+(user + system, from getrusage for wrk and /proc/PID/stat for the
 others) that wrk, the worker and the proxy spent per request. On a machine
 whose cores all run the test, req/s is bounded by the sum: a proxy can only
 beat another by the share of that sum it saves. Build first:
@@ -14,7 +14,6 @@ beat another by the share of that sum it saves. Build first:
 """
 
 import argparse
-import re
 import resource
 import statistics
 import subprocess
@@ -24,19 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import proxies  # noqa: E402
-from run import ROOT, wait_port, wrk  # noqa: E402
-
-TICK = 1 / 100  # seconds per clock tick in /proc/PID/stat (USER_HZ)
-
-
-def cpu_seconds(pids):
-    """User + system CPU of every thread of `pids`."""
-    ticks = 0
-    for pid in pids:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks * TICK
+from run import ROOT, new_session_cookie, wait_port, wrk  # noqa: E402
+from stateful import cpu_seconds  # noqa: E402
 
 
 def children(pid, name):
@@ -76,9 +64,7 @@ def main():
         procs.append(psd)
         wait_port(nginx_port)
         wait_port(psd_port)
-        head = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", f"http://127.0.0.1:{psd_port}/"],
-                              capture_output=True, text=True, check=True).stdout
-        cookie = f"Cookie: {re.search(r'(?i)set-cookie: ([^;]+)', head).group(1)}"
+        cookie = f"Cookie: {new_session_cookie(f'http://127.0.0.1:{psd_port}/')}"
         direct = [procs[0].p.pid]
         systems = {
             "direct": (worker_port, [], direct, ()),

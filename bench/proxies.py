@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, Proc, free_port, wait_port, wrk  # noqa: E402
+from run import ROOT, Proc, free_port, new_session_cookie, wait_port, wrk  # noqa: E402
 
 
 def start_worker(worker):
@@ -134,9 +134,7 @@ backend app
             wait_port(port)
             # psd's session by its cookie, sent by wrk on every request.
             if name in psds:
-                head = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", f"http://127.0.0.1:{port}/"],
-                                      capture_output=True, text=True, check=True).stdout
-                headers[name] = [f"Cookie: {re.search(r'(?i)set-cookie: ([^;]+)', head).group(1)}"]
+                headers[name] = [f"Cookie: {new_session_cookie(f'http://127.0.0.1:{port}/')}"]
         results = {name: [] for name in systems}
         for _ in range(rounds):
             for name, port in systems.items():

@@ -45,6 +45,13 @@ def free_port():
         return s.getsockname()[1]
 
 
+def new_session_cookie(url):
+    """The `name=value` of the session cookie psd sets on a first request to `url`."""
+    head = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", url],
+                          capture_output=True, text=True, check=True).stdout
+    return re.search(r"(?i)set-cookie: ([^;]+)", head).group(1)
+
+
 def wait_port(port, timeout=15):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -228,9 +235,7 @@ http {{
     def cookies_script(self, port, path, n):
         lines = []
         for _ in range(n):
-            out = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", f"http://127.0.0.1:{port}{path}"],
-                                 capture_output=True, text=True, check=True).stdout
-            cookie = re.search(r"(?i)set-cookie: ([^;]+)", out).group(1)
+            cookie = new_session_cookie(f"http://127.0.0.1:{port}{path}")
             lines.append(f'  "{cookie}",')
         script = self.work / f"cookies-{port}.lua"
         script.write_text("local cookies = {\n" + "\n".join(lines) + "\n}\nlocal n = 0\n"
@@ -396,9 +401,7 @@ http {{
                                            f"  WorkerConcurrency 64\n</Location>\n")
         with direct, psd:
             wait_port(direct_port)
-            cookie = re.search(r"(?i)set-cookie: ([^;]+)", subprocess.run(
-                ["curl", "-s", "-D", "-", "-o", "/dev/null", f"http://127.0.0.1:{psd_port}/app/"],
-                capture_output=True, text=True, check=True).stdout).group(1)
+            cookie = new_session_cookie(f"http://127.0.0.1:{psd_port}/app/")
             via, to = f"http://127.0.0.1:{psd_port}/app/", f"http://127.0.0.1:{direct_port}/"
             a, b = self.alternate(lambda: wrk(via, 32, secs, headers=[f"Cookie: {cookie}"]), lambda: wrk(to, 32, secs))
             la, lb = self.alternate(lambda: wrk(via, 1, secs, headers=[f"Cookie: {cookie}"]), lambda: wrk(to, 1, secs))

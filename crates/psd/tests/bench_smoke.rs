@@ -9,9 +9,8 @@ use std::process::Command;
 
 use common::repo;
 
-/// Runs a bench script from the repository's root; its standard output,
-/// after checking that it succeeded and printed a table line for each of
-/// `lines` (`| line |`).
+/// Runs a bench script from the repository's root and checks that it
+/// succeeded and printed a table line for each of `lines` (`| line |`).
 fn bench(script: &str, args: &[&str], lines: &[&str]) {
     let out = Command::new("python3")
         .arg(repo().join(script))
