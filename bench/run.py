@@ -309,14 +309,31 @@ http {{
         (as on a shared server), quiet and busy rounds alternating, workers
         under WorkerSchedulingPolicy batch (the default) and other. psd may
         lose no more of its speed to the competitor than nginx does."""
+        from stateful import cpu_seconds
         sessions = 8 if self.args.smoke else 50
         hog = [sys.executable, "-c", "while True: pass"]
+
+        def taken(load, pid, shares):
+            """`load`, noting the share of a core the hog took meanwhile."""
+            def run():
+                cpu, start = cpu_seconds([pid]), time.monotonic()
+                result = load()
+                shares.append((cpu_seconds([pid]) - cpu) / (time.monotonic() - start))
+                return result
+            return run
+
         for policy in ("batch", "other"):
             with self.warm_pair(f"busy-{policy}", sessions, f"  WorkerSchedulingPolicy {policy}\n") as (psd, nginx):
                 quiet_p, quiet_n = self.alternate(psd, nginx)
-                with Proc(hog):
-                    busy_p, busy_n = self.alternate(psd, nginx)
+                hog_p, hog_n = [], []
+                with Proc(hog) as competitor:
+                    pid = competitor.p.pid
+                    busy_p, busy_n = self.alternate(taken(psd, pid, hog_p), taken(nginx, pid, hog_n))
             self.check(quiet_p + quiet_n + busy_p + busy_n)
+            # Why a side slows: the cores left to it are the ones the hog did not take.
+            self.row("busy machine", f"cores the hog took meanwhile, workers {policy}", hog_p, hog_n,
+                     "nginx + spawn-fcgi pool (same hog)", ("(reported)", lambda v: True), ratio=False,
+                     unit="cores")
             kept = lambda busy, quiet: statistics.median(r["rps"] for r in busy) / statistics.median(
                 r["rps"] for r in quiet)
             self.row("busy machine", f"req/s with a CPU hog, workers {policy}", [r["rps"] for r in busy_p],
@@ -547,7 +564,7 @@ http {{
         scale = max([r["value"] for r in ratios] + [1.5]) * 1.1
         x = lambda v: left + (width - left - 40) * min(v, scale) / scale
         parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="13">',
-                 f'<text x="10" y="22" font-size="15">psd / peer (higher is better; 1.0 = parity)</text>',
+                 '<text x="10" y="22" font-size="15">psd / peer (higher is better; 1.0 = parity)</text>',
                  f'<line x1="{x(1)}" y1="35" x2="{x(1)}" y2="{height - 10}" stroke="#888" stroke-dasharray="4"/>']
         for i, r in enumerate(ratios):
             y = 40 + i * bar_h

@@ -1,7 +1,7 @@
 //! The benchmark harness (bench/run.py) at tiny sizes, so it cannot rot:
 //! every row must run to the end against the real peers (nginx,
 //! spawn-fcgi, fcgiwrap, HAProxy, redis-server, h2load) without a failed
-//! request; and bench/cpu_split.py likewise.
+//! request; and bench/cpu_split.py and bench/busy_split.py likewise.
 
 mod common;
 
@@ -52,5 +52,26 @@ fn the_benchmark_harness_runs_every_row() {
         "bench/cpu_split.py",
         &["--rounds", "1", "--seconds", "1", "--profile", "debug"],
         &["direct", "nginx 1", "psd Threads 1"],
+    );
+    bench(
+        "bench/busy_split.py",
+        &[
+            "--rounds",
+            "1",
+            "--seconds",
+            "1",
+            "--sessions",
+            "8",
+            "--policies",
+            "batch",
+            "--profile",
+            "debug",
+        ],
+        &[
+            "batch quiet psd",
+            "batch quiet nginx",
+            "batch busy psd",
+            "batch busy nginx",
+        ],
     );
 }
