@@ -16,6 +16,7 @@ and the workers, and rescheduling interrupts per request (the kernel's
 """
 
 import argparse
+import contextlib
 import os
 import resource
 import subprocess
@@ -100,30 +101,24 @@ def main():
     print("| run | req/s | front µs/req | workers µs/req | wrk µs/req | sum | side cores | hog cores "
           "| front switches/req (vol + invol) | workers switches/req | RES/req |")
     print("| --- " * 11 + "|")
+    start_psd = bench.psd
+    bench.psd = lambda name, body: start_psd(name, f"Threads {args.threads}\n{body}")
     with run.NoAutogroup():
         for policy in args.policies.split(","):
             name = f"split-{policy}"
-            extra = f"  WorkerSchedulingPolicy {policy}\n"
-            psd_conf = bench.psd
-            bench.psd = lambda n, body: psd_conf(n, f"Threads {args.threads}\n{body}")
-            with bench.warm_pair(name, args.sessions, extra) as (psd, nginx):
-                bench.psd = psd_conf
-                psd()
+            with bench.warm_pair(name, args.sessions, f"  WorkerSchedulingPolicy {policy}\n") as (psd, nginx):
+                psd()  # every session started
                 psd_pid = pids("-f", f"{name}.conf")[0]
                 front = {"psd": [psd_pid], "nginx": pids("-f", "nginx: worker")}
                 workers = {"psd": pids("-P", str(psd_pid)), "nginx": pids("-f", f"counter-c-pool-{name}")}
                 loads = {"psd": psd, "nginx": nginx}
                 for phase in ("quiet", "busy"):
-                    hog = run.Proc([sys.executable, "-c", "while True: pass"]) if phase == "busy" else None
-                    try:
+                    hog = [sys.executable, "-c", "while True: pass"]
+                    with run.Proc(hog) if phase == "busy" else contextlib.nullcontext() as competitor:
+                        hog_pids = [competitor.p.pid] if competitor else []
                         for _ in range(args.rounds):
                             for side, load in loads.items():
-                                measure(f"{policy} {phase} {side}", load, front[side], workers[side],
-                                        [hog.p.pid] if hog else [])
-                    finally:
-                        if hog:
-                            hog.__exit__(None, None, None)
-
+                                measure(f"{policy} {phase} {side}", load, front[side], workers[side], hog_pids)
 
 if __name__ == "__main__":
     main()
