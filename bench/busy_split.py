@@ -113,12 +113,12 @@ def main():
                 workers = {"psd": pids("-P", str(psd_pid)), "nginx": pids("-f", f"counter-c-pool-{name}")}
                 loads = {"psd": psd, "nginx": nginx}
                 for phase in ("quiet", "busy"):
-                    hog = [sys.executable, "-c", "while True: pass"]
-                    with run.Proc(hog) if phase == "busy" else contextlib.nullcontext() as competitor:
+                    with run.Proc(run.HOG) if phase == "busy" else contextlib.nullcontext() as competitor:
                         hog_pids = [competitor.p.pid] if competitor else []
                         for _ in range(args.rounds):
                             for side, load in loads.items():
                                 measure(f"{policy} {phase} {side}", load, front[side], workers[side], hog_pids)
+
 
 if __name__ == "__main__":
     main()

@@ -87,6 +87,9 @@ class Proc:
         return False
 
 
+# The busy machine's competitor: one process that wants a whole core.
+HOG = [sys.executable, "-c", "while True: pass"]
+
 AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
 
 
@@ -311,7 +314,6 @@ http {{
         lose no more of its speed to the competitor than nginx does."""
         from stateful import cpu_seconds
         sessions = 8 if self.args.smoke else 50
-        hog = [sys.executable, "-c", "while True: pass"]
 
         def taken(load, pid, shares):
             """`load`, noting the share of a core the hog took meanwhile."""
@@ -326,7 +328,7 @@ http {{
             with self.warm_pair(f"busy-{policy}", sessions, f"  WorkerSchedulingPolicy {policy}\n") as (psd, nginx):
                 quiet_p, quiet_n = self.alternate(psd, nginx)
                 hog_p, hog_n = [], []
-                with Proc(hog) as competitor:
+                with Proc(HOG) as competitor:
                     pid = competitor.p.pid
                     busy_p, busy_n = self.alternate(taken(psd, pid, hog_p), taken(nginx, pid, hog_n))
             self.check(quiet_p + quiet_n + busy_p + busy_n)
