@@ -1,7 +1,8 @@
 //! The benchmark harness (bench/run.py) at tiny sizes, so it cannot rot:
 //! every row must run to the end against the real peers (nginx,
 //! spawn-fcgi, fcgiwrap, HAProxy, redis-server, h2load) without a failed
-//! request; and bench/cpu_split.py and bench/busy_split.py likewise.
+//! request; and bench/cpu_split.py, bench/busy_split.py and
+//! bench/neighbours.py likewise.
 
 mod common;
 
@@ -73,5 +74,21 @@ fn the_benchmark_harness_runs_every_row() {
             "batch busy psd",
             "batch busy nginx",
         ],
+    );
+    bench(
+        "bench/neighbours.py",
+        &[
+            "--rounds",
+            "1",
+            "--seconds",
+            "1",
+            "--burners",
+            "1",
+            "--policies",
+            "batch",
+            "--profile",
+            "debug",
+        ],
+        &["batch quiet", "batch computing"],
     );
 }
