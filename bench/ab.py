@@ -11,13 +11,12 @@ per wrk connection, as the warm row of bench/run.py. Loopback only.
 """
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, Proc, free_port, new_session_cookie, wait_port, wrk  # noqa: E402
+from run import Proc, c_worker, free_port, new_session_cookie, wait_port, wrk  # noqa: E402
 
 
 def main():
@@ -31,8 +30,7 @@ def main():
     parser.add_argument("--b-conf", default="", help="the same for b")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="psd-ab-"))
-    worker = work / "counter-c"
-    subprocess.run(["gcc", "-O2", "-o", str(worker), str(ROOT / "bench/workers/counter.c"), "-lfcgi"], check=True)
+    worker = c_worker(work)
 
     def start(name, binary, extra):
         port = free_port()

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, Proc, free_port, rss_kib, tool_output, wait_port  # noqa: E402
+from run import ROOT, Proc, c_worker, free_port, rss_kib, tool_output, wait_port  # noqa: E402
 
 
 def timed(fn, rounds):
@@ -44,8 +44,7 @@ def main():
     subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "psd", "-p", "counter-fcgi", "--bins"],
                    cwd=ROOT, check=True)
     work = Path(tempfile.mkdtemp(prefix="psd-admin-bench-"))
-    worker = work / "counter-c"
-    subprocess.run(["gcc", "-O2", "-o", str(worker), str(ROOT / "bench/workers/counter.c"), "-lfcgi"], check=True)
+    worker = c_worker(work)
     port, admin = free_port(), free_port()
     conf = work / "psd.conf"
     conf.write_text(f"Listen 127.0.0.1:{port}\nAdminListen 127.0.0.1:{admin}\nDataDir {work}/data\n"

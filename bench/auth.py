@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, Proc, free_port, wait_port, wrk  # noqa: E402
+from run import ROOT, Proc, c_worker, free_port, wait_port, wrk  # noqa: E402
 
 
 def main():
@@ -34,8 +34,7 @@ def main():
     args = parser.parse_args()
     subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "psd"], cwd=ROOT, check=True)
     work = Path(tempfile.mkdtemp(prefix="psd-auth-bench-"))
-    worker = work / "counter-c"
-    subprocess.run(["gcc", "-O2", "-o", str(worker), str(ROOT / "bench/workers/counter.c"), "-lfcgi"], check=True)
+    worker = c_worker(work)
     users = work / "users"
     subprocess.run(["htpasswd", "-c", "-b", "-B", "-C", "10", str(users), "ann", "ann-pw"],
                    check=True, capture_output=True)

@@ -95,9 +95,7 @@ def main():
     args = parser.parse_args()
     bench = run.Bench(argparse.Namespace(smoke=False, seconds=args.seconds, rounds=1, no_install=True))
     bench.bin = run.ROOT / "target" / args.profile
-    bench.c_worker = bench.work / "counter-c"
-    subprocess.run(["gcc", "-O2", "-o", str(bench.c_worker), str(run.ROOT / "bench/workers/counter.c"), "-lfcgi"],
-                   check=True)
+    bench.c_worker = run.c_worker(bench.work)
     print("| run | req/s | front µs/req | workers µs/req | wrk µs/req | sum | side cores | hog cores "
           "| front switches/req (vol + invol) | workers switches/req | RES/req |")
     print("| --- " * 11 + "|")

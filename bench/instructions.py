@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, free_port, wait_port  # noqa: E402
+from run import ROOT, c_worker, free_port, wait_port  # noqa: E402
 
 
 def total(path):
@@ -62,9 +62,7 @@ def main():
     if args.http:
         worker, protocol = ROOT / "target/release/http-worker", "http"
     else:
-        worker, protocol = work / "counter-c", "fastcgi"
-        subprocess.run(["gcc", "-O2", "-o", str(worker), str(ROOT / "bench/workers/counter.c"), "-lfcgi"],
-                       check=True)
+        worker, protocol = c_worker(work), "fastcgi"
     low, high = args.requests // 3, args.requests
     per = {}
     for name, binary in (("before", args.before), ("after", args.after)):

@@ -22,30 +22,11 @@ import argparse
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, NoAutogroup, Proc, free_port, new_session_cookie, wait_port, wrk  # noqa: E402
-
-
-def start_psd(binary, work, worker, policy):
-    port = free_port()
-    conf = work / f"psd-{policy}.conf"
-    conf.write_text(f"""Listen 127.0.0.1:{port}
-DataDir {work}/data-{policy}
-LogLevel warn
-<Location />
-    Worker fastcgi {worker}
-    WorkerSchedulingPolicy {policy}
-    MaxSessionsPerClient 100000
-    RequestTimeout 120
-</Location>
-""")
-    proc = Proc([str(binary), "serve", "-c", str(conf)], stderr=open(work / f"psd-{policy}.log", "w"))
-    wait_port(port)
-    return proc, f"http://127.0.0.1:{port}/"
+from run import ROOT, Bench, NoAutogroup, c_worker, new_session_cookie, wrk  # noqa: E402
 
 
 def run(url, cookie, seconds, burners):
@@ -71,23 +52,29 @@ def main():
     parser.add_argument("--burners", type=int, default=2, help="computing sessions (default: one per core here)")
     parser.add_argument("--profile", default="release", help="the cargo profile of psd (the tests: debug)")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="psd-neighbours-"))
-    worker = work / "counter-c"
-    subprocess.run(["gcc", "-O2", "-o", str(worker), str(ROOT / "bench/workers/counter.c"), "-lfcgi"], check=True)
+    bench = Bench(argparse.Namespace(smoke=False, seconds=args.seconds, rounds=1, no_install=True))
+    bench.bin = ROOT / "target" / args.profile
+    worker = c_worker(bench.work)
     policies = args.policies.split(",")
     phases = ("quiet", "computing")
     results = {(p, ph): [] for p in policies for ph in phases}
-    servers = [start_psd(ROOT / "target" / args.profile / "psd", work, worker, p) for p in policies]
+    servers = {}
     try:
+        for policy in policies:
+            proc, port = bench.psd(f"psd-{policy}", f"<Location />\n  Worker fastcgi {worker}\n"
+                                                    f"  WorkerSchedulingPolicy {policy}\n"
+                                                    "  MaxSessionsPerClient 100000\n  RequestTimeout 120\n"
+                                                    "</Location>\n")
+            servers[policy] = (proc, f"http://127.0.0.1:{port}/")
         with NoAutogroup() as autogroup:
-            cookies = {p: new_session_cookie(url) for p, (_, url) in zip(policies, servers)}
+            cookies = {policy: new_session_cookie(url) for policy, (_, url) in servers.items()}
             for _ in range(args.rounds):
-                for policy, (_, url) in zip(policies, servers):
+                for policy, (_, url) in servers.items():
                     for phase in phases:
                         burners = args.burners if phase == "computing" else 0
                         results[(policy, phase)].append(run(url, cookies[policy], args.seconds, burners))
     finally:
-        for proc, _ in servers:
+        for proc, _ in servers.values():
             proc.__exit__(None, None, None)
     print(f"# bench/neighbours.py --policies {args.policies} --rounds {args.rounds} --seconds {args.seconds} "
           f"--burners {args.burners}; autogroup {autogroup.state}\n")

@@ -171,6 +171,14 @@ def wrk(url, conns, seconds, script=None, headers=()):
     return result
 
 
+def c_worker(work):
+    """Compiles the C FastCGI counter (bench/workers/counter.c, libfcgi)
+    into `work`; its path."""
+    worker = Path(work) / "counter-c"
+    subprocess.run(["gcc", "-O2", "-o", str(worker), str(ROOT / "bench/workers/counter.c"), "-lfcgi"], check=True)
+    return worker
+
+
 def tool_output(args):
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", out)}
@@ -190,9 +198,7 @@ class Bench:
         subprocess.run(["cargo", "build", "--quiet", *release, "-p", "psd", "-p", "counter-fcgi",
                         "-p", "http-worker", "--bins"], cwd=ROOT, check=True)
         subprocess.run(["cargo", "build", "--quiet", *release, "-p", "psd", "--example", "scale"], cwd=ROOT, check=True)
-        self.c_worker = self.work / "counter-c"
-        subprocess.run(["gcc", "-O2", "-o", str(self.c_worker), str(ROOT / "bench/workers/counter.c"), "-lfcgi"],
-                       check=True)
+        self.c_worker = c_worker(self.work)
         self.perl_worker = ROOT / "bench/workers/counter.pl"
 
     # -- systems --------------------------------------------------------------
